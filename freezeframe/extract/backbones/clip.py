@@ -1,0 +1,263 @@
+"""Frozen open_clip image tower: per-frame embeddings, pre-projection CLS and chosen blocks' token maps.
+
+Token maps come from forward hooks on `visual.transformer.resblocks`; for EVL's cross-frame
+attention the backbone also hands over each chosen block's frozen pre-attention norm and q/k
+projection (see `freezeframe.store.qk`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from freezeframe.errors import BackboneError, InputError
+from freezeframe.extract.backbones import weights as W
+from freezeframe.extract.preprocess import PreprocessConfig
+from freezeframe.store.provenance import file_sha256, package_version
+
+CLIP_FEATURES = ("embed", "cls", "tokens")
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"  # small architectures for tests and the offline demo
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Which open_clip model, which weights, and which features to capture."""
+
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+    features: tuple[str, ...] = ("embed",)
+    layers: tuple[int, ...] = (-4, -3, -2, -1)
+    precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere
+    seed: int = 0  # initialises random weights (`pretrained="none"`) reproducibly
+
+    def __post_init__(self) -> None:
+        unknown = set(self.features) - set(CLIP_FEATURES)
+        if unknown or not self.features:
+            raise InputError(f"unknown --features {sorted(unknown) or '(none)'}; choose from {', '.join(CLIP_FEATURES)}.")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise InputError(f"unknown --precision {self.precision!r}; choose auto, fp32, fp16 or bf16.")
+
+    def default_name(self) -> str:
+        """A feature-set name derived from model and weights, e.g. `clip-vit-b-32-openai`."""
+        path = W.checkpoint_path(self.pretrained)
+        weights = "random" if W.is_random(self.pretrained) else (path.stem if path else self.pretrained)
+        model = Path(self.model).stem if self.model.endswith(".json") else self.model
+        return re.sub(r"[^a-z0-9.]+", "-", f"clip-{model}-{weights}".lower()).strip("-")
+
+
+def resolve_model_name(model: str) -> str:
+    """An open_clip model name; a path to a model-config JSON is registered under its file stem."""
+    import open_clip
+
+    if model not in open_clip.list_models():
+        open_clip.add_model_config(BUNDLED_CONFIGS)
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise BackboneError(f"model config {model} does not exist.")
+        open_clip.add_model_config(path)
+        return path.stem
+    if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
+        raise BackboneError(
+            f"unknown open_clip model {model!r}; see open_clip.list_models() or pass a model-config JSON path."
+        )
+    return model
+
+
+def load_open_clip(model: str, pretrained: str, seed: int = 0) -> tuple[nn.Module, dict]:
+    """Build an open_clip model and load its weights; returns the model and a provenance dict of the weights."""
+    import open_clip
+
+    name = resolve_model_name(model)
+    what = f"open_clip model {name}"
+    path = W.checkpoint_path(pretrained)
+    with W.quiet_logging():
+        if W.is_random(pretrained):
+            torch.manual_seed(seed)
+            clip_model = open_clip.create_model(name, pretrained=None)
+            source = {"pretrained": "none", "seed": seed}
+        elif path is not None:
+            clip_model = open_clip.create_model(name, pretrained=None)
+            try:
+                open_clip.load_checkpoint(clip_model, str(path))
+            except Exception as exc:  # noqa: BLE001 - any loading failure becomes one sentence
+                raise W.load_error(what, str(path), exc) from None
+            source = {"pretrained": str(path.resolve()), "checkpoint_sha256": file_sha256(path)}
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            if pretrained not in tags:
+                raise BackboneError(
+                    f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {name} "
+                    f"(tags: {', '.join(tags) or 'none'}); pass a checkpoint path, a tag, or none."
+                )
+            hosts = W.download_hosts(open_clip.get_pretrained_cfg(name, pretrained))
+            offline = not any(W.host_reachable(host) for host in hosts)
+            try:
+                with W.hub_offline(offline):
+                    clip_model = open_clip.create_model(name, pretrained=pretrained)
+            except Exception as exc:  # noqa: BLE001
+                if offline:
+                    raise BackboneError(W.missing_weights_message(what, pretrained)) from None
+                raise W.load_error(what, pretrained, exc) from None
+            source = {"pretrained": pretrained}
+    config = open_clip.get_model_config(name)
+    return clip_model, {"library": "open_clip", "version": package_version("open_clip_torch"), "model": name,
+                        "model_config": config, **source}
+
+
+class ClipBackbone(nn.Module):
+    """Frozen CLIP image tower returning the chosen features of a batch of preprocessed frames."""
+
+    kind = "clip"
+
+    def __init__(self, config: ClipConfig, device: str | torch.device = "cpu", model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        if model is None:
+            model, self.weights_info = load_open_clip(config.model, config.pretrained, config.seed)
+        else:
+            self.weights_info = {"library": "open_clip", "version": package_version("open_clip_torch"),
+                                 "model": config.model, "pretrained": "in-memory"}
+        self.device = torch.device(device)
+        self.visual = model.visual.eval().requires_grad_(False).to(self.device)
+        self.weights_info["weights_sha256"] = W.state_dict_sha256(self.visual)
+        self.compute_dtype = self._compute_dtype()
+        preprocess_cfg = dict(getattr(self.visual, "preprocess_cfg", {}) or {})
+        size = preprocess_cfg.get("size", self.visual.image_size)
+        self.preprocess = PreprocessConfig(
+            size=tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size)),
+            interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+            resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
+            mean=tuple(preprocess_cfg.get("mean", PreprocessConfig.mean)),
+            std=tuple(preprocess_cfg.get("std", PreprocessConfig.std)),
+            fill_color=preprocess_cfg.get("fill_color", 0),
+        )
+        self.blocks: list[int] = []
+        self._captured: dict[str, torch.Tensor] = {}
+        self._hooks = []
+        if "tokens" in config.features:
+            self._hook_blocks()
+        if "cls" in config.features:
+            self._hook_cls()
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def _compute_dtype(self) -> torch.dtype:
+        if self.config.precision != "auto":
+            return PRECISIONS[self.config.precision]
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def _resblocks(self) -> nn.ModuleList:
+        transformer = getattr(self.visual, "transformer", None)
+        blocks = getattr(transformer, "resblocks", None)
+        if blocks is None:
+            raise BackboneError(
+                f"token maps need an open_clip VisionTransformer image tower; {self.config.model} has "
+                f"{type(self.visual).__name__} (use --features embed)."
+            )
+        return blocks
+
+    def _hook_blocks(self) -> None:
+        resblocks = self._resblocks()
+        depth = len(resblocks)
+        blocks = set()
+        for layer in self.config.layers:
+            if not -depth <= layer < depth:
+                raise InputError(f"--layers {layer} is out of range for a {depth}-block image tower.")
+            blocks.add(layer % depth)
+        self.blocks = sorted(blocks)
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+
+        def as_batch_first(x: torch.Tensor) -> torch.Tensor:
+            return x if batch_first else x.transpose(0, 1)
+
+        for b in self.blocks:
+            def save_input(_module, args, b=b):
+                self._captured[f"block_input/{b}"] = as_batch_first(args[0])
+
+            def save_output(_module, _args, output, b=b):
+                self._captured[f"tokens/{b}"] = as_batch_first(output)
+
+            self._hooks.append(resblocks[b].register_forward_pre_hook(save_input))
+            self._hooks.append(resblocks[b].register_forward_hook(save_output))
+
+    def _hook_cls(self) -> None:
+        if getattr(self.visual, "attn_pool", None) is not None or not hasattr(self.visual, "ln_post"):
+            raise BackboneError(f"'cls' is defined for ViT towers with token pooling; {self.config.model} has none.")
+        visual = self.visual
+
+        def save_cls(_module, _args, output):
+            self._captured["cls"] = visual._global_pool(output)[0] if output.ndim == 3 else output
+
+        self._hooks.append(visual.ln_post.register_forward_hook(save_cls))
+
+    # ---- outputs -----------------------------------------------------------------------------
+    def stored_arrays(self) -> list[str]:
+        """Names of the arrays `forward` returns (block inputs only where not already stored as tokens)."""
+        names = [f for f in ("embed", "cls") if f in self.config.features]
+        names += [f"tokens/{b}" for b in self.blocks]
+        names += [f"block_input/{b}" for b in self.blocks if b - 1 not in self.blocks]
+        return names
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Preprocessed images (n, 3, h, w) -> {array name: (n, ...) tensor} in the compute dtype."""
+        self._captured.clear()
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.compute_dtype != torch.float32:
+            with torch.autocast("cuda", dtype=self.compute_dtype):
+                embed = self.visual(images)
+        else:
+            embed = self.visual(images.to(self.compute_dtype))
+        if isinstance(embed, tuple):
+            embed = embed[0]
+        out = {"embed": embed, **self._captured}
+        self._captured.clear()
+        return {name: out[name] for name in self.stored_arrays()}
+
+    # ---- what the store records ---------------------------------------------------------------
+    def provenance(self) -> dict:
+        info = {
+            "backbone": {"kind": self.kind, **self.weights_info},
+            "features": list(self.config.features),
+            "layers": self.blocks,
+            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
+            "dtype": "float16",
+        }
+        if self.blocks:
+            info["attention"] = self.attention_info()
+        return info
+
+    def _attention_modules(self, b: int) -> tuple[nn.Module, nn.Module]:
+        block = self._resblocks()[b]
+        attn = block.attn
+        if getattr(attn, "logit_scale", None) is not None or not isinstance(getattr(attn, "ln_q", nn.Identity()), nn.Identity):
+            raise BackboneError(f"block {b} of {self.config.model} uses a custom attention whose q/k are not exported.")
+        return block.ln_1, attn
+
+    def attention_info(self) -> dict:
+        norm, attn = self._attention_modules(self.blocks[0])
+        return {"blocks": self.blocks, "num_heads": int(attn.num_heads), "norm_eps": float(norm.eps),
+                "weights": ["norm_weight", "norm_bias", "q_weight", "q_bias", "k_weight", "k_bias"]}
+
+    def frozen_weights(self) -> dict[str, np.ndarray]:
+        """Each chosen block's pre-attention norm and q/k projections, float32, for `store.qk.attention_qk`."""
+        out = {}
+        for b in self.blocks:
+            norm, attn = self._attention_modules(b)
+            width = attn.in_proj_weight.shape[1]
+            weight = attn.in_proj_weight.detach().float().cpu().numpy()
+            bias = (attn.in_proj_bias.detach().float().cpu().numpy() if attn.in_proj_bias is not None
+                    else np.zeros(3 * width, np.float32))
+            out.update({
+                f"block{b}/norm_weight": norm.weight.detach().float().cpu().numpy(),
+                f"block{b}/norm_bias": norm.bias.detach().float().cpu().numpy(),
+                f"block{b}/q_weight": weight[:width], f"block{b}/q_bias": bias[:width],
+                f"block{b}/k_weight": weight[width:2 * width], f"block{b}/k_bias": bias[width:2 * width],
+            })
+        return out

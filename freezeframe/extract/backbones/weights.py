@@ -1,0 +1,91 @@
+"""Resolving `--pretrained`: an open_clip tag, a local checkpoint path, or `none` (random weights)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import torch
+
+from freezeframe.errors import BackboneError
+
+RANDOM = ("none", "random")
+
+
+def is_random(pretrained: str | None) -> bool:
+    return pretrained is None or pretrained.lower() in RANDOM
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Silence library log lines (e.g. open_clip's download errors) while we raise our own sentence."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """Make huggingface_hub use only its local cache, so a missing network fails at once instead of retrying."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    before = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = before
+
+
+def download_hosts(pretrained_cfg: dict) -> list[str]:
+    hosts = []
+    if pretrained_cfg.get("hf_hub"):
+        hosts.append("huggingface.co")
+    if pretrained_cfg.get("url"):
+        hosts.append(urlparse(pretrained_cfg["url"]).hostname or "")
+    return [h for h in hosts if h]
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """A fingerprint of the weights actually used, whatever their source (tag, file or random)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def checkpoint_path(pretrained: str) -> Path | None:
+    path = Path(pretrained).expanduser()
+    return path if path.is_file() else None
+
+
+def missing_weights_message(what: str, tag: str) -> str:
+    return (
+        f"cannot download the pretrained weights {tag!r} for {what} (no network, and they are not in the local "
+        f"cache): download the checkpoint on a machine with network access and pass its path with --pretrained PATH, "
+        f"or pass --pretrained none for random weights."
+    )
+
+
+def load_error(what: str, source: str, exc: BaseException) -> BackboneError:
+    return BackboneError(f"cannot load weights {source!r} into {what}: {str(exc).splitlines()[0][:300]}.")

@@ -1,0 +1,101 @@
+"""Decode workers: a torch IterableDataset that turns shard specs into frame windows, in worker processes.
+
+Each worker owns whole shards and yields, in order, for every video: its windows of frames
+(preprocessed already in exact mode), a failure if the video cannot be read, and a shard end.
+The main process batches frames across videos and never decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from freezeframe.extract.decode import VideoReadError, iter_windows, open_video
+from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
+from freezeframe.extract.sampling import SamplingConfig, sample_indices
+from freezeframe.extract.sources import VideoSource
+
+
+@dataclass
+class Window:
+    """Consecutive sampled frames of one video; `last` marks the video's final window."""
+
+    shard: int
+    video_id: str
+    frames: torch.Tensor  # exact: float (n, 3, h, w); fast: uint8 (n, H, W, 3)
+    frame_indices: np.ndarray
+    timestamps: np.ndarray
+    last: bool
+    info: dict  # on the last window: source path, decoder, frame count and duration of the video
+
+
+@dataclass
+class Failure:
+    shard: int
+    video_id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class ShardEnd:
+    shard: int
+
+
+Item = Window | Failure | ShardEnd
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """Everything a decode worker needs, picklable."""
+
+    sampling: SamplingConfig
+    preprocess: PreprocessConfig
+    decoder: str = "auto"
+    max_window_bytes: int = 64 * 1024 * 1024
+
+
+class WindowStream(IterableDataset):
+    def __init__(self, shards: list[list[VideoSource]], spec: DecodeSpec) -> None:
+        self.shards = shards
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[Item]:
+        worker = get_worker_info()
+        wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
+        preprocess = ExactPreprocessor(self.spec.preprocess) if self.spec.preprocess.mode == "exact" else None
+        for shard_index in range(wid, len(self.shards), nworkers):
+            for source in self.shards[shard_index]:
+                yield from self._video(shard_index, source, preprocess)
+            yield ShardEnd(shard_index)
+
+    def _video(self, shard: int, source: VideoSource, preprocess) -> Iterator[Item]:
+        try:
+            reader = open_video(source.path, self.spec.decoder)
+        except VideoReadError as exc:
+            yield Failure(shard, source.video_id, source.path, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - never let one video stop the batch
+            yield Failure(shard, source.video_id, source.path, f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            ts = reader.timestamps
+            indices = sample_indices(ts, self.spec.sampling)
+            info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
+                    "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
+            done = 0
+            for frames, chunk in iter_windows(reader, indices, self.spec.max_window_bytes):
+                done += len(chunk)
+                pixels = preprocess(frames) if preprocess is not None else torch.from_numpy(frames)
+                last = done == len(indices)
+                yield Window(shard, source.video_id, pixels, chunk, ts[chunk], last, info if last else {})
+        except VideoReadError as exc:
+            yield Failure(shard, source.video_id, source.path, str(exc))
+        except Exception as exc:  # noqa: BLE001
+            yield Failure(shard, source.video_id, source.path, f"{type(exc).__name__}: {exc}")
+        finally:
+            reader.close()

@@ -1,0 +1,227 @@
+"""The extraction run: decode workers -> batched frozen forward -> background shard writer -> committed store."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from freezeframe.errors import InputError
+from freezeframe.extract.backbones.clip import ClipBackbone
+from freezeframe.extract.batching import FrameBatcher
+from freezeframe.extract.decode import DECODERS, decoder_versions
+from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
+from freezeframe.extract.preprocess import fast_preprocess
+from freezeframe.extract.sampling import SamplingConfig
+from freezeframe.extract.sources import VideoSource, check_unique
+from freezeframe.store import provenance as prov
+from freezeframe.store.writer import FeatureSetWriter
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How to run an extraction (what to compute is the backbone's own config)."""
+
+    store: str
+    name: str | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    decoder: str = "auto"
+    preprocess: str = "exact"
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    shard_size: int = 64
+    device: str = "auto"
+    format: str = "zarr"
+    max_window_bytes: int = 64 * 1024 * 1024
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise InputError(f"unknown --decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}.")
+        if self.preprocess not in ("exact", "fast"):
+            raise InputError(f"unknown --preprocess {self.preprocess!r}; choose exact or fast.")
+        for key in ("batch_size", "shard_size"):
+            if getattr(self, key) < 1:
+                raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
+        if self.workers < 0:
+            raise InputError("--workers must be 0 (decode in the main process) or more.")
+
+
+@dataclass
+class ExtractionReport:
+    store: str
+    feature_set: str
+    total: int
+    skipped: int
+    stored: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+    failures_path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {spec} was requested but no CUDA device is available.")
+    return device
+
+
+def feature_set_provenance(backbone: ClipBackbone, config: ExtractConfig) -> dict:
+    preprocess = replace(backbone.preprocess, mode=config.preprocess)
+    provenance = {
+        **backbone.provenance(),
+        "preprocess": preprocess.describe(),
+        "sampling": {**config.sampling.describe(), "decoder": config.decoder},
+        "frames_per_view": config.sampling.rows_per_view,
+    }
+    return prov.stamp(provenance, "torch", "open_clip_torch", "decord", "av")
+
+
+class _ShardSink(threading.Thread):
+    """Background writer: appends finished windows to their shard and commits each shard whole."""
+
+    def __init__(self, writer: FeatureSetWriter) -> None:
+        super().__init__(name="freezeframe-writer", daemon=True)
+        self.writer = writer
+        self.inbox: queue.Queue = queue.Queue(maxsize=32)
+        self.error: BaseException | None = None
+        self._open: dict[int, object] = {}
+
+    def run(self) -> None:
+        while True:
+            op = self.inbox.get()
+            if op is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure so the producer never blocks
+            try:
+                self._handle(*op)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the main thread
+                self.error = exc
+
+    def _handle(self, kind: str, shard: int, payload) -> None:
+        if kind == "append":
+            video_id, arrays, last, info = payload
+            sink = self._open.get(shard)
+            if sink is None:
+                sink = self._open[shard] = self.writer.new_shard()
+            sink.append(video_id, arrays)
+            if last:
+                sink.end_video(video_id, info)
+        elif kind == "fail":
+            failure: Failure = payload
+            if shard in self._open:
+                self._open[shard].discard_video(failure.video_id)
+            self.writer.record_failure(failure.video_id, failure.path, failure.reason)
+        elif kind == "end":
+            sink = self._open.pop(shard, None)
+            if sink is not None:
+                if sink.num_videos:
+                    sink.commit()
+                else:
+                    sink.abort()
+
+    def abort_open(self) -> None:
+        for sink in self._open.values():
+            sink.abort()
+        self._open.clear()
+
+
+def _identity(item):
+    return item
+
+
+def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, config: ExtractConfig) -> ExtractionReport:
+    """Extract features of every source not yet committed; failures are recorded and the rest goes on."""
+    check_unique(sources)
+    name = config.name or backbone.config.default_name()
+    writer = FeatureSetWriter(config.store, name, feature_set_provenance(backbone, config), format=config.format,
+                              frozen=backbone.frozen_weights() or None)
+    committed = writer.committed_ids()
+    todo = [s for s in sources if s.video_id not in committed]
+    report = ExtractionReport(config.store, name, total=len(sources), skipped=len(sources) - len(todo),
+                              failures_path=str(writer.failures_path))
+    if not todo:
+        writer.write_index()
+        return report
+
+    shards = [todo[i:i + config.shard_size] for i in range(0, len(todo), config.shard_size)]
+    preprocess = replace(backbone.preprocess, mode=config.preprocess)
+    spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes)
+    workers = min(config.workers, len(shards))
+    loader = DataLoader(WindowStream(shards, spec), batch_size=None, num_workers=workers, collate_fn=_identity,
+                        prefetch_factor=4 if workers else None)
+    device = backbone.device
+    batcher = FrameBatcher(config.batch_size, backbone)
+    sink = _ShardSink(writer)
+    sink.start()
+    bar = tqdm(total=len(todo), unit="video", disable=not config.progress, dynamic_ncols=True, smoothing=0.1)
+    start = time.perf_counter()
+
+    def dispatch(item, arrays: dict[str, np.ndarray]) -> None:
+        if isinstance(item, Window):
+            arrays["timestamps"] = item.timestamps.astype(np.float64)
+            arrays["frame_indices"] = item.frame_indices.astype(np.int64)
+            sink.inbox.put(("append", item.shard, (item.video_id, arrays, item.last, item.info)))
+            report.frames += len(item.frame_indices)
+            if item.last:
+                report.stored += 1
+                bar.update(1)
+        elif isinstance(item, Failure):
+            sink.inbox.put(("fail", item.shard, item))
+            report.failures.append({"video_id": item.video_id, "path": item.path, "reason": item.reason})
+            bar.update(1)
+        else:
+            sink.inbox.put(("end", item.shard, None))
+        elapsed = time.perf_counter() - start
+        bar.set_postfix_str(f"{report.frames / max(elapsed, 1e-9):.1f} frames/s, {len(report.failures)} failed",
+                            refresh=False)
+
+    try:
+        for item in loader:
+            if sink.error is not None:
+                raise sink.error
+            pixels = None
+            if isinstance(item, Window):
+                pixels = item.frames
+                if spec.preprocess.mode == "fast":
+                    pixels = fast_preprocess(pixels.to(device, non_blocking=True), spec.preprocess)
+                item.frames = None
+            for finished, arrays in batcher.put(item, pixels):
+                dispatch(finished, arrays)
+        for finished, arrays in batcher.flush():
+            dispatch(finished, arrays)
+        sink.inbox.put(None)
+        sink.join()
+        if sink.error is not None:
+            raise sink.error
+    except BaseException:
+        sink.inbox.put(None)
+        sink.join(timeout=60)
+        sink.abort_open()
+        raise
+    finally:
+        bar.close()
+    writer.write_index()
+    report.seconds = time.perf_counter() - start
+    return report

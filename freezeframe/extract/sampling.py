@@ -1,0 +1,77 @@
+"""Which frames to keep: a fixed count, a rate in real seconds, or clips of consecutive frames."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from freezeframe.errors import InputError
+
+Strategy = Literal["num_frames", "fps", "clips"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """`num_frames`: N segment middles. `fps`: one frame per 1/fps s of real time.
+    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style views)."""
+
+    strategy: Strategy = "num_frames"
+    num_frames: int = 8
+    fps: float = 1.0
+    clips: int = 1
+    frames_per_clip: int = 8
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("num_frames", "fps", "clips"):
+            raise InputError(f"unknown sampling strategy {self.strategy!r}.")
+        for key in ("num_frames", "clips", "frames_per_clip", "stride"):
+            if getattr(self, key) < 1:
+                raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
+        if not self.fps > 0:
+            raise InputError("--fps must be positive.")
+
+    def describe(self) -> dict:
+        """The parameters that matter for this strategy (recorded in provenance)."""
+        keys = {"num_frames": ("num_frames",), "fps": ("fps",), "clips": ("clips", "frames_per_clip", "stride")}
+        full = asdict(self)
+        return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}}
+
+    @property
+    def rows_per_view(self) -> int | None:
+        """Frames per clip when the rows of a video are clip-major views, else None."""
+        return self.frames_per_clip if self.strategy == "clips" else None
+
+
+def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray:
+    """Indices (decode order) of the frames to keep, given every frame's timestamp in seconds."""
+    n = len(timestamps)
+    if n == 0:
+        raise ValueError("the video has no frames")
+    if config.strategy == "num_frames":
+        return np.minimum(((np.arange(config.num_frames) + 0.5) * n / config.num_frames).astype(np.int64), n - 1)
+    if config.strategy == "fps":
+        return _by_rate(np.asarray(timestamps, dtype=np.float64), config.fps)
+    return _clips(n, config.clips, config.frames_per_clip, config.stride)
+
+
+def _by_rate(ts: np.ndarray, fps: float) -> np.ndarray:
+    """The frame on screen at t0, t0 + 1/fps, ... up to the end of the last frame."""
+    steps = np.diff(ts)
+    last_duration = float(np.median(steps)) if len(steps) else 1.0 / fps
+    end = ts[-1] + last_duration
+    times = ts[0] + np.arange(int(np.floor((end - ts[0]) * fps - 1e-9)) + 1) / fps
+    times = times[times < end]
+    return np.clip(np.searchsorted(ts, times + 1e-9, side="right") - 1, 0, len(ts) - 1).astype(np.int64)
+
+
+def _clips(n: int, clips: int, frames_per_clip: int, stride: int) -> np.ndarray:
+    span = (frames_per_clip - 1) * stride + 1
+    if clips == 1:
+        starts = np.array([max(0, (n - span) // 2)])
+    else:
+        starts = np.round(np.linspace(0, max(0, n - span), clips)).astype(np.int64)
+    offsets = np.arange(frames_per_clip) * stride
+    return np.minimum(starts[:, None] + offsets[None, :], n - 1).reshape(-1).astype(np.int64)

@@ -1,0 +1,1 @@
+"""Heads that train on cached features (linear probe, EVL, temporal transformer): coming next."""

@@ -1,0 +1,140 @@
+"""Read access to one feature set: committed videos only, arrays by video id, provenance, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from freezeframe.errors import StoreError
+from freezeframe.store.backends import get_backend
+from freezeframe.store.files import read_json, read_jsonl
+from freezeframe.store.index import load_index
+from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SHARDS_DIR
+
+
+class FeatureSet:
+    """A named set of features in a store, e.g. `store["clip-vit-b-32-openai"]`.
+
+    Only committed shards are visible; call `refresh()` to see shards committed since opening.
+    """
+
+    def __init__(self, store_path: Path, name: str) -> None:
+        self.name = name
+        self.path = Path(store_path) / name
+        provenance_path = self.path / PROVENANCE_FILE
+        if not provenance_path.exists():
+            raise StoreError(f"{self.path} is not a feature set (no {PROVENANCE_FILE}).")
+        self.provenance: dict = read_json(provenance_path)
+        self._readers: dict[str, object] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the commit markers so that newly committed shards become visible."""
+        self._index = load_index(self.path, self.path / SHARDS_DIR)
+
+    # ---- listing ---------------------------------------------------------------------------
+    def video_ids(self) -> list[str]:
+        return sorted(self._index.videos)
+
+    def __len__(self) -> int:
+        return len(self._index.videos)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._index.videos
+
+    @property
+    def num_frames(self) -> int:
+        return sum(video["n_frames"] for video in self._index.videos.values())
+
+    @property
+    def shard_ids(self) -> list[str]:
+        return sorted(self._index.shards)
+
+    def arrays(self) -> dict[str, dict]:
+        """Array name -> {"shape": per-frame dims, "dtype": str}, as committed."""
+        out: dict[str, dict] = {}
+        for shard in self._index.shards.values():
+            for name, meta in shard["arrays"].items():
+                out.setdefault(name, {"shape": list(meta["shape"]), "dtype": meta["dtype"]})
+        return dict(sorted(out.items()))
+
+    def video_info(self, video_id: str) -> dict:
+        """Where a video lives and how it was decoded: shard, row_start, n_frames, source, decoder."""
+        try:
+            return dict(self._index.videos[video_id])
+        except KeyError:
+            raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}") from None
+
+    def failures(self) -> list[dict]:
+        """The latest failure of each video that is still not committed."""
+        latest: dict[str, dict] = {}
+        for record in read_jsonl(self.path / FAILURES_FILE):
+            latest[record.get("video_id")] = record
+        return [record for video_id, record in latest.items() if video_id not in self._index.videos]
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _reader(self, shard_id: str):
+        reader = self._readers.get(shard_id)
+        if reader is None:
+            shard = self._index.shards[shard_id]
+            reader = get_backend(shard["format"]).reader(self.path / SHARDS_DIR / shard["file"])
+            self._readers[shard_id] = reader
+        return reader
+
+    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
+        """Array `array` of one video; the first axis is frames (optionally only `frames` of them)."""
+        info = self.video_info(video_id)
+        shard = self._index.shards[info["shard"]]
+        if array not in shard["arrays"]:
+            raise KeyError(
+                f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard['arrays']))}"
+            )
+        start, n = info["row_start"], info["n_frames"]
+        reader = self._reader(info["shard"])
+        if frames is None:
+            return reader.read(array, start, start + n)
+        if isinstance(frames, slice):
+            lo, hi, step = frames.indices(n)
+            return reader.read(array, start + lo, start + hi)[::step]
+        frames = np.asarray(frames, dtype=np.int64)
+        if frames.size and (frames.min() < 0 or frames.max() >= n):
+            raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
+        if not frames.size:
+            return reader.read(array, start, start)
+        lo, hi = int(frames.min()), int(frames.max()) + 1
+        return reader.read(array, start + lo, start + hi)[frames - lo]
+
+    def frozen_weights(self) -> dict[str, np.ndarray]:
+        """Frozen backbone weights stored once per feature set (e.g. the blocks' norm and q/k projections)."""
+        for fmt in ("zarr",):
+            path = self.path / f"{FROZEN_NAME}{get_backend(fmt).extension}"
+            if path.exists():
+                reader = get_backend(fmt).reader(path)
+                return {name: reader.read(name) for name in reader.array_names()}
+        raise StoreError(f"feature set {self.name!r} keeps no frozen weights (extract with --features tokens).")
+
+    def block_input(self, video_id: str, block: int) -> np.ndarray:
+        """Input tokens of ViT block `block`: the previous block's output where stored, else its own copy."""
+        if f"tokens/{block - 1}" in self.arrays():
+            return self.read(video_id, f"tokens/{block - 1}")
+        return self.read(video_id, f"block_input/{block}")
+
+    def attention_qk(self, video_id: str, block: int):
+        """q and k inside block `block`'s attention for every frame: two (frames, heads, tokens, head_dim) tensors."""
+        from freezeframe.store.qk import attention_qk
+
+        attention = self.provenance.get("attention")
+        if not attention or block not in attention["blocks"]:
+            raise StoreError(f"feature set {self.name!r} keeps no attention weights for block {block}.")
+        frozen = self.frozen_weights()
+        weights = {key: frozen[f"block{block}/{key}"] for key in attention["weights"]}
+        return attention_qk(self.block_input(video_id, block), weights, attention["num_heads"], attention["norm_eps"])
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def __repr__(self) -> str:
+        return f"FeatureSet({self.name!r}, videos={len(self)}, frames={self.num_frames})"

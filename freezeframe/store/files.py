@@ -1,0 +1,90 @@
+"""Small durable file operations: atomic JSON writes, create-once files, fsync of directories."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f"{TEMP_PREFIX}{temp_owner_tag()}-{path.name}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp
+
+
+def dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that a reader sees either the old file or the whole new one."""
+    tmp = _write_temp(path, dumps(obj))
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def create_json_once(path: Path, obj: Any) -> bool:
+    """Create `path` with `obj` unless it exists; returns False when another writer was first."""
+    tmp = _write_temp(path, dumps(obj))
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
+    return created
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line in a single write, so concurrent appenders never interleave a line."""
+    line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: skip it, keep the rest
+    return records

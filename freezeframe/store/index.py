@@ -1,0 +1,63 @@
+"""The video index of a feature set: video id -> shard and row range, rebuilt from commit markers.
+
+`index.json` is only a cache. It is trusted when it lists exactly the committed shards;
+otherwise the index is rebuilt from the markers, which are the source of truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from freezeframe.store.files import read_json, write_json_atomic
+from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, shard_id_of_marker
+
+
+@dataclass
+class Index:
+    shards: dict[str, dict] = field(default_factory=dict)  # shard id -> {"file", "format", "arrays", "num_frames"}
+    videos: dict[str, dict] = field(default_factory=dict)  # video id -> {"shard", "row_start", "n_frames", ...}
+    duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # (video id, kept shard, other shard)
+
+    def to_json(self) -> dict:
+        return {"shards": self.shards, "videos": self.videos}
+
+
+def committed_shard_ids(shards_dir: Path) -> list[str]:
+    if not shards_dir.is_dir():
+        return []
+    return sorted(shard_id_of_marker(p) for p in shards_dir.glob(f"*{MARKER_SUFFIX}"))
+
+
+def build_index(shards_dir: Path, shard_ids: list[str]) -> Index:
+    """Read every marker; on a video committed twice, keep the earliest shard and note the other."""
+    index = Index()
+    for shard_id in sorted(shard_ids):
+        marker = read_json(shards_dir / f"{shard_id}{MARKER_SUFFIX}")
+        index.shards[shard_id] = {key: marker[key] for key in ("file", "format", "arrays", "num_frames")}
+        for video in marker["videos"]:
+            video_id = video["id"]
+            if video_id in index.videos:
+                index.duplicates.append((video_id, index.videos[video_id]["shard"], shard_id))
+                continue
+            index.videos[video_id] = {"shard": shard_id, **{k: v for k, v in video.items() if k != "id"}}
+    return index
+
+
+def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:
+    shard_ids = committed_shard_ids(shards_dir)
+    cache = feature_set_dir / INDEX_FILE
+    if cache.exists():
+        try:
+            cached = read_json(cache)
+            if sorted(cached["shards"]) == shard_ids:
+                return Index(shards=cached["shards"], videos=cached["videos"])
+        except (ValueError, KeyError, OSError):
+            pass  # a damaged cache is rebuilt below
+    return build_index(shards_dir, shard_ids)
+
+
+def write_index(feature_set_dir: Path, shards_dir: Path) -> Index:
+    index = build_index(shards_dir, committed_shard_ids(shards_dir))
+    write_json_atomic(feature_set_dir / INDEX_FILE, index.to_json())
+    return index

@@ -1,0 +1,45 @@
+"""Names and paths of everything inside a store directory (one place, so readers and writers agree)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+SCHEMA_FILE = "freezeframe.json"
+SCHEMA_VERSION = 1
+PROVENANCE_FILE = "provenance.json"
+SHARDS_DIR = "shards"
+INDEX_FILE = "index.json"
+FAILURES_FILE = "failures.jsonl"
+FROZEN_NAME = "frozen"
+MARKER_SUFFIX = ".done.json"
+TEMP_PREFIX = ".tmp-"
+
+
+def new_shard_id() -> str:
+    """A time-ordered, collision-free shard id that never contains a video id."""
+    return f"{time.time_ns() // 1_000_000:013d}-{secrets.token_hex(6)}"
+
+
+def temp_owner_tag() -> str:
+    """Host and pid of the writing process, embedded in temporary names to find stale ones."""
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def feature_set_dir(store: Path, name: str) -> Path:
+    return store / name
+
+
+def shards_dir(store: Path, name: str) -> Path:
+    return store / name / SHARDS_DIR
+
+
+def marker_path(shards: Path, shard_id: str) -> Path:
+    return shards / f"{shard_id}{MARKER_SUFFIX}"
+
+
+def shard_id_of_marker(marker: Path) -> str:
+    return marker.name[: -len(MARKER_SUFFIX)]

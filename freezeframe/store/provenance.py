@@ -1,0 +1,55 @@
+"""Provenance: how every number in a feature set was made, and which parts must match to append."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+# Keys that describe the run rather than the numbers: they may differ between appends.
+VOLATILE_KEYS = ("created", "software")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def software_versions(*packages: str) -> dict[str, str | None]:
+    names = ("freezeframe", "numpy", "zarr", *packages)
+    return {"python": platform.python_version(), **{name: package_version(name) for name in names}}
+
+
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stamp(provenance: dict, *packages: str) -> dict:
+    """Add the volatile part (time, software versions) to a provenance dict."""
+    return {**provenance, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "software": software_versions(*packages), "platform": sys.platform}
+
+
+def identity(provenance: dict) -> dict:
+    return {k: v for k, v in provenance.items() if k not in VOLATILE_KEYS and k != "platform"}
+
+
+def differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable list of keys whose values differ between two provenance dicts."""
+    out = []
+    for key in sorted(set(stored) | set(new)):
+        a, b = stored.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: store has {a!r}, this run has {b!r}")
+    return out

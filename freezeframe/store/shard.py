@@ -1,0 +1,185 @@
+"""One shard: a temporary bundle filled video by video, renamed into place, then marked committed.
+
+Rows of every array are frames; each video owns a contiguous row range. A video can be
+discarded until it is ended (a decode error half-way through loses nothing else).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from freezeframe.store.backends import Backend
+from freezeframe.store.files import fsync_dir, write_json_atomic
+from freezeframe.store.layout import TEMP_PREFIX, marker_path, new_shard_id, temp_owner_tag
+
+FLUSH_BYTES = 32 * 1024 * 1024
+HASH_BLOCK_BYTES = 16 * 1024 * 1024
+
+
+def array_sha256(reader, name: str) -> str:
+    """sha256 of an array's C-order bytes, read in blocks of rows to bound memory."""
+    shape = reader.shape(name)
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * reader.dtype(name).itemsize)
+    step = max(1, HASH_BLOCK_BYTES // row_bytes)
+    digest = hashlib.sha256()
+    for start in range(0, shape[0], step):
+        digest.update(np.ascontiguousarray(reader.read(name, start, start + step)).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _OpenVideo:
+    video_id: str
+    row_start: int
+    n_rows: int = 0
+
+
+@dataclass
+class ShardWriter:
+    """Writes one shard of a feature set; `commit()` makes it visible, `abort()` removes it."""
+
+    shards_dir: Path
+    backend: Backend
+    shard_id: str = field(default_factory=new_shard_id)
+
+    def __post_init__(self) -> None:
+        self.final_path = self.shards_dir / f"{self.shard_id}{self.backend.extension}"
+        self.temp_path = self.shards_dir / f"{TEMP_PREFIX}{temp_owner_tag()}-{self.shard_id}{self.backend.extension}"
+        self._bundle = None
+        self._rows_written = 0  # rows flushed to the bundle
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._pending_bytes = 0
+        self._open: dict[str, _OpenVideo] = {}
+        self._row_cursor = 0  # rows appended so far, flushed or not
+        self.videos: list[dict] = []
+        self._array_meta: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.videos)
+
+    def append(self, video_id: str, arrays: dict[str, np.ndarray]) -> None:
+        """Append rows (frames) of one video; every array must have the same number of rows."""
+        rows = {len(block) for block in arrays.values()}
+        if len(rows) != 1:
+            raise ValueError(f"arrays for {video_id!r} disagree on the number of frames: {sorted(rows)}")
+        (n,) = rows
+        video = self._open.get(video_id)
+        if video is None:
+            if self._open:
+                raise RuntimeError("a shard writes one video at a time; end or discard the open one first")
+            video = self._open[video_id] = _OpenVideo(video_id, self._row_cursor)
+        for name, block in arrays.items():
+            meta = (tuple(block.shape[1:]), str(block.dtype))
+            known = self._array_meta.setdefault(name, meta)
+            if known != meta:
+                raise ValueError(f"array {name!r} changed shape or dtype within a shard: {known} then {meta}")
+            self._pending.setdefault(name, []).append(block)
+            self._pending_bytes += block.nbytes
+        video.n_rows += n
+        self._row_cursor += n
+        if self._pending_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def end_video(self, video_id: str, info: dict | None = None) -> None:
+        """Close a video: its rows become part of the shard (still invisible until commit)."""
+        video = self._open.pop(video_id, None)
+        if video is None:
+            raise KeyError(f"video {video_id!r} has no rows in this shard")
+        self.videos.append({"id": video_id, "row_start": video.row_start, "n_frames": video.n_rows, **(info or {})})
+
+    def discard_video(self, video_id: str) -> None:
+        """Drop every row of an open video (e.g. its decoding failed half-way)."""
+        video = self._open.pop(video_id, None)
+        if video is None:
+            return
+        keep = video.row_start
+        if self._rows_written > keep:
+            self._bundle.truncate(keep)
+            self._rows_written = keep
+        self._pending = {}
+        self._pending_bytes = 0
+        self._row_cursor = keep
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._bundle is None:
+            self._bundle = self.backend.writer(self.temp_path)
+        rows = 0
+        for name, blocks in self._pending.items():
+            block = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+            self._bundle.append(name, block)
+            rows = len(block)
+        self._rows_written += rows
+        self._pending = {}
+        self._pending_bytes = 0
+
+    def commit(self, extra: dict | None = None) -> dict:
+        """Write the shard whole, rename it into place, then write its marker last. Returns the marker."""
+        if self._open:
+            raise RuntimeError(f"cannot commit with open videos: {sorted(self._open)}")
+        if not self.videos:
+            raise RuntimeError("cannot commit an empty shard")
+        self._flush()
+        self._bundle.set_attrs({"shard_id": self.shard_id, "videos": self.videos})
+        self._bundle.close()
+        reader = self.backend.reader(self.temp_path)
+        arrays = {
+            name: {"shape": list(reader.shape(name)[1:]), "dtype": str(reader.dtype(name)),
+                   "rows": reader.shape(name)[0], "sha256": array_sha256(reader, name)}
+            for name in reader.array_names()
+        }
+        reader.close()
+        expected_rows = sum(video["n_frames"] for video in self.videos)
+        for name, meta in arrays.items():
+            if meta["rows"] != expected_rows:
+                raise RuntimeError(f"array {name!r} has {meta['rows']} rows, expected {expected_rows}")
+        _fsync_tree(self.temp_path)
+        self.temp_path.rename(self.final_path)
+        fsync_dir(self.shards_dir)
+        marker = {
+            "shard_id": self.shard_id,
+            "format": self.backend.name,
+            "file": self.final_path.name,
+            "num_frames": expected_rows,
+            "videos": self.videos,
+            "arrays": arrays,
+            "committed": time.time(),
+            "writer": temp_owner_tag(),
+            **(extra or {}),
+        }
+        write_json_atomic(marker_path(self.shards_dir, self.shard_id), marker)
+        return marker
+
+    def abort(self) -> None:
+        """Remove whatever was written; nothing becomes visible."""
+        if self._bundle is not None:
+            self._bundle.close()
+        if self.temp_path.is_dir():
+            shutil.rmtree(self.temp_path, ignore_errors=True)
+        elif self.temp_path.exists():
+            self.temp_path.unlink()
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and directory of a freshly written bundle before it is renamed into place."""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        return
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))

@@ -1,0 +1,115 @@
+"""Writing side of a feature set: provenance checked once, shards committed atomically, failures logged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from freezeframe.errors import StoreError
+from freezeframe.store import provenance as prov
+from freezeframe.store.backends import get_backend
+from freezeframe.store.feature_set import FeatureSet
+from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json
+from freezeframe.store.index import Index, write_index
+from freezeframe.store.layout import (
+    FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, temp_owner_tag,
+)
+from freezeframe.store.shard import ShardWriter
+from freezeframe.store.store import check_schema
+
+
+class FeatureSetWriter:
+    """Opens (or creates) a feature set for appending; refuses provenance that differs from the stored one."""
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        name: str,
+        provenance: dict,
+        *,
+        format: str = "zarr",
+        frozen: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.store_path = Path(store_path)
+        self.name = name
+        self.backend = get_backend(format)
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
+            raise StoreError(f"invalid feature set name {name!r}: use letters, digits, '-', '_' and '.'.")
+        self.store_path.mkdir(parents=True, exist_ok=True)
+        create_json_once(self.store_path / SCHEMA_FILE, {"format": "freezeframe", "schema_version": SCHEMA_VERSION})
+        check_schema(self.store_path)
+        self.path = self.store_path / name
+        self.shards_dir = self.path / SHARDS_DIR
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        self.provenance = self._claim_provenance(provenance)
+        if frozen:
+            self._write_frozen_once(frozen)
+        self._remove_stale_temps()
+
+    def _claim_provenance(self, provenance: dict) -> dict:
+        path = self.path / PROVENANCE_FILE
+        if create_json_once(path, provenance):
+            return provenance
+        stored = read_json(path)
+        diffs = prov.differences(prov.identity(stored), prov.identity(provenance))
+        if diffs:
+            raise StoreError(
+                f"feature set {self.name!r} in {self.store_path} was made differently, so this run cannot append "
+                f"to it ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --name to start a new feature set."
+            )
+        return stored
+
+    def _write_frozen_once(self, frozen: dict[str, np.ndarray]) -> None:
+        final = self.path / f"{FROZEN_NAME}{self.backend.extension}"
+        if final.exists():
+            return
+        temp = self.path / f"{TEMP_PREFIX}{temp_owner_tag()}-{final.name}"
+        bundle = self.backend.writer(temp)
+        for key, value in sorted(frozen.items()):
+            bundle.append(key, np.ascontiguousarray(value))
+        bundle.close()
+        try:
+            temp.rename(final)
+        except OSError:
+            shutil.rmtree(temp, ignore_errors=True)  # another writer was first; theirs is identical
+        fsync_dir(self.path)
+
+    def _remove_stale_temps(self) -> None:
+        """Delete temporary shards left by crashed writers on this host (their pid is gone)."""
+        host = socket.gethostname()
+        for directory in (self.path, self.shards_dir):
+            for temp in directory.glob(f"{TEMP_PREFIX}{host}.*"):
+                pid_text = temp.name[len(TEMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
+                if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+
+    def committed_ids(self) -> set[str]:
+        return set(FeatureSet(self.store_path, self.name).video_ids())
+
+    def new_shard(self) -> ShardWriter:
+        return ShardWriter(self.shards_dir, self.backend)
+
+    @property
+    def failures_path(self) -> Path:
+        return self.path / FAILURES_FILE
+
+    def record_failure(self, video_id: str, path: str, reason: str) -> None:
+        append_jsonl(self.failures_path, {"video_id": video_id, "path": path, "reason": reason, "time": time.time()})
+
+    def write_index(self) -> Index:
+        return write_index(self.path, self.shards_dir)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,40 @@
+"""The `inspect` summary of a store, as one JSON-able dict and as text."""
+
+from __future__ import annotations
+
+from freezeframe.store import Store
+
+
+def store_summary(store: Store) -> dict:
+    """The object `freezeframe inspect --json` prints (its shape is a documented contract)."""
+    sets = {}
+    for name in store.names():
+        fs = store[name]
+        sets[name] = {
+            "provenance": fs.provenance,
+            "num_videos": len(fs),
+            "num_frames": fs.num_frames,
+            "num_shards": len(fs.shard_ids),
+            "arrays": fs.arrays(),
+            "failures": fs.failures(),
+        }
+    return {"store": str(store.path), "feature_sets": sets}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"store {summary['store']}"]
+    if not summary["feature_sets"]:
+        lines.append("  (no feature sets)")
+    for name, fs in summary["feature_sets"].items():
+        p = fs["provenance"]
+        backbone = p.get("backbone", {})
+        sampling = ", ".join(f"{k}={v}" for k, v in p.get("sampling", {}).items())
+        lines.append(f"  {name}: {fs['num_videos']} videos, {fs['num_frames']} frames in {fs['num_shards']} shards")
+        lines.append(f"    backbone  {backbone.get('library', '?')} {backbone.get('model', '?')} "
+                     f"weights={backbone.get('pretrained', '?')} compute={p.get('compute_dtype', '?')}")
+        lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
+        for array, meta in fs["arrays"].items():
+            lines.append(f"    {array:<18} {meta['dtype']:<8} per frame {tuple(meta['shape'])}")
+        if fs["failures"]:
+            lines.append(f"    failures  {len(fs['failures'])} videos (see failures.jsonl)")
+    return "\n".join(lines)
