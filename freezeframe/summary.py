@@ -5,10 +5,10 @@ from __future__ import annotations
 from freezeframe.store import Store
 
 
-def store_summary(store: Store) -> dict:
+def store_summary(store: Store, names: list[str] | None = None) -> dict:
     """The object `freezeframe inspect --json` prints (its shape is a documented contract)."""
     sets = {}
-    for name in store.names():
+    for name in names or store.names():
         fs = store[name]
         sets[name] = {
             "provenance": fs.provenance,

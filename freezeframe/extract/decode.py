@@ -90,7 +90,10 @@ class PyAVReader:
                 raise VideoReadError("no video stream (audio-only or not a video)")
             stream = container.streams.video[0]
             pts = []
+            demuxed = 0
             for packet in container.demux(stream):
+                if packet.pts is not None or packet.dts is not None:
+                    demuxed += 1  # every packet but the final flush packets
                 if packet.size == 0:
                     continue
                 stamp = packet.pts if packet.pts is not None else packet.dts
@@ -99,6 +102,10 @@ class PyAVReader:
                 pts.append(stamp)
             if not pts:
                 raise VideoReadError("no video frames")
+            if stream.frames and demuxed < stream.frames:
+                raise VideoReadError(
+                    f"truncated video: the container declares {stream.frames} frames but only {demuxed} are present"
+                )
             self.timestamps = _relative(np.sort(np.asarray(pts, dtype=np.float64)) * float(stream.time_base))
         except VideoReadError:
             container.close()
@@ -183,7 +190,7 @@ def iter_windows(
     reader: FrameReader, indices: np.ndarray, max_window_bytes: int = 64 * 1024 * 1024
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Decode the sampled frames in windows small enough to bound memory: yields (frames, indices)."""
-    start, window = 0, 8  # the first window is small; later ones are sized from the real frame size
+    start, window = 0, 1  # the first window is one frame; later ones are sized from the real frame size
     while start < len(indices):
         chunk = indices[start:start + window]
         unique = np.unique(chunk)

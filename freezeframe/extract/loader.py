@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from freezeframe.extract.decode import VideoReadError, iter_windows, open_video
+from freezeframe.extract.decode import PyAVReader, VideoReadError, iter_windows, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, sample_indices
 from freezeframe.extract.sources import VideoSource
@@ -82,20 +82,37 @@ class WindowStream(IterableDataset):
         except Exception as exc:  # noqa: BLE001 - never let one video stop the batch
             yield Failure(shard, source.video_id, source.path, f"{type(exc).__name__}: {exc}")
             return
+        failure = yield from self._windows(shard, source, reader, preprocess)
+        if failure is not None and failure[1] and self.spec.decoder == "auto" and reader.name == "decord":
+            # decord opened the file but cannot decode it (e.g. H.264 in MPEG-TS), and nothing of it was
+            # yielded yet: `auto` promises PyAV for files decord cannot read.
+            try:
+                fallback = PyAVReader(source.path)
+            except VideoReadError as exc:
+                failure = (f"decord: {failure[0]}; pyav: {exc}", False)
+            else:
+                retry = yield from self._windows(shard, source, fallback, preprocess)
+                failure = None if retry is None else (f"decord: {failure[0]}; pyav: {retry[0]}", False)
+        if failure is not None:
+            yield Failure(shard, source.video_id, source.path, failure[0])
+
+    def _windows(self, shard: int, source: VideoSource, reader, preprocess):
+        """Yield the windows of one video; return None, or (reason, whether a decoder retry is safe)."""
+        done = 0
         try:
             ts = reader.timestamps
             indices = sample_indices(ts, self.spec.sampling)
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
                     "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
-            done = 0
             for frames, chunk in iter_windows(reader, indices, self.spec.max_window_bytes):
                 done += len(chunk)
                 pixels = preprocess(frames) if preprocess is not None else torch.from_numpy(frames)
                 last = done == len(indices)
                 yield Window(shard, source.video_id, pixels, chunk, ts[chunk], last, info if last else {})
         except VideoReadError as exc:
-            yield Failure(shard, source.video_id, source.path, str(exc))
+            return str(exc), done == 0
         except Exception as exc:  # noqa: BLE001
-            yield Failure(shard, source.video_id, source.path, f"{type(exc).__name__}: {exc}")
+            return f"{type(exc).__name__}: {exc}", False
         finally:
             reader.close()
+        return None

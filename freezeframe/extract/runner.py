@@ -137,7 +137,11 @@ class _ShardSink(threading.Thread):
             sink = self._open.pop(shard, None)
             if sink is not None:
                 if sink.num_videos:
-                    sink.commit()
+                    try:
+                        sink.commit()
+                    except BaseException:
+                        sink.abort()  # popped from _open already: nobody else would remove its temporary
+                        raise
                 else:
                     sink.abort()
 

@@ -61,10 +61,13 @@ def _by_rate(ts: np.ndarray, fps: float) -> np.ndarray:
     """The frame on screen at t0, t0 + 1/fps, ... up to the end of the last frame."""
     steps = np.diff(ts)
     last_duration = float(np.median(steps)) if len(steps) else 1.0 / fps
+    # decord's timestamps are float32: a frame starting within float32 rounding after an instant is
+    # on screen at it (else --fps at the native rate skips and repeats frames, unlike PyAV's exact times).
+    eps = min(2 * float(np.spacing(np.float32(max(abs(ts[-1]), 1.0)))), 0.05 * max(last_duration, 0.0)) or 1e-9
     end = ts[-1] + last_duration
     times = ts[0] + np.arange(int(np.floor((end - ts[0]) * fps - 1e-9)) + 1) / fps
-    times = times[times < end]
-    return np.clip(np.searchsorted(ts, times + 1e-9, side="right") - 1, 0, len(ts) - 1).astype(np.int64)
+    times = times[times < end - eps]
+    return np.clip(np.searchsorted(ts, times + eps, side="right") - 1, 0, len(ts) - 1).astype(np.int64)
 
 
 def _clips(n: int, clips: int, frames_per_clip: int, stride: int) -> np.ndarray:

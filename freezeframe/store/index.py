@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from freezeframe.store.files import read_json, write_json_atomic
-from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, shard_id_of_marker
+from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, TEMP_PREFIX, shard_id_of_marker
 
 
 @dataclass
@@ -26,7 +26,9 @@ class Index:
 def committed_shard_ids(shards_dir: Path) -> list[str]:
     if not shards_dir.is_dir():
         return []
-    return sorted(shard_id_of_marker(p) for p in shards_dir.glob(f"*{MARKER_SUFFIX}"))
+    # a marker being written atomically sits under a temporary name first: not (yet) a commit
+    return sorted(shard_id_of_marker(p) for p in shards_dir.glob(f"*{MARKER_SUFFIX}")
+                  if not p.name.startswith(TEMP_PREFIX))
 
 
 def build_index(shards_dir: Path, shard_ids: list[str]) -> Index:
@@ -52,7 +54,7 @@ def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:
             cached = read_json(cache)
             if sorted(cached["shards"]) == shard_ids:
                 return Index(shards=cached["shards"], videos=cached["videos"])
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, TypeError, OSError):
             pass  # a damaged cache is rebuilt below
     return build_index(shards_dir, shard_ids)
 

@@ -104,8 +104,17 @@ class ShardWriter:
         if self._rows_written > keep:
             self._bundle.truncate(keep)
             self._rows_written = keep
-        self._pending = {}
-        self._pending_bytes = 0
+            self._pending = {}  # every pending row came after the flushed ones: all belong to this video
+        else:
+            # pending rows of earlier, ended videos stay; only this video's tail is dropped
+            keep_pending = keep - self._rows_written
+            kept: dict[str, list[np.ndarray]] = {}
+            for name, blocks in self._pending.items():
+                block = (np.concatenate(blocks) if len(blocks) > 1 else blocks[0])[:keep_pending]
+                if len(block):
+                    kept[name] = [block]
+            self._pending = kept
+        self._pending_bytes = sum(block.nbytes for blocks in self._pending.values() for block in blocks)
         self._row_cursor = keep
 
     def _flush(self) -> None:
@@ -163,10 +172,15 @@ class ShardWriter:
         """Remove whatever was written; nothing becomes visible."""
         if self._bundle is not None:
             self._bundle.close()
-        if self.temp_path.is_dir():
-            shutil.rmtree(self.temp_path, ignore_errors=True)
-        elif self.temp_path.exists():
-            self.temp_path.unlink()
+        # a commit that failed after the rename but before its marker leaves an unmarked (invisible) shard
+        paths = [self.temp_path]
+        if not marker_path(self.shards_dir, self.shard_id).exists():
+            paths.append(self.final_path)
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
 
 
 def _fsync_tree(path: Path) -> None:

@@ -73,8 +73,14 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
         report.problems.append(f"{name}: video {video_id!r} is stored twice (shards {kept} and {other})")
     report.checked_videos += len(index.videos)
     cache = fs_dir / INDEX_FILE
-    if cache.exists():
-        cached = read_json(cache)
+    try:
+        cached = read_json(cache) if cache.exists() else None
+        if cached is not None and not isinstance(cached, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, OSError):
+        cached = None
+        report.warnings.append(f"{name}: {INDEX_FILE} is unreadable (it is rebuilt from commit markers on read)")
+    if cached is not None:
         if sorted(cached.get("shards", {})) != shard_ids:
             report.warnings.append(f"{name}: {INDEX_FILE} is stale (it is rebuilt from commit markers on read)")
         elif cached.get("videos") != index.videos:

@@ -96,16 +96,21 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0) -> tuple[nn.Modul
                     f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {name} "
                     f"(tags: {', '.join(tags) or 'none'}); pass a checkpoint path, a tag, or none."
                 )
-            hosts = W.download_hosts(open_clip.get_pretrained_cfg(name, pretrained))
+            pretrained_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+            hosts = W.download_hosts(pretrained_cfg)
             offline = not any(W.host_reachable(host) for host in hosts)
+            # open_clip builds the config's activation and only warns when the tag's weights were trained with
+            # QuickGELU (e.g. ViT-B-32 + openai); build the activation the weights were trained with.
+            quick_gelu = bool(pretrained_cfg.get("quick_gelu")) and not (
+                (open_clip.get_model_config(name) or {}).get("quick_gelu", False))
             try:
                 with W.hub_offline(offline):
-                    clip_model = open_clip.create_model(name, pretrained=pretrained)
+                    clip_model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
             except Exception as exc:  # noqa: BLE001
                 if offline:
                     raise BackboneError(W.missing_weights_message(what, pretrained)) from None
                 raise W.load_error(what, pretrained, exc) from None
-            source = {"pretrained": pretrained}
+            source = {"pretrained": pretrained, **({"force_quick_gelu": True} if quick_gelu else {})}
     config = open_clip.get_model_config(name)
     return clip_model, {"library": "open_clip", "version": package_version("open_clip_torch"), "model": name,
                         "model_config": config, **source}
@@ -165,6 +170,8 @@ class ClipBackbone(nn.Module):
     def _hook_blocks(self) -> None:
         resblocks = self._resblocks()
         depth = len(resblocks)
+        if not self.config.layers:
+            raise InputError("--features tokens needs at least one block in --layers.")
         blocks = set()
         for layer in self.config.layers:
             if not -depth <= layer < depth:
@@ -209,11 +216,12 @@ class ClipBackbone(nn.Module):
         """Preprocessed images (n, 3, h, w) -> {array name: (n, ...) tensor} in the compute dtype."""
         self._captured.clear()
         images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and self.compute_dtype != torch.float32:
-            with torch.autocast("cuda", dtype=self.compute_dtype):
+        if self.compute_dtype != torch.float32:
+            # autocast on every device: the weights stay float32, so casting only the input fails on CPU
+            with torch.autocast(self.device.type, dtype=self.compute_dtype):
                 embed = self.visual(images)
         else:
-            embed = self.visual(images.to(self.compute_dtype))
+            embed = self.visual(images.float())
         if isinstance(embed, tuple):
             embed = embed[0]
         out = {"embed": embed, **self._captured}

@@ -1,0 +1,148 @@
+"""EVL decoder (Lin et al., "Frozen CLIP Models are Efficient Video Learners", ECCV 2022) on cached features.
+
+One learnable query token attends, layer by layer, to the token maps of the last N frozen
+ViT blocks (one decoder layer per block). Before each layer the block's tokens get three
+temporal modules, each switchable off: a depthwise temporal convolution, a temporal position
+embedding, and cross-frame attention built from the block's own frozen attention q/k
+(recomputed from the cached block input, see `freezeframe.store.qk`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from freezeframe.heads.layers import CrossAttentionLayer, QuickGELU
+from freezeframe.store.qk import attention_qk
+
+QK_KEYS = ("norm_weight", "norm_bias", "q_weight", "q_bias", "k_weight", "k_bias")
+
+
+@dataclass(frozen=True)
+class EVLConfig:
+    num_classes: int
+    width: int  # the backbone's token width; EVL's decoder keeps it
+    blocks: tuple[int, ...]  # backbone blocks, shallow to deep, one decoder layer each
+    num_frames: int
+    grid: tuple[int, int]  # patch grid (rows, columns) of the token maps, CLS excluded
+    heads: int = 0  # decoder heads; 0 means width // 64 (12 for ViT-B)
+    backbone_heads: int = 12
+    backbone_norm_eps: float = 1e-5
+    mlp_factor: float = 4.0
+    mlp_dropout: float = 0.5
+    cls_dropout: float = 0.5
+    temporal_conv: bool = True
+    temporal_pos_embed: bool = True
+    cross_frame_attention: bool = True
+
+    @property
+    def decoder_heads(self) -> int:
+        return self.heads or max(1, self.width // 64)
+
+
+class TemporalConv(nn.Module):
+    """Depthwise convolution over time, per token and channel; zero-initialised so it starts as identity."""
+
+    def __init__(self, width: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=width)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, L, C)
+        b, t, l, c = x.shape
+        y = self.conv(x.permute(0, 2, 3, 1).reshape(b * l, c, t))
+        return y.reshape(b, l, c, t).permute(0, 3, 1, 2)
+
+
+class CrossFrameAttention(nn.Module):
+    """Attention maps between each frame's patch queries and its neighbours' keys (mean over heads),
+    mapped to features by learned weights indexed by the relative position of query and key patches."""
+
+    def __init__(self, grid: tuple[int, int], width: int) -> None:
+        super().__init__()
+        rows, cols = grid
+        self.prev_weight = nn.Parameter(torch.zeros((2 * rows - 1) * (2 * cols - 1), width))
+        self.next_weight = nn.Parameter(torch.zeros((2 * rows - 1) * (2 * cols - 1), width))
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        r, c = r.flatten(), c.flatten()
+        relative = (r[:, None] - r[None, :] + rows - 1) * (2 * cols - 1) + (c[:, None] - c[None, :] + cols - 1)
+        self.register_buffer("relative_index", relative, persistent=False)
+
+    def _affinity(self, q: torch.Tensor, k: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        attn = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1).mean(dim=2)  # (B, T', L, L)
+        return torch.einsum("btqk,qkc->btqc", attn, weight[self.relative_index])
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """q, k: (B, T, heads, 1 + L, head_dim) -> features (B, T, 1 + L, width); the CLS row stays zero."""
+        q, k = q[..., 1:, :], k[..., 1:, :]
+        b, t, _, l, _ = q.shape
+        out = q.new_zeros(b, t, l + 1, self.prev_weight.shape[1])
+        if t > 1:
+            out[:, 1:, 1:] += self._affinity(q[:, 1:], k[:, :-1], self.prev_weight)
+            out[:, :-1, 1:] += self._affinity(q[:, :-1], k[:, 1:], self.next_weight)
+        return out
+
+
+class EVLDecoder(nn.Module):
+    """Logits from `inputs["tokens/<b>"]` (B, T, 1 + L, C) and, with cross-frame attention,
+    `inputs["block_input/<b>"]` of the same shape, for every configured block b."""
+
+    def __init__(self, config: EVLConfig) -> None:
+        super().__init__()
+        self.config = config
+        n, width = len(config.blocks), config.width
+        self.query = nn.Parameter(torch.zeros(1, 1, width))
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(width, config.decoder_heads, config.mlp_factor, config.mlp_dropout, QuickGELU)
+            for _ in range(n)
+        )
+        self.temporal_conv = nn.ModuleList(TemporalConv(width) for _ in range(n)) if config.temporal_conv else None
+        self.temporal_pos = (nn.Parameter(torch.zeros(n, config.num_frames, width))
+                             if config.temporal_pos_embed else None)
+        self.cross_frame = (nn.ModuleList(CrossFrameAttention(config.grid, width) for _ in range(n))
+                            if config.cross_frame_attention else None)
+        if config.cross_frame_attention:
+            for b in config.blocks:  # frozen q/k of the backbone; filled by `load_frozen_qk`
+                for key in QK_KEYS:
+                    shape = (width,) if key.startswith("norm") or key.endswith("bias") else (width, width)
+                    self.register_buffer(f"qk_{b}_{key}", torch.zeros(shape))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Dropout(config.cls_dropout), nn.Linear(width, config.num_classes))
+
+    @property
+    def required_arrays(self) -> list[str]:
+        arrays = [f"tokens/{b}" for b in self.config.blocks]
+        if self.config.cross_frame_attention:
+            arrays += [f"block_input/{b}" for b in self.config.blocks]
+        return arrays
+
+    def load_frozen_qk(self, frozen: dict[str, np.ndarray]) -> None:
+        """Copy the backbone's frozen norm and q/k weights (a feature set's `frozen_weights()`)."""
+        for b in self.config.blocks:
+            for key in QK_KEYS:
+                getattr(self, f"qk_{b}_{key}").copy_(torch.as_tensor(frozen[f"block{b}/{key}"]))
+
+    def block_qk(self, block: int, block_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = {key: getattr(self, f"qk_{block}_{key}") for key in QK_KEYS}
+        return attention_qk(block_input, weights, self.config.backbone_heads, self.config.backbone_norm_eps)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        first = inputs[f"tokens/{self.config.blocks[0]}"]
+        batch, frames = first.shape[:2]
+        if self.temporal_pos is not None and frames > self.config.num_frames:
+            raise ValueError(f"{frames} frames exceed num_frames={self.config.num_frames} of this head")
+        query = self.query.expand(batch, -1, -1)
+        for i, b in enumerate(self.config.blocks):
+            x = inputs[f"tokens/{b}"].float()
+            if self.temporal_conv is not None:
+                x = x + self.temporal_conv[i](x)
+            if self.temporal_pos is not None:
+                x = x + self.temporal_pos[i, :frames].view(1, frames, 1, -1)
+            if self.cross_frame is not None:
+                x = x + self.cross_frame[i](*self.block_qk(b, inputs[f"block_input/{b}"]))
+            query = self.layers[i](query, x.flatten(1, 2))
+        return self.head(query[:, 0])

@@ -1,0 +1,61 @@
+"""ViViT factorised-encoder-style temporal transformer over per-frame embeddings.
+
+A learned [CLS] token and learned temporal position embeddings, then pre-norm transformer
+encoder layers across frames; the [CLS] output is classified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    num_classes: int
+    input_dim: int
+    array: str = "embed"
+    width: int = 256
+    depth: int = 2
+    heads: int = 4
+    mlp_factor: float = 4.0
+    dropout: float = 0.1
+    max_frames: int = 64
+
+
+class TemporalTransformer(nn.Module):
+    """Logits from `inputs[array]` of shape (batch, frames, input_dim)."""
+
+    def __init__(self, config: TemporalConfig) -> None:
+        super().__init__()
+        self.config = config
+        # Per-channel standardisation of the cached inputs (set from training data by `set_input_stats`):
+        # frozen embeddings often share a large common component that would drown the frame-to-frame signal.
+        self.register_buffer("input_mean", torch.zeros(config.input_dim))
+        self.register_buffer("input_std", torch.ones(config.input_dim))
+        self.proj = nn.Linear(config.input_dim, config.width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
+        self.pos_embed = nn.Parameter(torch.randn(1, config.max_frames + 1, config.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(config.width, config.heads, int(config.width * config.mlp_factor),
+                                           config.dropout, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.width)
+        self.head = nn.Linear(config.width, config.num_classes)
+
+    @property
+    def required_arrays(self) -> list[str]:
+        return [self.config.array]
+
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(1e-6))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.proj((inputs[self.config.array].float() - self.input_mean) / self.input_std)
+        frames = x.shape[1]
+        if frames > self.config.max_frames:
+            raise ValueError(f"{frames} frames exceed max_frames={self.config.max_frames} of this head")
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed[:, : frames + 1]
+        return self.head(self.norm(self.encoder(x)[:, 0]))

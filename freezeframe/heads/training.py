@@ -1,0 +1,173 @@
+"""The training loop shared by gradient-trained heads: AdamW + cosine schedule, AMP on CUDA,
+a checkpoint every epoch, exact resume, metrics as JSON lines, best checkpoint kept, PNG curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from freezeframe.heads.curves import plot_curves
+from freezeframe.heads.evaluation import evaluate, to_device
+from freezeframe.store.datasets import FeatureDataset, collate
+
+METRICS_FILE = "metrics.jsonl"
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 4e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True  # fp16 autocast with loss scaling, on CUDA only
+    progress: bool = True
+
+
+def resolve_device(spec: str) -> torch.device:
+    return torch.device("cuda" if spec == "auto" and torch.cuda.is_available() else ("cpu" if spec == "auto" else spec))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    torch.save(obj, temp)
+    os.replace(temp, path)
+
+
+def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_classifier(
+    head: nn.Module,
+    train_set: FeatureDataset,
+    val_set: FeatureDataset | None,
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train `head` on `train_set`; one checkpoint per epoch in `run_dir`. Returns the metrics history."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    head.to(device)
+    params = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    schedule = cosine_schedule(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, best_score = 0, -math.inf
+    history = read_metrics(run_dir) if resume else []
+
+    if resume and (run_dir / LAST).exists():
+        state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best_score = state["epoch"] + 1, state["best_score"]
+        history = [h for h in history if h["epoch"] < start_epoch]
+        log(f"resumed from epoch {state['epoch']} in {run_dir}")
+    elif not resume:
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order,
+                            collate_fn=collate, num_workers=config.workers, pin_memory=device.type == "cuda")
+        head.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress):
+            inputs, labels = to_device(batch["inputs"], device), batch["label"].to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = head(inputs)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            loss_sum += float(loss) * len(labels)
+        metrics = {"epoch": epoch, "train_loss": loss_sum / total, "train_top1": correct / total,
+                   "lr": optimizer.param_groups[0]["lr"]}
+        if val_set is not None:
+            val = evaluate(head, val_set, config.batch_size, device, config.workers)
+            metrics.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
+        metrics["seconds"] = time.perf_counter() - started
+        score = metrics.get("val_top1", -metrics["train_loss"])
+        improved = score > best_score
+        best_score = max(best_score, score)
+        state = {"epoch": epoch, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                 "best_score": best_score, "config": asdict(config)}
+        save_atomic(state, run_dir / LAST)
+        if improved:
+            save_atomic({"epoch": epoch, "head": head.state_dict(), "metrics": metrics}, run_dir / BEST)
+        history.append(metrics)
+        with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        plot_curves(history, run_dir / "curves.png")
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "lr", "seconds"))
+        log(f"epoch {epoch + 1}/{config.epochs}: {shown}{' (best)' if improved else ''}")
+    return history

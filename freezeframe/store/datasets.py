@@ -1,0 +1,192 @@
+"""Torch datasets over a feature set: labelled videos, chosen arrays, chosen frames per item.
+
+The store is opened lazily in each DataLoader worker, so a dataset pickles cheaply and many
+workers read at once. Frame selection happens here, not in the head:
+`all`, `uniform:T`, `sparse-random:T` (fresh random frames each epoch, ClipBERT-style), and
+`views` (every stored clip of a `--clips` extraction, for multi-view evaluation).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from freezeframe.errors import InputError, StoreError
+from freezeframe.store.store import Store
+
+FRAME_MODES = ("all", "uniform", "sparse-random", "views")
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """Which rows of a video an item carries; `num_frames` applies to `uniform` and `sparse-random`."""
+
+    mode: str = "uniform"
+    num_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if self.mode not in FRAME_MODES:
+            raise InputError(f"unknown frame selection {self.mode!r}; choose one of {', '.join(FRAME_MODES)}.")
+        if self.num_frames < 1:
+            raise InputError("the number of frames per item must be at least 1.")
+
+    @classmethod
+    def parse(cls, text: str) -> "FrameSelection":
+        """`all`, `views`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`)."""
+        mode, _, count = text.partition(":")
+        if mode.isdigit():
+            return cls("uniform", int(mode))
+        return cls(mode, int(count)) if count else cls(mode)
+
+    def __str__(self) -> str:
+        return self.mode if self.mode in ("all", "views") else f"{self.mode}:{self.num_frames}"
+
+    def rows(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Row indices into a video of `n` stored frames (segments when `n` < `num_frames` repeat rows)."""
+        if self.mode in ("all", "views"):
+            return np.arange(n)
+        t = self.num_frames
+        if self.mode == "uniform" or rng is None:
+            return np.minimum(((np.arange(t) + 0.5) * n / t).astype(np.int64), n - 1)
+        edges = np.linspace(0, n, t + 1)
+        low = np.floor(edges[:-1]).astype(np.int64)
+        high = np.maximum(low + 1, np.floor(edges[1:]).astype(np.int64))
+        return np.minimum(rng.integers(low, high), n - 1)
+
+
+def read_labels(path: str | Path) -> list[tuple[str, str]]:
+    """A CSV of `video_id,label` (header required); labels are strings."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = {name.strip() for name in reader.fieldnames or []}
+        if not {"video_id", "label"} <= fields:
+            raise InputError(f"{path}: a label file needs the columns video_id,label.")
+        rows = [({k.strip(): v for k, v in row.items()}) for row in reader]
+    return [(row["video_id"], row["label"].strip()) for row in rows]
+
+
+def block_source(array: str, stored: dict) -> str:
+    """`block_input/<b>` is stored only where `tokens/<b-1>` is not; read whichever exists."""
+    if array in stored or not array.startswith("block_input/"):
+        return array
+    previous = f"tokens/{int(array.split('/')[1]) - 1}"
+    return previous if previous in stored else array
+
+
+class FeatureDataset(Dataset):
+    """Items are `{"inputs": {array: tensor (frames, ...)}, "label": int, "index": int}`.
+
+    With `views`, each input has shape (views, frames_per_view, ...). `preload=True` reads every
+    requested array into memory once (worth it for small arrays such as `embed`).
+    """
+
+    def __init__(
+        self,
+        store_path: str | Path,
+        feature_set: str,
+        video_ids: Sequence[str],
+        arrays: Sequence[str],
+        selection: FrameSelection = FrameSelection(),
+        labels: Sequence[int] | None = None,
+        preload: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.store_path = str(store_path)
+        self.feature_set = feature_set
+        self.video_ids = list(video_ids)
+        self.labels = list(labels) if labels is not None else None
+        self.arrays = list(arrays)
+        self.selection = selection
+        self.seed = seed
+        self.epoch = 0
+        self._fs = None
+        fs = self._open()
+        stored = fs.arrays()
+        missing_ids = [v for v in self.video_ids if v not in fs]
+        if missing_ids:
+            raise InputError(
+                f"{len(missing_ids)} video ids are not committed in feature set {feature_set!r} "
+                f"(e.g. {', '.join(map(repr, missing_ids[:3]))})."
+            )
+        self._sources = {a: block_source(a, stored) for a in self.arrays}
+        missing = [a for a, src in self._sources.items() if src not in stored]
+        if missing:
+            raise InputError(
+                f"feature set {feature_set!r} has no array {missing[0]!r}; it has: {', '.join(stored)}."
+            )
+        self.frames_per_view = fs.provenance.get("frames_per_view")
+        if selection.mode == "views" and not self.frames_per_view:
+            raise InputError(f"feature set {feature_set!r} was not extracted with --clips, so it has no views.")
+        self.row_shapes = {a: tuple(stored[src]["shape"]) for a, src in self._sources.items()}
+        self.lengths = {v: fs.video_info(v)["n_frames"] for v in self.video_ids}
+        self._cache: dict[tuple[str, str], np.ndarray] | None = None
+        if preload:
+            self._cache = {(v, src): fs.read(v, src) for v in self.video_ids for src in set(self._sources.values())}
+        self._fs = None  # reopened lazily, once per worker process
+
+    def _open(self):
+        if self._fs is None:
+            store = Store(self.store_path)
+            if self.feature_set not in store:
+                raise StoreError(f"store {self.store_path} has no feature set {self.feature_set!r}.")
+            self._fs = store[self.feature_set]
+        return self._fs
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fs": None}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-draws `sparse-random` frames: items depend only on (seed, epoch, index), also after resume."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def _read(self, video_id: str, source: str, rows: np.ndarray | None) -> np.ndarray:
+        if self._cache is not None:
+            full = self._cache[(video_id, source)]
+            return full if rows is None else full[rows]
+        return self._open().read(video_id, source, rows)
+
+    def __getitem__(self, index: int) -> dict:
+        video_id = self.video_ids[index]
+        n = self.lengths[video_id]
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.selection.mode == "sparse-random" else None
+        rows = None if self.selection.mode in ("all", "views") else self.selection.rows(n, rng)
+        cache: dict[str, np.ndarray] = {}
+        inputs = {}
+        for array, source in self._sources.items():
+            if source not in cache:
+                cache[source] = self._read(video_id, source, rows)
+            value = torch.from_numpy(np.ascontiguousarray(cache[source]))
+            if self.selection.mode == "views":
+                value = value.reshape(-1, self.frames_per_view, *value.shape[1:])
+            inputs[array] = value
+        item = {"inputs": inputs, "index": index}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items; videos with different frame counts (`all`) need a fixed selection such as `uniform:T`."""
+    out: dict = {"index": torch.tensor([item["index"] for item in items])}
+    if "label" in items[0]:
+        out["label"] = torch.tensor([item["label"] for item in items])
+    inputs = {}
+    for array in items[0]["inputs"]:
+        values = [item["inputs"][array] for item in items]
+        if len({tuple(v.shape) for v in values}) > 1:
+            raise InputError(
+                f"videos in a batch have different numbers of frames for {array!r}; use a fixed frame "
+                "selection such as uniform:8 instead of all."
+            )
+        inputs[array] = torch.stack(values)
+    out["inputs"] = inputs
+    return out
