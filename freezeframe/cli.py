@@ -1,4 +1,4 @@
-"""The `freezeframe` command line: extract, inspect, verify, train, eval, demo."""
+"""The `freezeframe` command line: extract, inspect, verify, convert, train, eval, demo."""
 
 from __future__ import annotations
 
@@ -61,14 +61,20 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Compute precision; auto is fp16 on CUDA, fp32 on CPU. Features are stored as float16.")
+@click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True,
+              help="Shard format: a Zarr directory or one HDF5 file per shard.")
+@click.option("--compression", type=click.Choice(["none", "zstd", "blosc"]), default="none", show_default=True,
+              help="Shard compression (recorded per shard; not part of provenance).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, store, name, model, pretrained, features, layers, num_frames, fps, clips, frames_per_clip, stride,
-            decoder, preprocess, batch_size, workers, shard_size, device, precision, no_progress) -> None:
+            decoder, preprocess, batch_size, workers, shard_size, device, precision, store_format, compression,
+            no_progress) -> None:
     """Extract frozen CLIP features of videos (files, folders, or CSV/text lists) into STORE."""
     from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, SamplingConfig, collect_sources
     from freezeframe.extract.runner import default_workers, resolve_device, run_extraction
 
-    chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips)) if value]
+    chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
+              if value is not None]
     if len(chosen) > 1:
         raise click.UsageError(f"choose one sampling strategy, not {' and '.join(chosen)}.")
     if fps is not None:
@@ -76,12 +82,13 @@ def extract(inputs, store, name, model, pretrained, features, layers, num_frames
     elif clips is not None:
         sampling = SamplingConfig("clips", clips=clips, frames_per_clip=frames_per_clip, stride=stride)
     else:
-        sampling = SamplingConfig("num_frames", num_frames=num_frames or 8)
+        sampling = SamplingConfig("num_frames", num_frames=8 if num_frames is None else num_frames)
     clip_config = ClipConfig(model=model, pretrained=pretrained, features=tuple(f.strip() for f in features.split(",")),
                              layers=_int_list(layers), precision=precision)
     config = ExtractConfig(store=store, name=name, sampling=sampling, decoder=decoder, preprocess=preprocess,
                            batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                           shard_size=shard_size, device=device, progress=not no_progress)
+                           shard_size=shard_size, device=device, format=store_format, compression=compression,
+                           progress=not no_progress)
     sources = collect_sources(inputs)
     backbone = ClipBackbone(clip_config, device=resolve_device(device))
     report = run_extraction(sources, backbone, config)
@@ -126,6 +133,36 @@ def verify(store) -> None:
     status = "ok" if report.ok else f"{len(report.problems)} problems"
     click.echo(f"{status}: {report.checked_shards} shards, {report.checked_videos} videos checked")
     sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True,
+              help="Format of the new shards.")
+@click.option("--compression", type=click.Choice(["none", "zstd", "blosc"]), default="none", show_default=True,
+              help="Compression of the new shards.")
+@click.option("--set", "names", multiple=True, help="Feature set to copy (repeatable) [default: all].")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+def convert(src, dst, store_format, compression, names, quiet) -> None:
+    """Copy SRC into DST shard by shard in another format/compression; every copy is verified exactly.
+
+    Resumable: a rerun skips shards already committed in DST (and checks them again). Exit 1 on any mismatch.
+    """
+    from freezeframe.store.convert import convert_store
+
+    report = convert_store(src, dst, format=store_format, compression=compression, names=names,
+                           log=None if quiet else click.echo)
+    for name, done in report.feature_sets.items():
+        click.echo(f"{name}: copied {done.copied_shards} shards ({done.copied_videos} videos), "
+                   f"skipped {done.skipped_shards} already in {dst}; {done.verified_videos} videos verified equal; "
+                   f"{done.failures_copied} failure records copied")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        click.echo(f"convert failed: {len(report.problems)} mismatches between {src} and {dst}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {dst} holds an exact {store_format}/{compression} copy")
 
 
 def _train_options(func):

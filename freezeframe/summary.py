@@ -16,6 +16,7 @@ def store_summary(store: Store, names: list[str] | None = None) -> dict:
             "num_frames": fs.num_frames,
             "num_shards": len(fs.shard_ids),
             "arrays": fs.arrays(),
+            "storage": fs.storage(),
             "failures": fs.failures(),
         }
     return {"store": str(store.path), "feature_sets": sets}
@@ -33,6 +34,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"    backbone  {backbone.get('library', '?')} {backbone.get('model', '?')} "
                      f"weights={backbone.get('pretrained', '?')} compute={p.get('compute_dtype', '?')}")
         lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
+        storage = ", ".join(f"{s['format']}/{s['compression']} ({s['shards']} shards)" for s in fs.get("storage", []))
+        lines.append(f"    storage   {storage or 'no shards'}")
         for array, meta in fs["arrays"].items():
             lines.append(f"    {array:<18} {meta['dtype']:<8} per frame {tuple(meta['shape'])}")
         if fs["failures"]:

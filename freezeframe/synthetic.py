@@ -23,13 +23,16 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
     with av.open(str(path), "w") as container:
         try:
             stream = container.add_stream("libx264", rate=fps)
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
         except Exception:  # noqa: BLE001 - builds of FFmpeg without x264
             stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # convert to the stream's pixel format here: the conversion PyAV does inside `encode` is not
+            # deterministic (the same frames gave different videos from run to run)
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=stream.pix_fmt)
+            for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

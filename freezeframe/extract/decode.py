@@ -200,12 +200,6 @@ def iter_windows(
         window = max(1, max_window_bytes // max(1, frames[0].nbytes))
 
 
-def decoder_versions() -> dict[str, str | None]:
-    from freezeframe.store.provenance import package_version
-
-    return {"decord": package_version("decord"), "av": package_version("av")}
-
-
 def _short(exc: BaseException) -> str:
     """First meaningful line of a decoder error, without C++ file/line prefixes."""
     text = str(exc).strip() or type(exc).__name__

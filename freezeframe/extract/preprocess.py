@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from freezeframe.errors import InputError
+
 Mode = Literal["exact", "fast"]
 
 
@@ -45,13 +47,21 @@ class ExactPreprocessor:
         return torch.stack([self._transform(Image.fromarray(frame)) for frame in frames])
 
 
+def check_fast_supported(config: PreprocessConfig) -> None:
+    """Fast mode mirrors open_clip's square 'shortest side' transform; anything else must use exact mode."""
+    if config.resize_mode != "shortest" or config.size[0] != config.size[1]:
+        raise InputError(
+            f"--preprocess fast supports square inputs resized by their shortest side; this model uses "
+            f"resize_mode={config.resize_mode!r} and size={tuple(config.size)}: use --preprocess exact."
+        )
+
+
 def fast_preprocess(frames: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """uint8 (n, H, W, 3) on any device -> normalised float (n, 3, h, w): antialiased resize, center crop.
 
     Intermediate pixels are rounded to uint8 levels as PIL does, which keeps fast mode close to exact.
     """
-    if config.resize_mode != "shortest":
-        raise ValueError("fast preprocessing supports resize_mode 'shortest' only; use --preprocess exact")
+    check_fast_supported(config)
     x = frames.permute(0, 3, 1, 2).float()
     height, width = x.shape[-2:]
     out_h, out_w = config.size

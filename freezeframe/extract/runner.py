@@ -7,7 +7,6 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -18,9 +17,9 @@ from tqdm import tqdm
 from freezeframe.errors import InputError
 from freezeframe.extract.backbones.clip import ClipBackbone
 from freezeframe.extract.batching import FrameBatcher
-from freezeframe.extract.decode import DECODERS, decoder_versions
-from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
-from freezeframe.extract.preprocess import fast_preprocess
+from freezeframe.extract.decode import DECODERS
+from freezeframe.extract.loader import DecodeSpec, Failure, Window, WindowStream
+from freezeframe.extract.preprocess import check_fast_supported, fast_preprocess
 from freezeframe.extract.sampling import SamplingConfig
 from freezeframe.extract.sources import VideoSource, check_unique
 from freezeframe.store import provenance as prov
@@ -45,6 +44,7 @@ class ExtractConfig:
     shard_size: int = 64
     device: str = "auto"
     format: str = "zarr"
+    compression: str = "none"  # storage only: recorded per shard, not in provenance
     max_window_bytes: int = 64 * 1024 * 1024
     progress: bool = True
 
@@ -58,6 +58,12 @@ class ExtractConfig:
                 raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
         if self.workers < 0:
             raise InputError("--workers must be 0 (decode in the main process) or more.")
+        from freezeframe.store.backends import BACKENDS, COMPRESSIONS
+
+        if self.format not in BACKENDS:
+            raise InputError(f"unknown --format {self.format!r}; choose one of {', '.join(BACKENDS)}.")
+        if self.compression not in COMPRESSIONS:
+            raise InputError(f"unknown --compression {self.compression!r}; choose one of {', '.join(COMPRESSIONS)}.")
 
 
 @dataclass
@@ -158,9 +164,11 @@ def _identity(item):
 def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, config: ExtractConfig) -> ExtractionReport:
     """Extract features of every source not yet committed; failures are recorded and the rest goes on."""
     check_unique(sources)
+    if config.preprocess == "fast":
+        check_fast_supported(backbone.preprocess)
     name = config.name or backbone.config.default_name()
     writer = FeatureSetWriter(config.store, name, feature_set_provenance(backbone, config), format=config.format,
-                              frozen=backbone.frozen_weights() or None)
+                              compression=config.compression, frozen=backbone.frozen_weights() or None)
     committed = writer.committed_ids()
     todo = [s for s in sources if s.video_id not in committed]
     report = ExtractionReport(config.store, name, total=len(sources), skipped=len(sources) - len(todo),

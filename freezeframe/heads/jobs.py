@@ -8,7 +8,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -18,7 +17,8 @@ from freezeframe.heads.evaluation import evaluate
 from freezeframe.heads.probe import LinearProbe, pool_frames, sweep_l2
 from freezeframe.heads.registry import build_head, config_to_dict, head_config
 from freezeframe.heads.run import RunInfo, load_head
-from freezeframe.heads.training import BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, train_classifier
+from freezeframe.heads.training import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
+                                        train_classifier)
 from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate, read_labels
 from freezeframe.store.store import Store
 
@@ -75,6 +75,7 @@ def train_run(
     ids, labels, classes = labelled_ids(train_labels)
     head_cfg = head_config(kind, fs, len(classes), _frames_per_item(eval_sel, store, feature_set),
                            **(head_options or {}))
+    seed_everything(config.seed)  # the head's initial weights, too, follow --seed (not the process's RNG state)
     head = build_head(kind, head_cfg)
     if kind == "evl" and head_cfg.cross_frame_attention:
         head.load_frozen_qk(fs.frozen_weights())

@@ -3,7 +3,8 @@
 As in the CLIP paper's linear-probe protocol, the L2 strength is chosen on a validation split
 by a log-spaced sweep, then the probe is refitted on train + validation.
 Objective: mean cross-entropy + (l2 / 2) * ||W||^2 (bias not penalised), i.e. scikit-learn's
-`LogisticRegression(C=1 / (l2 * n_samples))`.
+`LogisticRegression(C=1 / (l2 * n_samples))` for three or more classes. With two classes
+scikit-learn fits one weight vector w = W[1] - W[0], which matches `C=2 / (l2 * n_samples)`.
 """
 
 from __future__ import annotations
@@ -54,21 +55,33 @@ class LinearProbe(nn.Module):
         return self.linear(pool_frames(inputs[self.config.array], self.config.pooling))
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, l2: float | None = None, max_iter: int = 1000) -> float:
-        """Full-batch L-BFGS on pooled features (n, dim); returns the final objective."""
+        """Full-batch L-BFGS on pooled features (n, dim); returns the final objective.
+
+        The fit runs in float64: frozen features often share a large common component, which makes
+        the problem ill-conditioned enough that float32 L-BFGS stops well short of the optimum.
+        """
         l2 = self.config.l2 if l2 is None else l2
-        features = features.float()
-        optimizer = torch.optim.LBFGS(self.linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+        features = features.double()
+        weight = self.linear.weight.detach().double().clone().requires_grad_(True)
+        bias = self.linear.bias.detach().double().clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
                                       tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def objective() -> torch.Tensor:
+            return F.cross_entropy(F.linear(features, weight, bias), labels) + 0.5 * l2 * weight.pow(2).sum()
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = F.cross_entropy(self.linear(features), labels) + 0.5 * l2 * self.linear.weight.pow(2).sum()
+            loss = objective()
             loss.backward()
             return loss
 
         with torch.enable_grad():
-            loss = optimizer.step(closure)
-        return float(loss.detach())
+            optimizer.step(closure)  # returns the objective at the start, not at the end
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)
+            return float(objective())
 
 
 def l2_grid(low: float = 1e-6, high: float = 1e2, steps: int = 17) -> np.ndarray:

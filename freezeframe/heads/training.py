@@ -90,6 +90,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_metrics(run_dir: str | Path, history: list[dict]) -> None:
+    """Rewrite metrics.jsonl whole (atomically) from a history."""
+    path = Path(run_dir) / METRICS_FILE
+    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    temp.write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+    os.replace(temp, path)
+
+
 def train_classifier(
     head: nn.Module,
     train_set: FeatureDataset,
@@ -113,7 +121,7 @@ def train_classifier(
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best_score = 0, -math.inf
-    history = read_metrics(run_dir) if resume else []
+    history: list[dict] = []
 
     if resume and (run_dir / LAST).exists():
         state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
@@ -123,10 +131,11 @@ def train_classifier(
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start_epoch, best_score = state["epoch"] + 1, state["best_score"]
-        history = [h for h in history if h["epoch"] < start_epoch]
+        # The checkpoint is the record of past epochs, not metrics.jsonl: a run killed after saving the
+        # checkpoint but before (or while) appending that epoch's line must not lose or garble it.
+        history = state.get("history") or [h for h in read_metrics(run_dir) if h["epoch"] < start_epoch]
         log(f"resumed from epoch {state['epoch']} in {run_dir}")
-    elif not resume:
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    write_metrics(run_dir, history)
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
@@ -148,7 +157,7 @@ def train_classifier(
             scheduler.step()
             total += len(labels)
             correct += int((logits.argmax(1) == labels).sum())
-            loss_sum += float(loss) * len(labels)
+            loss_sum += float(loss.detach()) * len(labels)
         metrics = {"epoch": epoch, "train_loss": loss_sum / total, "train_top1": correct / total,
                    "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None:
@@ -158,13 +167,13 @@ def train_classifier(
         score = metrics.get("val_top1", -metrics["train_loss"])
         improved = score > best_score
         best_score = max(best_score, score)
-        state = {"epoch": epoch, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+        history.append(metrics)
+        state = {"history": history, "epoch": epoch, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
                  "best_score": best_score, "config": asdict(config)}
-        save_atomic(state, run_dir / LAST)
-        if improved:
+        if improved:  # before last.pt: a run killed in between redoes this epoch and rewrites best.pt alike
             save_atomic({"epoch": epoch, "head": head.state_dict(), "metrics": metrics}, run_dir / BEST)
-        history.append(metrics)
+        save_atomic(state, run_dir / LAST)
         with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics) + "\n")
         plot_curves(history, run_dir / "curves.png")

@@ -54,9 +54,11 @@ class FrameSelection:
         t = self.num_frames
         if self.mode == "uniform" or rng is None:
             return np.minimum(((np.arange(t) + 0.5) * n / t).astype(np.int64), n - 1)
-        edges = np.linspace(0, n, t + 1)
-        low = np.floor(edges[:-1]).astype(np.int64)
-        high = np.maximum(low + 1, np.floor(edges[1:]).astype(np.int64))
+        # segment i is [i*n//t, (i+1)*n//t), at least one row; integer arithmetic, since floating-point
+        # edges (np.linspace) land just below whole numbers, e.g. 12.999999999999998 for n=26, t=46.
+        edges = np.arange(t + 1, dtype=np.int64) * n // t
+        low = edges[:-1]
+        high = np.maximum(low + 1, edges[1:])
         return np.minimum(rng.integers(low, high), n - 1)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from freezeframe.errors import StoreError
-from freezeframe.store.backends import get_backend
+from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.files import read_json, read_jsonl
 from freezeframe.store.index import load_index
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SHARDS_DIR
@@ -59,6 +59,15 @@ class FeatureSet:
                 out.setdefault(name, {"shape": list(meta["shape"]), "dtype": meta["dtype"]})
         return dict(sorted(out.items()))
 
+    def storage(self) -> list[dict]:
+        """How the committed shards are stored: [{"format", "compression", "shards"}], one entry per combination."""
+        counts: dict[tuple[str, str], int] = {}
+        for shard in self._index.shards.values():
+            key = (shard["format"], shard.get("compression", "none"))
+            counts[key] = counts.get(key, 0) + 1
+        return [{"format": fmt, "compression": compression, "shards": n}
+                for (fmt, compression), n in sorted(counts.items())]
+
     def video_info(self, video_id: str) -> dict:
         """Where a video lives and how it was decoded: shard, row_start, n_frames, source, decoder."""
         try:
@@ -107,12 +116,22 @@ class FeatureSet:
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
         """Frozen backbone weights stored once per feature set (e.g. the blocks' norm and q/k projections)."""
-        for fmt in ("zarr",):
-            path = self.path / f"{FROZEN_NAME}{get_backend(fmt).extension}"
-            if path.exists():
-                reader = get_backend(fmt).reader(path)
+        path, backend = self.frozen_bundle()
+        if path is not None:
+            reader = backend.reader(path)
+            try:
                 return {name: reader.read(name) for name in reader.array_names()}
+            finally:
+                reader.close()
         raise StoreError(f"feature set {self.name!r} keeps no frozen weights (extract with --features tokens).")
+
+    def frozen_bundle(self):
+        """(path, backend) of the frozen-weights bundle in whichever registered format holds it, or (None, None)."""
+        for backend in BACKENDS.values():
+            path = self.path / f"{FROZEN_NAME}{backend.extension}"
+            if path.exists():
+                return path, backend
+        return None, None
 
     def block_input(self, video_id: str, block: int) -> np.ndarray:
         """Input tokens of ViT block `block`: the previous block's output where stored, else its own copy."""

@@ -15,7 +15,8 @@ from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, TEMP_PREFIX, sha
 
 @dataclass
 class Index:
-    shards: dict[str, dict] = field(default_factory=dict)  # shard id -> {"file", "format", "arrays", "num_frames"}
+    # shard id -> {"file", "format", "compression", "arrays", "num_frames"}
+    shards: dict[str, dict] = field(default_factory=dict)
     videos: dict[str, dict] = field(default_factory=dict)  # video id -> {"shard", "row_start", "n_frames", ...}
     duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # (video id, kept shard, other shard)
 
@@ -31,12 +32,17 @@ def committed_shard_ids(shards_dir: Path) -> list[str]:
                   if not p.name.startswith(TEMP_PREFIX))
 
 
-def build_index(shards_dir: Path, shard_ids: list[str]) -> Index:
-    """Read every marker; on a video committed twice, keep the earliest shard and note the other."""
+def read_marker(shards_dir: Path, shard_id: str) -> dict:
+    return read_json(shards_dir / f"{shard_id}{MARKER_SUFFIX}")
+
+
+def index_from_markers(markers: dict[str, dict]) -> Index:
+    """On a video committed twice, keep the earliest shard and note the other."""
     index = Index()
-    for shard_id in sorted(shard_ids):
-        marker = read_json(shards_dir / f"{shard_id}{MARKER_SUFFIX}")
+    for shard_id in sorted(markers):
+        marker = markers[shard_id]
         index.shards[shard_id] = {key: marker[key] for key in ("file", "format", "arrays", "num_frames")}
+        index.shards[shard_id]["compression"] = marker.get("compression", "none")
         for video in marker["videos"]:
             video_id = video["id"]
             if video_id in index.videos:
@@ -44,6 +50,10 @@ def build_index(shards_dir: Path, shard_ids: list[str]) -> Index:
                 continue
             index.videos[video_id] = {"shard": shard_id, **{k: v for k, v in video.items() if k != "id"}}
     return index
+
+
+def build_index(shards_dir: Path, shard_ids: list[str]) -> Index:
+    return index_from_markers({shard_id: read_marker(shards_dir, shard_id) for shard_id in shard_ids})
 
 
 def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from freezeframe.store.backends import Backend
+from freezeframe.store.backends import COMPRESSIONS, Backend
 from freezeframe.store.files import fsync_dir, write_json_atomic
 from freezeframe.store.layout import TEMP_PREFIX, marker_path, new_shard_id, temp_owner_tag
 
@@ -48,6 +48,7 @@ class ShardWriter:
     shards_dir: Path
     backend: Backend
     shard_id: str = field(default_factory=new_shard_id)
+    compression: str = "none"  # a storage detail recorded in the marker, not part of provenance
 
     def __post_init__(self) -> None:
         self.final_path = self.shards_dir / f"{self.shard_id}{self.backend.extension}"
@@ -121,7 +122,7 @@ class ShardWriter:
         if not self._pending:
             return
         if self._bundle is None:
-            self._bundle = self.backend.writer(self.temp_path)
+            self._bundle = self.backend.writer(self.temp_path, compression=self.compression)
         rows = 0
         for name, blocks in self._pending.items():
             block = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
@@ -157,6 +158,8 @@ class ShardWriter:
         marker = {
             "shard_id": self.shard_id,
             "format": self.backend.name,
+            "compression": self.compression,
+            "codec": COMPRESSIONS[self.compression],
             "file": self.final_path.name,
             "num_frames": expected_rows,
             "videos": self.videos,
@@ -171,29 +174,42 @@ class ShardWriter:
     def abort(self) -> None:
         """Remove whatever was written; nothing becomes visible."""
         if self._bundle is not None:
-            self._bundle.close()
+            self._bundle.close()  # closes an HDF5 file before it is unlinked
+            self._bundle = None
         # a commit that failed after the rename but before its marker leaves an unmarked (invisible) shard
         paths = [self.temp_path]
         if not marker_path(self.shards_dir, self.shard_id).exists():
             paths.append(self.final_path)
         for path in paths:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink()
+            remove_bundle(path)
+
+
+def remove_bundle(path: Path) -> None:
+    """Delete a bundle: a directory tree (Zarr) or a single file (HDF5); a missing one is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(path: Path) -> None:
-    """fsync every file and directory of a freshly written bundle before it is renamed into place."""
-    if path.is_file():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    """fsync every file and directory of a freshly written bundle before it is renamed into place.
+
+    A single-file bundle (HDF5) is fsynced itself; the rename that follows is made durable by
+    the caller's fsync of the parent directory.
+    """
+    if not path.is_dir():
+        _fsync_file(path)  # raises if the bundle is missing: never rename what was not written
         return
     for root, _dirs, files in os.walk(path):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(os.path.join(root, name))
         fsync_dir(Path(root))

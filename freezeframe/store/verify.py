@@ -7,7 +7,7 @@ from pathlib import Path
 
 from freezeframe.store.backends import get_backend
 from freezeframe.store.files import read_json
-from freezeframe.store.index import build_index, committed_shard_ids
+from freezeframe.store.index import committed_shard_ids, index_from_markers, read_marker
 from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX
 from freezeframe.store.shard import array_sha256
 from freezeframe.store.store import Store
@@ -36,16 +36,17 @@ def verify_store(path: str | Path) -> VerifyReport:
 def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
     shards_dir = fs_dir / SHARDS_DIR
     shard_ids = committed_shard_ids(shards_dir)
+    markers: dict[str, dict] = {}
     for shard_id in shard_ids:
         where = f"{name}/{SHARDS_DIR}/{shard_id}"
         try:
-            marker = read_json(shards_dir / f"{shard_id}{MARKER_SUFFIX}")
+            marker = read_marker(shards_dir, shard_id)
             reader = get_backend(marker["format"]).reader(shards_dir / marker["file"])
+            names = reader.array_names()  # HDF5 readers open their file lazily, here
         except Exception as exc:  # noqa: BLE001 - every unreadable shard is a reported problem
             report.problems.append(f"{where}: cannot open: {exc}")
             continue
         expected_rows = sum(v["n_frames"] for v in marker["videos"])
-        names = reader.array_names()
         if sorted(names) != sorted(marker["arrays"]):
             report.problems.append(f"{where}: arrays {names} differ from marker {sorted(marker['arrays'])}")
         for array, meta in marker["arrays"].items():
@@ -67,8 +68,9 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
                 break
             cursor = start + n
         reader.close()
+        markers[shard_id] = marker
         report.checked_shards += 1
-    index = build_index(shards_dir, shard_ids)
+    index = index_from_markers(markers)
     for video_id, kept, other in index.duplicates:
         report.problems.append(f"{name}: video {video_id!r} is stored twice (shards {kept} and {other})")
     report.checked_videos += len(index.videos)
@@ -87,7 +89,7 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
             report.problems.append(f"{name}: {INDEX_FILE} disagrees with the commit markers")
     for temp in list(fs_dir.glob(f"{TEMP_PREFIX}*")) + list(shards_dir.glob(f"{TEMP_PREFIX}*")):
         report.warnings.append(f"{name}: uncommitted temporary {temp.name} (a writer is running or crashed)")
-    committed_files = {read_json(shards_dir / f"{s}{MARKER_SUFFIX}")["file"] for s in shard_ids}
+    committed_files = {marker["file"] for marker in markers.values()}
     for entry in shards_dir.iterdir() if shards_dir.is_dir() else []:
         if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX):
             continue

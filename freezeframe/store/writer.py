@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -12,14 +11,14 @@ import numpy as np
 
 from freezeframe.errors import StoreError
 from freezeframe.store import provenance as prov
-from freezeframe.store.backends import get_backend
+from freezeframe.store.backends import BACKENDS, check_compression, get_backend
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json
 from freezeframe.store.index import Index, write_index
 from freezeframe.store.layout import (
     FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, temp_owner_tag,
 )
-from freezeframe.store.shard import ShardWriter
+from freezeframe.store.shard import ShardWriter, _fsync_tree, remove_bundle
 from freezeframe.store.store import check_schema
 
 
@@ -33,11 +32,15 @@ class FeatureSetWriter:
         provenance: dict,
         *,
         format: str = "zarr",
+        compression: str = "none",
         frozen: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.store_path = Path(store_path)
         self.name = name
         self.backend = get_backend(format)
+        # a storage detail of each shard (recorded in its marker), deliberately not part of the provenance
+        self.compression = check_compression(compression)
+        self.backend.check_compression(compression)
         if not name or name.startswith(".") or "/" in name or "\\" in name:
             raise StoreError(f"invalid feature set name {name!r}: use letters, digits, '-', '_' and '.'.")
         self.store_path.mkdir(parents=True, exist_ok=True)
@@ -65,18 +68,24 @@ class FeatureSetWriter:
         return stored
 
     def _write_frozen_once(self, frozen: dict[str, np.ndarray]) -> None:
-        final = self.path / f"{FROZEN_NAME}{self.backend.extension}"
-        if final.exists():
+        # one frozen bundle per feature set, in whichever format wrote it first
+        if any((self.path / f"{FROZEN_NAME}{backend.extension}").exists() for backend in BACKENDS.values()):
             return
+        final = self.path / f"{FROZEN_NAME}{self.backend.extension}"
         temp = self.path / f"{TEMP_PREFIX}{temp_owner_tag()}-{final.name}"
         bundle = self.backend.writer(temp)
         for key, value in sorted(frozen.items()):
             bundle.append(key, np.ascontiguousarray(value))
         bundle.close()
+        _fsync_tree(temp)
         try:
-            temp.rename(final)
+            if temp.is_dir():
+                temp.rename(final)  # fails if another writer's directory is already there
+            else:
+                os.link(temp, final)  # a file rename would silently replace another writer's bundle
         except OSError:
-            shutil.rmtree(temp, ignore_errors=True)  # another writer was first; theirs is identical
+            pass  # another writer was first; theirs is identical
+        remove_bundle(temp)  # the link's other name, or the loser of the race (gone after a rename)
         fsync_dir(self.path)
 
     def _remove_stale_temps(self) -> None:
@@ -86,13 +95,13 @@ class FeatureSetWriter:
             for temp in directory.glob(f"{TEMP_PREFIX}{host}.*"):
                 pid_text = temp.name[len(TEMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
                 if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-                    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+                    remove_bundle(temp)
 
     def committed_ids(self) -> set[str]:
         return set(FeatureSet(self.store_path, self.name).video_ids())
 
     def new_shard(self) -> ShardWriter:
-        return ShardWriter(self.shards_dir, self.backend)
+        return ShardWriter(self.shards_dir, self.backend, compression=self.compression)
 
     @property
     def failures_path(self) -> Path:

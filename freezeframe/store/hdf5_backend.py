@@ -1,0 +1,212 @@
+"""HDF5 backend: a shard (or the frozen-weights bundle) is one `.h5` file of row-major datasets.
+
+Same layout as the Zarr backend: resizable datasets chunked along the frame axis (~2 MiB chunks),
+nested names such as `tokens/11` as HDF5 groups, the bundle's attrs on the root group.
+
+Files are opened without HDF5's file locking. A shard file is written by one process under a
+temporary name nobody else opens, and after its rename it is never opened for writing again, so
+there is nothing for a lock to protect: readers of committed shards need no SWMR either (SWMR is
+for reading a file *while* it is written, which the store never does). Locks only get in the way:
+they fail on filesystems without working `flock` (NFS, Lustre, some FUSE mounts), and a reader that
+holds a file open would block any other process that opens it with write intent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from freezeframe.errors import StoreError
+from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, rows_per_chunk
+
+EXTENSION = ".h5"
+JSON_ATTRS = "__json_attrs__"  # root attribute naming the attrs stored as JSON strings
+
+_plugins_checked = False
+
+
+def _load_plugins(required: bool) -> None:
+    """Register hdf5plugin's filters (zstd, blosc) with HDF5; needed to write and to read compressed shards."""
+    global _plugins_checked
+    try:
+        import hdf5plugin  # noqa: F401 - importing registers the filters
+    except ImportError:
+        if required:
+            raise StoreError("HDF5 compression needs the hdf5plugin package: pip install hdf5plugin.") from None
+    _plugins_checked = True
+
+
+def check_compression(compression: str) -> None:
+    """Fail early (before any work) when a compression cannot be written."""
+    if compression != "none":
+        _load_plugins(required=True)
+
+
+def _filter_options(compression: str) -> dict:
+    if compression == "none":
+        return {}
+    _load_plugins(required=True)
+    import hdf5plugin
+
+    if compression == "zstd":
+        return dict(hdf5plugin.Zstd(clevel=ZSTD_LEVEL))
+    if compression == "blosc":
+        return dict(hdf5plugin.Blosc(shuffle=hdf5plugin.Blosc.SHUFFLE, **BLOSC))
+    raise StoreError(f"unknown compression {compression!r}; choose none, zstd or blosc.")
+
+
+def _open(path: Path, mode: str):
+    import h5py
+
+    if mode == "r":
+        # No chunk cache for readers (HDF5 2.0 keeps 8 MiB per open dataset): a feature set keeps a reader
+        # per shard it touched, so caches would grow with the store; random per-video reads rarely hit them.
+        return h5py.File(path, "r", locking=False, rdcc_nbytes=0)
+    # HDF5 1.10 object formats: a third of the default metadata per dataset (extensible-array chunk
+    # indexes instead of v1 B-trees); readable by any HDF5 >= 1.10
+    return h5py.File(path, mode, locking=False, libver=("v110", "v110"))
+
+
+class Hdf5BundleWriter:
+    """Appends rows to named datasets of a new HDF5 file; datasets are created on first append."""
+
+    def __init__(self, path: Path, compression: str = "none") -> None:
+        self.path = Path(path)
+        self.compression = compression
+        self._file = _open(self.path, "w")
+        self._arrays: dict[str, Any] = {}
+
+    def append(self, name: str, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block)
+        dataset = self._arrays.get(name)
+        if dataset is None:
+            row_shape = tuple(block.shape[1:])
+            # The first block is either a whole (small) shard or a large flush: never pad chunks past it.
+            rows = max(1, min(rows_per_chunk(row_shape, block.dtype), len(block)))
+            dataset = self._file.create_dataset(
+                name,
+                shape=(0, *row_shape),
+                maxshape=(None, *row_shape),
+                chunks=(rows, *(max(1, d) for d in row_shape)),
+                dtype=block.dtype,
+                **_filter_options(self.compression),
+            )
+            self._arrays[name] = dataset
+        start = dataset.shape[0]
+        dataset.resize(start + len(block), axis=0)
+        if len(block):
+            dataset[start:] = block
+
+    def truncate(self, rows: int) -> None:
+        for dataset in self._arrays.values():
+            if dataset.shape[0] > rows:
+                dataset.resize(rows, axis=0)
+
+    def set_attrs(self, attrs: dict) -> None:
+        encoded = set(json.loads(self._file.attrs.get(JSON_ATTRS, "[]")))
+        for key, value in attrs.items():
+            if _native(value):
+                self._file.attrs[key] = value
+                encoded.discard(key)
+            else:
+                self._file.attrs[key] = json.dumps(value, ensure_ascii=False, sort_keys=True)
+                encoded.add(key)
+        self._file.attrs[JSON_ATTRS] = json.dumps(sorted(encoded))
+
+    def close(self) -> None:
+        self._arrays.clear()
+        if self._file is not None:
+            self._file.close()  # flushes everything to the OS; the shard writer fsyncs before its rename
+            self._file = None
+
+
+def _native(value: object) -> bool:
+    """Values h5py stores and returns unchanged: strings, booleans, int64 integers and floats."""
+    if isinstance(value, (bool, float, str)):
+        return True
+    return isinstance(value, int) and -(2**63) <= value < 2**63
+
+
+class Hdf5BundleReader:
+    """Read-only access to a file written by `Hdf5BundleWriter`, opened lazily on first use.
+
+    The open handle belongs to the process that opened it: after a fork (DataLoader workers) or
+    unpickling, the file is opened anew, so no two processes ever share an h5py handle.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such shard file: {self.path}")
+        self._file = None
+        self._pid: int | None = None
+        self._cache: dict[str, Any] = {}
+
+    def _handle(self):
+        if self._file is None or self._pid != os.getpid():
+            # a handle inherited through fork is only dropped: it is this process's own copy, never shared
+            self._file, self._cache = None, {}
+            if not _plugins_checked:
+                _load_plugins(required=False)
+            self._file = _open(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_file": None, "_pid": None, "_cache": {}}
+
+    def array_names(self) -> list[str]:
+        import h5py
+
+        names: list[str] = []
+        self._handle().visititems(lambda name, node: names.append(name) if isinstance(node, h5py.Dataset) else None)
+        return sorted(names)
+
+    def _array(self, name: str):
+        file = self._handle()
+        dataset = self._cache.get(name)
+        if dataset is None:
+            dataset = self._cache[name] = file[name]
+        return dataset
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._array(name).shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(self._array(name).dtype)
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        dataset = self._array(name)
+        lo, hi, _ = slice(start, stop).indices(dataset.shape[0])
+        if hi <= lo:
+            return np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype)
+        try:
+            return dataset[lo:hi]
+        except OSError as exc:
+            if dataset.compression is not None or "filter" in str(exc).lower() or "plugin" in str(exc).lower():
+                raise StoreError(f"{self.path}: cannot decompress {name!r} ({exc}); is hdf5plugin installed?") from exc
+            raise
+
+    def attrs(self) -> dict:
+        file = self._handle()
+        encoded = set(json.loads(file.attrs.get(JSON_ATTRS, "[]")))
+        out = {}
+        for key, value in file.attrs.items():
+            if key == JSON_ATTRS:
+                continue
+            if key in encoded:
+                out[key] = json.loads(value)
+            else:
+                out[key] = value.item() if isinstance(value, np.generic) else value
+        return out
+
+    def close(self) -> None:
+        self._cache.clear()
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
