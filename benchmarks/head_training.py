@@ -1,7 +1,7 @@
-"""EVL training speed on cached features versus the frozen backbone in the loop, as a ratio in one run.
+"""Head training speed on cached features versus the frozen backbone in the loop, as ratios in one run.
 
-Both sides train the same EVL head with the same batch (videos x frames) for the same number of
-steps. The in-the-loop side gets its frames already decoded and preprocessed in memory, so the
+For the EVL decoder and the temporal transformer, both sides train the same head with the same
+batch (videos x frames) for the same number of steps. The in-the-loop side gets its frames already decoded and preprocessed in memory, so the
 ratio counts only the backbone forward that the cache removes (decoding would widen it further).
 
     python benchmarks/head_training.py [--model ViT-B-32] [--batch 4] [--frames 8] [--steps 10]
@@ -25,13 +25,13 @@ from freezeframe.extract import (
     ClipBackbone, ClipConfig, ExactPreprocessor, ExtractConfig, SamplingConfig, collect_sources, open_video,
     run_extraction,
 )
-from freezeframe.heads import EVLDecoder, head_config
+from freezeframe.heads import build_head, head_config
 from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate
 
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"
 
 
-def train_steps(head: EVLDecoder, batches, steps: int, features=None) -> float:
+def train_steps(head: torch.nn.Module, batches, steps: int, features=None) -> float:
     """Seconds for `steps` AdamW steps; `features` turns a batch into head inputs (the backbone, if any)."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4)
     head.train()
@@ -63,53 +63,52 @@ def main() -> None:
         report = run_extraction(sources, backbone, ExtractConfig(
             store=store, name="bench", sampling=SamplingConfig(num_frames=args.frames), progress=False))
         fs = open_store(store)["bench"]
-        config = head_config("evl", fs, num_classes=10, num_frames=args.frames)
-        head = EVLDecoder(config)
-        head.load_frozen_qk(fs.frozen_weights())
         ids = fs.video_ids()
-        dataset = FeatureDataset(store, "bench", ids, head.required_arrays, FrameSelection("uniform", args.frames),
-                                 [i % 10 for i in range(len(ids))], preload=True)
-        cached = [(b["inputs"], b["label"]) for b in DataLoader(dataset, batch_size=args.batch, collate_fn=collate)]
+        labels = [i % 10 for i in range(len(ids))]
+        selection = FrameSelection("uniform", args.frames)
 
         # The same videos and frames, decoded and preprocessed up front for the in-the-loop side.
         preprocess = ExactPreprocessor(backbone.preprocess)
         pixels = {}
         for source in sources:
-            rows = FrameSelection("uniform", args.frames).rows(fs.video_info(source.video_id)["n_frames"])
-            indices = fs.read(source.video_id, "frame_indices")[rows]
+            indices = fs.read(source.video_id, "frame_indices")[selection.rows(fs.video_info(source.video_id)["n_frames"])]
             reader = open_video(source.path)
             unique = np.unique(indices)
             pixels[source.video_id] = preprocess(reader.get(unique)[np.searchsorted(unique, indices)])
             reader.close()
-        live = []
-        for start in range(0, len(ids), args.batch):
-            chunk = ids[start:start + args.batch]
-            live.append((torch.stack([pixels[v] for v in chunk]), torch.tensor([ids.index(v) % 10 for v in chunk])))
+        live = [(torch.stack([pixels[v] for v in ids[i:i + args.batch]]), torch.tensor(labels[i:i + args.batch]))
+                for i in range(0, len(ids), args.batch)]
 
         def backbone_features(frames: torch.Tensor) -> dict[str, torch.Tensor]:
             b, t = frames.shape[:2]
             out = {k: v.float().unflatten(0, (b, t)) for k, v in backbone(frames.flatten(0, 1)).items()}
-            for block in config.blocks:  # a block's input is the previous block's output where that is kept
+            for block in backbone.blocks:  # a block's input is the previous block's output where that is kept
                 out.setdefault(f"block_input/{block}", out.get(f"tokens/{block - 1}"))
             return out
 
-        train_steps(head, cached, 2)  # warm-up
-        cached_s = train_steps(head, cached, args.steps)
-        live_steps = max(2, args.steps // 5)
-        live_s = train_steps(head, live, live_steps, backbone_features)
+        figures = {"model": args.model, "videos_per_step": args.batch, "frames": args.frames,
+                   "torch_threads": torch.get_num_threads(), "extracted_frames": report.frames, "heads": {}}
+        for kind in ("evl", "temporal"):
+            head = build_head(kind, head_config(kind, fs, num_classes=10, num_frames=args.frames))
+            if kind == "evl":
+                head.load_frozen_qk(fs.frozen_weights())
+            dataset = FeatureDataset(store, "bench", ids, head.required_arrays, selection, labels, preload=True)
+            cached = [(b["inputs"], b["label"]) for b in DataLoader(dataset, batch_size=args.batch, collate_fn=collate)]
+            train_steps(head, cached, 2)  # warm-up
+            cached_s = train_steps(head, cached, args.steps)
+            live_steps = max(2, args.steps // 5)
+            live_s = train_steps(head, live, live_steps, backbone_features)
+            cached_rate, live_rate = args.steps / cached_s, live_steps / live_s
+            figures["heads"][kind] = {"cached_steps_per_s": cached_rate, "backbone_in_loop_steps_per_s": live_rate,
+                                      "ratio": cached_rate / live_rate}
 
-    figures = {"model": args.model, "videos_per_step": args.batch, "frames": args.frames,
-               "torch_threads": torch.get_num_threads(), "extracted_frames": report.frames,
-               "cached_steps_per_s": args.steps / cached_s, "backbone_in_loop_steps_per_s": live_steps / live_s}
-    figures["ratio"] = figures["cached_steps_per_s"] / figures["backbone_in_loop_steps_per_s"]
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"EVL head on {args.model} features, {args.batch} videos x {args.frames} frames per step, "
-          f"{figures['torch_threads']} CPU threads")
-    print(f"  cached features        {figures['cached_steps_per_s']:8.2f} steps/s")
-    print(f"  backbone in the loop   {figures['backbone_in_loop_steps_per_s']:8.2f} steps/s")
-    print(f"  ratio cached/in-loop   {figures['ratio']:8.1f}x")
+    print(f"{args.model} features, {args.batch} videos x {args.frames} frames per step, "
+          f"{figures['torch_threads']} CPU threads (steps/s: cached features | backbone in the loop | ratio)")
+    for kind, f in figures["heads"].items():
+        print(f"  {kind:<9} {f['cached_steps_per_s']:9.2f} | {f['backbone_in_loop_steps_per_s']:6.2f} | {f['ratio']:6.1f}x")
 
 
 if __name__ == "__main__":

@@ -111,10 +111,11 @@ def test_iter_windows_default_budget_is_one_window_after_the_first(sample_videos
     assert [len(w) for w in windows] == [1, 31]
 
 
-def _write_gif(path, colors):
-    container = av.open(str(path), "w")
-    stream = container.add_stream("gif", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb8"
+def _write_solid_frames(path, colors, codec, pix_fmt, rate, container_format=None):
+    """A small video of solid-colour 64x48 frames, one per entry of `colors` (an RGB triple or a grey level)."""
+    container = av.open(str(path), "w", format=container_format)
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
     for i, color in enumerate(colors):
         frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), color, np.uint8), format="rgb24")
         frame.pts = i
@@ -129,7 +130,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_open(tmp_path):
     """decord 0.6 cannot open an animated GIF ('broken metadata'); PyAV can, and auto uses it."""
     colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (255, 255, 0)]
     path = tmp_path / "anim.gif"
-    _write_gif(path, colors)
+    _write_solid_frames(path, colors, "gif", "rgb8", 10)
     with pytest.raises(VideoReadError):
         open_video(str(path), "decord")
     reader = open_video(str(path), "auto")
@@ -194,20 +195,6 @@ def test_unknown_decoder_is_refused(sample_videos):
         open_video(str(sample_videos["short_32frames.mp4"]), "ffmpeg")
 
 
-def _write_h264_ts(path, levels):
-    container = av.open(str(path), "w", format="mpegts")
-    stream = container.add_stream("libx264", rate=25)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    for i, level in enumerate(levels):
-        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
-        frame.pts = i
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode(None):
-        container.mux(packet)
-    container.close()
-
-
 def test_auto_falls_back_to_pyav_when_decord_opens_but_cannot_decode(tmp_path):
     """decord 0.6 opens H.264 in MPEG-TS but decodes none of its frames; `auto` must still read it (with PyAV)."""
     from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
@@ -217,7 +204,7 @@ def test_auto_falls_back_to_pyav_when_decord_opens_but_cannot_decode(tmp_path):
 
     levels = [40 + 6 * i for i in range(30)]
     path = tmp_path / "clip.ts"
-    _write_h264_ts(path, levels)
+    _write_solid_frames(path, levels, "libx264", "yuv420p", 25, container_format="mpegts")
     reader = open_video(str(path), "decord")
     assert reader.name == "decord" and len(reader.timestamps) == 30
     try:
