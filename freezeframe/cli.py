@@ -187,7 +187,8 @@ def _train_options(func):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
         click.option("--device", default="auto", show_default=True),
-        click.option("--no-preload", is_flag=True, help="Read features from the store every step instead of once."),
+        click.option("--preload/--no-preload", default=None,
+                     help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
         click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
         click.option("--no-progress", is_flag=True),
     ]
@@ -205,7 +206,7 @@ def _run_training(kind: str, head_options: dict, **kw) -> None:
                          device=kw["device"], progress=not kw["no_progress"])
     metrics = train_run(kind, kw["store"], kw["feature_set"], kw["labels"], kw["out"], val_labels=kw["val"],
                         train_frames=kw["frames"], eval_frames=kw["eval_frames"], head_options=head_options,
-                        config=config, resume=kw["resume"], preload=not kw["no_preload"], log=click.echo)
+                        config=config, resume=kw["resume"], preload=kw["preload"], log=click.echo)
     click.echo(json.dumps({"run": kw["out"], **metrics}))
 
 

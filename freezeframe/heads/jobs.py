@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -21,6 +22,19 @@ from freezeframe.heads.training import (BEST, LAST, METRICS_FILE, TrainConfig, r
                                         train_classifier)
 from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate, read_labels
 from freezeframe.store.store import Store
+
+
+PRELOAD_LIMIT = 2 * 1024**3
+
+
+def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
+    """Bytes that preloading `arrays` of these videos takes (block inputs share tokens' shape and dtype)."""
+    stored = fs.arrays()
+    row_bytes = 0
+    for array in arrays:
+        meta = stored.get(array) or stored[f"tokens/{array.split('/')[-1]}"]
+        row_bytes += int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
+    return row_bytes * sum(fs.video_info(v)["n_frames"] for v in video_ids if v in fs)
 
 
 def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
@@ -64,10 +78,13 @@ def train_run(
     head_options: dict | None = None,
     config: TrainConfig = TrainConfig(),
     resume: bool = False,
-    preload: bool = True,
+    preload: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train a head of `kind` on a feature set; returns the final metrics."""
+    """Train a head of `kind` on a feature set; returns the final metrics.
+
+    `preload=None` reads the head's arrays into memory once when they fit in `PRELOAD_LIMIT` bytes.
+    """
     fs = Store(store)[feature_set]
     train_frames = train_frames or default_frames(kind, store, feature_set, train=True)
     eval_frames = eval_frames or default_frames(kind, store, feature_set, train=False)
@@ -83,6 +100,8 @@ def train_run(
     run = RunInfo(kind, config_to_dict(head_cfg), str(store), feature_set, classes, str(train_sel), str(eval_sel),
                   asdict(config))
     run.save(out)
+    if preload is None:
+        preload = preload_bytes(fs, ids, arrays) <= PRELOAD_LIMIT
     train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed)
     val_set = None
     if val_labels is not None:
