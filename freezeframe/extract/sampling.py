@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 from freezeframe.errors import InputError
+from freezeframe.frames import segment_middles
 
 Strategy = Literal["num_frames", "fps", "clips"]
 
@@ -51,7 +52,7 @@ def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray
     if n == 0:
         raise ValueError("the video has no frames")
     if config.strategy == "num_frames":
-        return np.minimum(((np.arange(config.num_frames) + 0.5) * n / config.num_frames).astype(np.int64), n - 1)
+        return segment_middles(n, config.num_frames)
     if config.strategy == "fps":
         return _by_rate(np.asarray(timestamps, dtype=np.float64), config.fps)
     return _clips(n, config.clips, config.frames_per_clip, config.stride)

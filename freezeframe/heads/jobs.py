@@ -21,6 +21,7 @@ from freezeframe.heads.run import RunInfo, load_head
 from freezeframe.heads.training import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
                                         train_classifier)
 from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate, read_labels
+from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
 
 
@@ -28,12 +29,11 @@ PRELOAD_LIMIT = 2 * 1024**3
 
 
 def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
-    """Bytes that preloading `arrays` of these videos takes (block inputs share tokens' shape and dtype)."""
+    """Bytes that preloading `arrays` of these videos takes (each stored array is cached once)."""
     stored = fs.arrays()
-    row_bytes = 0
-    for array in arrays:
-        meta = stored.get(array) or stored[f"tokens/{array.split('/')[-1]}"]
-        row_bytes += int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
+    sources = {block_source(array, stored) for array in arrays} & set(stored)
+    row_bytes = sum(int(np.prod(stored[s]["shape"], dtype=np.int64)) * np.dtype(stored[s]["dtype"]).itemsize
+                    for s in sources)
     return row_bytes * sum(fs.video_info(v)["n_frames"] for v in video_ids if v in fs)
 
 

@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from freezeframe.errors import InputError, StoreError
+from freezeframe.frames import segment_middles
+from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
 
 FRAME_MODES = ("all", "uniform", "sparse-random", "views")
@@ -53,7 +55,7 @@ class FrameSelection:
             return np.arange(n)
         t = self.num_frames
         if self.mode == "uniform" or rng is None:
-            return np.minimum(((np.arange(t) + 0.5) * n / t).astype(np.int64), n - 1)
+            return segment_middles(n, t)
         # segment i is [i*n//t, (i+1)*n//t), at least one row; integer arithmetic, since floating-point
         # edges (np.linspace) land just below whole numbers, e.g. 12.999999999999998 for n=26, t=46.
         edges = np.arange(t + 1, dtype=np.int64) * n // t
@@ -71,14 +73,6 @@ def read_labels(path: str | Path) -> list[tuple[str, str]]:
             raise InputError(f"{path}: a label file needs the columns video_id,label.")
         rows = [({k.strip(): v for k, v in row.items()}) for row in reader]
     return [(row["video_id"], row["label"].strip()) for row in rows]
-
-
-def block_source(array: str, stored: dict) -> str:
-    """`block_input/<b>` is stored only where `tokens/<b-1>` is not; read whichever exists."""
-    if array in stored or not array.startswith("block_input/"):
-        return array
-    previous = f"tokens/{int(array.split('/')[1]) - 1}"
-    return previous if previous in stored else array
 
 
 class FeatureDataset(Dataset):

@@ -13,6 +13,14 @@ from freezeframe.store.index import load_index
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SHARDS_DIR
 
 
+def block_source(array: str, stored: dict) -> str:
+    """The stored array to read for `array`: `block_input/<b>` is kept only where `tokens/<b-1>` is not."""
+    if array in stored or not array.startswith("block_input/"):
+        return array
+    previous = f"tokens/{int(array.split('/')[1]) - 1}"
+    return previous if previous in stored else array
+
+
 class FeatureSet:
     """A named set of features in a store, e.g. `store["clip-vit-b-32-openai"]`.
 
@@ -135,9 +143,7 @@ class FeatureSet:
 
     def block_input(self, video_id: str, block: int) -> np.ndarray:
         """Input tokens of ViT block `block`: the previous block's output where stored, else its own copy."""
-        if f"tokens/{block - 1}" in self.arrays():
-            return self.read(video_id, f"tokens/{block - 1}")
-        return self.read(video_id, f"block_input/{block}")
+        return self.read(video_id, block_source(f"block_input/{block}", self.arrays()))
 
     def attention_qk(self, video_id: str, block: int):
         """q and k inside block `block`'s attention for every frame: two (frames, heads, tokens, head_dim) tensors."""
