@@ -37,10 +37,12 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
     shards_dir = fs_dir / SHARDS_DIR
     shard_ids = committed_shard_ids(shards_dir)
     markers: dict[str, dict] = {}
+    committed_files: set[str] = set()
     for shard_id in shard_ids:
         where = f"{name}/{SHARDS_DIR}/{shard_id}"
         try:
             marker = read_marker(shards_dir, shard_id)
+            committed_files.add(marker["file"])
             reader = get_backend(marker["format"]).reader(shards_dir / marker["file"])
             names = reader.array_names()  # HDF5 readers open their file lazily, here
         except Exception as exc:  # noqa: BLE001 - every unreadable shard is a reported problem
@@ -89,7 +91,6 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
             report.problems.append(f"{name}: {INDEX_FILE} disagrees with the commit markers")
     for temp in list(fs_dir.glob(f"{TEMP_PREFIX}*")) + list(shards_dir.glob(f"{TEMP_PREFIX}*")):
         report.warnings.append(f"{name}: uncommitted temporary {temp.name} (a writer is running or crashed)")
-    committed_files = {marker["file"] for marker in markers.values()}
     for entry in shards_dir.iterdir() if shards_dir.is_dir() else []:
         if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX):
             continue
