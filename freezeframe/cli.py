@@ -1,4 +1,4 @@
-"""The `freezeframe` command line: extract, inspect, verify, convert, train, eval, demo."""
+"""The `freezeframe` command line: extract, inspect, verify, convert, export-memmap, train, eval, demo."""
 
 from __future__ import annotations
 
@@ -163,6 +163,29 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
         click.echo(f"convert failed: {len(report.problems)} mismatches between {src} and {dst}", err=True)
         sys.exit(1)
     click.echo(f"ok: {dst} holds an exact {store_format}/{compression} copy")
+
+
+@main.command("export-memmap")
+@click.argument("store")
+@click.option("--set", "feature_set", required=True, help="Feature-set name inside the store.")
+@click.option("--arrays", default=None, help="Comma list of arrays to export [default: all stored arrays].")
+def export_memmap_command(store, feature_set, arrays) -> None:
+    """Write STORE/SET/memmap/: one flat .npy per array over all committed frames, for fast training reads.
+
+    Built from the shards committed now and swapped in atomically (replacing an older export). Datasets use
+    it only while it matches the committed shards; commit more and they read the shards until you re-export.
+    """
+    from freezeframe.store import open_store
+    from freezeframe.store.memmap import MEMMAP_DIR, export_memmap
+
+    st = open_store(store)
+    if feature_set not in st:
+        raise click.UsageError(f"store {store} has no feature set {feature_set!r}; it has: {', '.join(st.names())}")
+    fs = st[feature_set]
+    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
+    index = export_memmap(fs, names, log=click.echo)
+    click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(index['videos'])} videos, "
+               f"{index['num_frames']} frames from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
 
 
 def _train_options(func):

@@ -4,6 +4,10 @@ The store is opened lazily in each DataLoader worker, so a dataset pickles cheap
 workers read at once. Frame selection happens here, not in the head:
 `all`, `uniform:T`, `sparse-random:T` (fresh random frames each epoch, ClipBERT-style), and
 `views` (every stored clip of a `--clips` extraction, for multi-view evaluation).
+
+Where `freezeframe export-memmap` left an up-to-date `memmap/` export (built from exactly the
+committed shards the worker sees, holding every array read here), each worker reads its memory
+maps instead of the shards; otherwise it reads the shards. Both give identical items.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ class FeatureDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._fs = None
+        self._memmap = None  # False: checked, none usable; else a MemmapExport (per process, like _fs)
         fs = self._open()
         stored = fs.arrays()
         missing_ids = [v for v in self.video_ids if v not in fs]
@@ -125,6 +130,7 @@ class FeatureDataset(Dataset):
         if preload:
             self._cache = {(v, src): fs.read(v, src) for v in self.video_ids for src in set(self._sources.values())}
         self._fs = None  # reopened lazily, once per worker process
+        self._memmap = None
 
     def _open(self):
         if self._fs is None:
@@ -132,10 +138,26 @@ class FeatureDataset(Dataset):
             if self.feature_set not in store:
                 raise StoreError(f"store {self.store_path} has no feature set {self.feature_set!r}.")
             self._fs = store[self.feature_set]
+            self._memmap = None
         return self._fs
 
+    def _open_memmap(self):
+        """The up-to-date memmap export of this worker's snapshot of the feature set, or None."""
+        fs = self._open()
+        if self._memmap is None:
+            from freezeframe.store.memmap import open_memmap_export
+
+            export = open_memmap_export(fs, set(self._sources.values()), self.video_ids)
+            self._memmap = export if export is not None else False
+        return self._memmap or None
+
+    @property
+    def uses_memmap(self) -> bool:
+        """Whether this process reads a memmap export (checked once per process, when first read)."""
+        return self._cache is None and self._open_memmap() is not None
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fs": None}
+        return {**self.__dict__, "_fs": None, "_memmap": None}
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draws `sparse-random` frames: items depend only on (seed, epoch, index), also after resume."""
@@ -148,6 +170,9 @@ class FeatureDataset(Dataset):
         if self._cache is not None:
             full = self._cache[(video_id, source)]
             return full if rows is None else full[rows]
+        export = self._open_memmap()
+        if export is not None:
+            return export.read(video_id, source, rows)
         return self._open().read(video_id, source, rows)
 
     def __getitem__(self, index: int) -> dict:

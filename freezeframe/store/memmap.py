@@ -1,0 +1,180 @@
+"""A training layout of a feature set: one flat memory-mappable `.npy` per array over all committed frames.
+
+`export_memmap` writes `NAME/memmap/` from one snapshot of the committed shards:
+
+    memmap/index.json               export id, shard ids it was built from, arrays (file, shape, dtype),
+                                    video id -> row_start, n_frames, shard
+    memmap/NNN-<array>.<export-id>.npy  rows = frames of every video, videos in sorted id order
+
+It is written under a temporary name (`.tmp-<host>.<pid>-memmap-<id>`), fsynced, then renamed into
+place; an older export is moved aside first and deleted after. File names carry the export id, so a
+reader that read one export's index never opens another export's arrays (a replaced file is simply
+missing and the reader falls back to the shards). `open_memmap_export` returns a reader only when
+the export was built from exactly the shards the caller sees as committed and holds every array asked
+for; anything else (missing, stale, partial, replaced meanwhile) gives None: read the store instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from freezeframe.errors import StoreError
+from freezeframe.store.feature_set import FeatureSet, block_source
+from freezeframe.store.files import dumps, fsync_dir, read_json
+from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
+from freezeframe.store.shard import _fsync_tree, remove_bundle
+
+MEMMAP_DIR = "memmap"
+MEMMAP_INDEX = "index.json"
+MEMMAP_FORMAT = "freezeframe-memmap"
+MEMMAP_VERSION = 1
+
+
+def _file_name(position: int, array: str, export_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", array)  # readable only: the position keeps names distinct
+    return f"{position:03d}-{safe}.{export_id}.npy"
+
+
+def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None) -> dict:
+    """Write `fs.path / "memmap"` for the shards `fs` currently sees as committed; returns its index.
+
+    `arrays` are stored array names (a `block_input/<b>` kept as `tokens/<b-1>` is exported under the
+    stored name); default: every stored array. Replaces an older export.
+    """
+    stored = fs.arrays()
+    if not len(fs):
+        raise StoreError(f"feature set {fs.name!r} has no committed videos to export.")
+    names: list[str] = []
+    for array in arrays or list(stored):
+        source = block_source(array, stored)
+        if source not in stored:
+            raise StoreError(f"feature set {fs.name!r} has no array {array!r}; it has: {', '.join(stored)}.")
+        if source not in names:
+            names.append(source)
+    export_id = secrets.token_hex(6)
+    video_ids = fs.video_ids()
+    shard_ids = fs.shard_ids
+    videos: dict[str, dict] = {}
+    row = 0
+    for video_id in video_ids:
+        info = fs.video_info(video_id)
+        videos[video_id] = {"row_start": row, "n_frames": info["n_frames"], "shard": info["shard"]}
+        row += info["n_frames"]
+    total = row
+    index = {
+        "format": MEMMAP_FORMAT, "version": MEMMAP_VERSION, "export_id": export_id, "feature_set": fs.name,
+        "shards": shard_ids, "num_frames": total, "arrays": {}, "videos": videos,
+    }
+    temp = fs.path / f"{TEMP_PREFIX}{temp_owner_tag()}-{MEMMAP_DIR}-{export_id}"
+    temp.mkdir()
+    try:
+        for position, name in enumerate(names):
+            meta = stored[name]
+            file_name = _file_name(position, name, export_id)
+            out = np.lib.format.open_memmap(temp / file_name, mode="w+", dtype=np.dtype(meta["dtype"]),
+                                            shape=(total, *meta["shape"]))
+            for video_id in video_ids:
+                where = videos[video_id]
+                value = fs.read(video_id, name)
+                if value.shape != (where["n_frames"], *meta["shape"]):
+                    raise StoreError(f"{fs.name}: array {name!r} of {video_id!r} has shape {value.shape}, "
+                                     f"expected {(where['n_frames'], *meta['shape'])}.")
+                out[where["row_start"]: where["row_start"] + where["n_frames"]] = value
+            out.flush()
+            del out
+            index["arrays"][name] = {"file": file_name, "shape": list(meta["shape"]), "dtype": meta["dtype"]}
+            if log:
+                log(f"{name}: {total} rows -> {file_name}")
+        (temp / MEMMAP_INDEX).write_bytes(dumps(index))
+        _fsync_tree(temp)
+        _swap_into_place(temp, fs.path / MEMMAP_DIR, export_id)
+    except BaseException:
+        remove_bundle(temp)
+        raise
+    return index
+
+
+def _swap_into_place(temp: Path, final: Path, export_id: str) -> None:
+    """Rename `temp` to `final`, moving an older export aside first (readers see the old, none, or the new)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f"{TEMP_PREFIX}{temp_owner_tag()}-{MEMMAP_DIR}-old-{export_id}")
+        os.rename(final, old)
+    os.rename(temp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        remove_bundle(old)  # readers that mapped its files keep them until they close them
+
+
+class MemmapExport:
+    """Read-only memory maps of one export; `read` mirrors `FeatureSet.read` for the exported arrays."""
+
+    def __init__(self, directory: Path, index: dict, maps: dict[str, np.ndarray]) -> None:
+        self.directory = directory
+        self.index = index
+        self.maps = maps
+        self.videos: dict[str, dict] = index["videos"]
+
+    @property
+    def shard_ids(self) -> list[str]:
+        return list(self.index["shards"])
+
+    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
+        where = self.videos[video_id]
+        start, n = where["row_start"], where["n_frames"]
+        data = self.maps[array]
+        if frames is None:
+            return np.array(data[start: start + n])  # a private, writable copy (not a view of the map)
+        if isinstance(frames, slice):
+            lo, hi, step = frames.indices(n)
+            return np.array(data[start + lo: start + hi][::step])
+        frames = np.asarray(frames, dtype=np.int64)
+        if frames.size and (frames.min() < 0 or frames.max() >= n):
+            raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
+        return np.asarray(data[start + frames])
+
+
+def read_memmap_index(fs_path: Path) -> dict | None:
+    try:
+        index = read_json(Path(fs_path) / MEMMAP_DIR / MEMMAP_INDEX)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("format") != MEMMAP_FORMAT or index.get("version") != MEMMAP_VERSION:
+        return None
+    return index
+
+
+def open_memmap_export(fs: FeatureSet, arrays: Iterable[str], video_ids: Iterable[str] = ()) -> MemmapExport | None:
+    """The export of `fs` if it is up to date (built from exactly `fs.shard_ids`) and holds `arrays`, else None."""
+    arrays = list(dict.fromkeys(arrays))
+    for _attempt in range(2):  # once more if the export was replaced between reading its index and its files
+        directory = fs.path / MEMMAP_DIR
+        index = read_memmap_index(fs.path)
+        if index is None:
+            return None
+        try:
+            if list(index["shards"]) != fs.shard_ids or any(a not in index["arrays"] for a in arrays):
+                return None
+            for video_id in video_ids:
+                where = index["videos"].get(video_id)
+                if where is None or where["n_frames"] != fs.video_info(video_id)["n_frames"]:
+                    return None
+            maps = {}
+            for array in arrays:
+                meta = index["arrays"][array]
+                data = np.load(directory / meta["file"], mmap_mode="r")
+                if data.shape != (index["num_frames"], *meta["shape"]) or data.dtype != np.dtype(meta["dtype"]):
+                    return None
+                maps[array] = data
+        except FileNotFoundError:
+            continue
+        except (KeyError, TypeError, ValueError):
+            return None
+        return MemmapExport(directory, index, maps)
+    return None
