@@ -21,6 +21,25 @@ def block_source(array: str, stored: dict) -> str:
     return previous if previous in stored else array
 
 
+def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None, video_id: str) -> np.ndarray:
+    """Frames of one video stored at rows [start, start + n): all, a slice, or chosen indices.
+
+    `read_rows(lo, hi)` returns rows lo..hi-1 of the flat array; one contiguous range is read.
+    """
+    if frames is None:
+        return read_rows(start, start + n)
+    if isinstance(frames, slice):
+        lo, hi, step = frames.indices(n)
+        return read_rows(start + lo, start + hi)[::step]
+    frames = np.asarray(frames, dtype=np.int64)
+    if frames.size and (frames.min() < 0 or frames.max() >= n):
+        raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
+    if not frames.size:
+        return read_rows(start, start)
+    lo, hi = int(frames.min()), int(frames.max()) + 1
+    return read_rows(start + lo, start + hi)[frames - lo]
+
+
 class FeatureSet:
     """A named set of features in a store, e.g. `store["clip-vit-b-32-openai"]`.
 
@@ -107,20 +126,9 @@ class FeatureSet:
             raise KeyError(
                 f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard['arrays']))}"
             )
-        start, n = info["row_start"], info["n_frames"]
         reader = self._reader(info["shard"])
-        if frames is None:
-            return reader.read(array, start, start + n)
-        if isinstance(frames, slice):
-            lo, hi, step = frames.indices(n)
-            return reader.read(array, start + lo, start + hi)[::step]
-        frames = np.asarray(frames, dtype=np.int64)
-        if frames.size and (frames.min() < 0 or frames.max() >= n):
-            raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
-        if not frames.size:
-            return reader.read(array, start, start)
-        lo, hi = int(frames.min()), int(frames.max()) + 1
-        return reader.read(array, start + lo, start + hi)[frames - lo]
+        return read_frames(lambda lo, hi: reader.read(array, lo, hi), info["row_start"], info["n_frames"], frames,
+                           video_id)
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
         """Frozen backbone weights stored once per feature set (e.g. the blocks' norm and q/k projections)."""

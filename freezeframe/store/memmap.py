@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from freezeframe.errors import StoreError
-from freezeframe.store.feature_set import FeatureSet, block_source
+from freezeframe.store.feature_set import FeatureSet, block_source, read_frames
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.shard import _fsync_tree, remove_bundle
@@ -127,17 +127,10 @@ class MemmapExport:
 
     def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
         where = self.videos[video_id]
-        start, n = where["row_start"], where["n_frames"]
         data = self.maps[array]
-        if frames is None:
-            return np.array(data[start: start + n])  # a private, writable copy (not a view of the map)
-        if isinstance(frames, slice):
-            lo, hi, step = frames.indices(n)
-            return np.array(data[start + lo: start + hi][::step])
-        frames = np.asarray(frames, dtype=np.int64)
-        if frames.size and (frames.min() < 0 or frames.max() >= n):
-            raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
-        return np.asarray(data[start + frames])
+        # private, writable copies (never views of the map)
+        return read_frames(lambda lo, hi: np.array(data[lo:hi]), where["row_start"], where["n_frames"], frames,
+                           video_id)
 
 
 def read_memmap_index(fs_path: Path) -> dict | None:
