@@ -1,0 +1,120 @@
+"""`freezeframe train {probe,temporal,evl}` and `freezeframe eval`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from freezeframe.cli.group import main
+
+
+def _train_options(func):
+    """Options every `train` subcommand shares."""
+    options = [
+        click.option("--store", required=True, help="Store directory."),
+        click.option("--set", "feature_set", required=True, help="Feature-set name inside the store."),
+        click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
+                     help="Training labels: CSV with video_id,label."),
+        click.option("--val", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Validation labels (CSV); picks the best checkpoint (and the probe's L2)."),
+        click.option("--out", required=True, help="Run directory for checkpoints, metrics.jsonl and curves.png."),
+        click.option("--frames", default=None,
+                     help="Training frames per video: all, uniform:T, sparse-random:T [default: sparse-random:8; probe: all]."),
+        click.option("--eval-frames", default=None,
+                     help="Evaluation frames: all, uniform:T or views [default: views for --clips stores, else uniform:8]."),
+        click.option("--epochs", type=int, default=10, show_default=True),
+        click.option("--batch-size", type=int, default=32, show_default=True),
+        click.option("--lr", type=float, default=4e-4, show_default=True),
+        click.option("--weight-decay", type=float, default=0.05, show_default=True),
+        click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--preload/--no-preload", default=None,
+                     help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
+        click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
+        click.option("--no-progress", is_flag=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_training(kind: str, head_options: dict, **kw) -> None:
+    from freezeframe.heads.jobs import train_run
+    from freezeframe.heads.training import TrainConfig
+
+    config = TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
+                         warmup_epochs=kw["warmup_epochs"], seed=kw["seed"], workers=kw["workers"],
+                         device=kw["device"], progress=not kw["no_progress"])
+    metrics = train_run(kind, kw["store"], kw["feature_set"], kw["labels"], kw["out"], val_labels=kw["val"],
+                        train_frames=kw["frames"], eval_frames=kw["eval_frames"], head_options=head_options,
+                        config=config, resume=kw["resume"], preload=kw["preload"], log=click.echo)
+    click.echo(json.dumps({"run": kw["out"], **metrics}))
+
+
+@main.group()
+def train() -> None:
+    """Train a head on cached features (probe, temporal, evl)."""
+
+
+@train.command("probe")
+@_train_options
+@click.option("--array", default="embed", show_default=True, help="Per-frame array to probe (embed or cls).")
+@click.option("--pooling", type=click.Choice(["mean", "middle"]), default="mean", show_default=True)
+def train_probe(array, pooling, **kw) -> None:
+    """Logistic-regression probe (L-BFGS, L2 swept on validation, refit on train + val)."""
+    _run_training("probe", {"array": array, "pooling": pooling}, **kw)
+
+
+@train.command("temporal")
+@_train_options
+@click.option("--array", default="embed", show_default=True)
+@click.option("--width", type=int, default=256, show_default=True)
+@click.option("--depth", type=int, default=2, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--dropout", type=float, default=0.1, show_default=True)
+def train_temporal(array, width, depth, heads, dropout, **kw) -> None:
+    """ViViT-style temporal transformer over per-frame embeddings."""
+    _run_training("temporal", {"array": array, "width": width, "depth": depth, "heads": heads, "dropout": dropout}, **kw)
+
+
+@train.command("evl")
+@_train_options
+@click.option("--num-layers", type=int, default=None, help="Decoder layers = last N stored blocks [default: all stored].")
+@click.option("--mlp-dropout", type=float, default=0.5, show_default=True)
+@click.option("--cls-dropout", type=float, default=0.5, show_default=True)
+@click.option("--no-temporal-conv", is_flag=True)
+@click.option("--no-temporal-pos", is_flag=True)
+@click.option("--no-cross-frame-attention", is_flag=True)
+def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_temporal_pos, no_cross_frame_attention,
+              **kw) -> None:
+    """EVL decoder over the token maps of the last stored blocks."""
+    options = {"mlp_dropout": mlp_dropout, "cls_dropout": cls_dropout, "temporal_conv": not no_temporal_conv,
+               "temporal_pos_embed": not no_temporal_pos, "cross_frame_attention": not no_cross_frame_attention}
+    if num_layers:
+        options["num_layers"] = num_layers
+    _run_training("evl", options, **kw)
+
+
+@main.command("eval")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV video_id,label.")
+@click.option("--store", default=None, help="Store to read [default: the run's training store].")
+@click.option("--frames", default=None, help="Override the run's evaluation frames (uniform:T, views, all).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with top1, top5, num_videos.")
+def eval_command(run, labels, store, frames, batch_size, device, as_json) -> None:
+    """Top-1 and top-5 accuracy of RUN's best checkpoint on labelled videos (views averaged)."""
+    from freezeframe.heads.jobs import eval_run
+
+    result = eval_run(run, labels, store=store, frames=frames, batch_size=batch_size, device=device)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['head']} on {result['num_videos']} videos ({result['frames']}): "
+                   f"top-1 {100 * result['top1']:.1f}%  top-5 {100 * result['top5']:.1f}%")
+
+

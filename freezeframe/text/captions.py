@@ -1,0 +1,110 @@
+"""Captions files (JSONL or CSV) read into `Caption` records, with errors that name the file and line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from freezeframe.errors import InputError
+
+FIELDS = ("video_id", "caption_id", "start", "end", "text")
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One caption of one video; `start`/`end` are seconds into the video, or None for the whole video."""
+
+    video_id: str
+    caption_id: str
+    text: str
+    start: float | None = None
+    end: float | None = None
+
+
+def read_captions(path: str | Path) -> list[Caption]:
+    """Read a `.jsonl` (one object a line) or `.csv` (header row) captions file.
+
+    Fields: video_id and text (required), caption_id (default `<video_id>#<n>`, n counting that video's captions
+    from 0), start and end in seconds (optional). Caption ids must be unique.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"captions file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(path)
+    elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        rows = _jsonl_rows(path)
+    else:
+        raise InputError(f"captions file {path}: expected a .jsonl or .csv file")
+    captions: list[Caption] = []
+    seen: dict[str, int] = {}
+    per_video: dict[str, int] = {}
+    for line, row in rows:
+        caption = _caption(row, per_video, f"{path}:{line}")
+        if caption.caption_id in seen:
+            raise InputError(f"{path}:{line}: caption_id {caption.caption_id!r} already used on line "
+                             f"{seen[caption.caption_id]}")
+        seen[caption.caption_id] = line
+        captions.append(caption)
+    if not captions:
+        raise InputError(f"captions file {path} holds no captions")
+    return captions
+
+
+def _jsonl_rows(path: Path):
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{line}: not a JSON object ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+            yield line, row
+
+
+def _csv_rows(path: Path):
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"video_id", "text"} - set(reader.fieldnames or ())
+        if missing:
+            raise InputError(f"{path}: the header row needs columns {', '.join(sorted(missing))} "
+                             f"(has {', '.join(reader.fieldnames or ()) or 'none'})")
+        for row in reader:
+            yield reader.line_num, {key: value for key, value in row.items() if value not in (None, "")}
+
+
+def _caption(row: dict, per_video: dict[str, int], where: str) -> Caption:
+    unknown = set(row) - set(FIELDS)
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; expected {', '.join(FIELDS)}")
+    video_id = row.get("video_id")
+    text = row.get("text")
+    if not isinstance(video_id, str) or not video_id:
+        raise InputError(f"{where}: video_id is missing")
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{where}: text is missing or empty")
+    number = per_video.get(video_id, 0)
+    per_video[video_id] = number + 1
+    caption_id = str(row.get("caption_id", f"{video_id}#{number}"))
+    start, end = _seconds(row.get("start"), "start", where), _seconds(row.get("end"), "end", where)
+    if start is not None and end is not None and end <= start:
+        raise InputError(f"{where}: end ({end}) must be after start ({start})")
+    return Caption(video_id=video_id, caption_id=caption_id, text=text, start=start, end=end)
+
+
+def _seconds(value, name: str, where: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"{where}: {name} must be a non-negative number of seconds, got {value!r}")
+    return seconds
