@@ -1,4 +1,4 @@
-"""Video decoding with decord, or PyAV when decord cannot open a file or is not installed.
+"""Video decoding with decord, or PyAV when decord cannot open a file reliably or is not installed.
 
 A reader knows every frame's timestamp (seconds since the first frame, from the container's
 own presentation times) before decoding, and decodes only requested frames, window by window.
@@ -59,8 +59,12 @@ class DecordReader:
         except Exception as exc:  # decord raises RuntimeError / DECORDError with C++ context
             raise VideoReadError(_short(exc)) from None
         if (ts < 0).any() or (np.diff(ts) < 0).any():
-            # Containers without presentation times (e.g. AVI): frames are evenly spaced.
-            ts = np.arange(n, dtype=np.float64) / float(self._reader.get_avg_fps())
+            # Containers without presentation times (AVI): decord's timestamps are garbage and its seeks
+            # return a wrong frame now and then (e.g. the last frame of an MPEG-4 AVI in ~1 of 12 reads);
+            # refusing such files makes `auto` read them with PyAV, which decodes them sequentially.
+            del self._reader
+            raise VideoReadError("container has no presentation timestamps (e.g. AVI), which decord cannot "
+                                 "seek reliably; read it with --decoder pyav (auto does)")
         self.timestamps = _relative(ts)
 
     def get(self, indices: np.ndarray) -> np.ndarray:
