@@ -503,3 +503,35 @@ def test_verify_cli_on_an_extracted_store_with_a_flipped_byte(extracted, tmp_pat
     result = ff_cli("verify", str(store))
     assert result.returncode == 1
     assert "'tokens/3' checksum mismatch" in result.stdout
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_zarr_reads_equal_zarrs_own_for_every_row_range(tmp_path, compression):
+    """Uncompressed local Zarr arrays are read straight from their chunk files (no zarr call per read);
+    whatever the path, every row range must equal what zarr itself returns, across chunk borders, for
+    chunks never written (all fill value) and for reads past the end."""
+    import zarr
+
+    from freezeframe.store.zarr_backend import CHUNK_BYTES, ZarrBundleReader, ZarrBundleWriter
+
+    rng = np.random.default_rng(0)
+    rows_per_chunk = CHUNK_BYTES // (17 * 64 * 2)
+    n = 2 * rows_per_chunk + 50
+    data = {"tokens": rng.standard_normal((n, 17, 64)).astype(np.float16), "frame_indices": np.arange(n),
+            "zeros": np.zeros((n, 3), np.float32), "timestamps": rng.random(n)}
+    writer = ZarrBundleWriter(tmp_path / "a.zarr", compression=compression)
+    for start in range(0, n, rows_per_chunk + 7):  # appends that do not line up with chunks
+        for name, value in data.items():
+            writer.append(name, value[start:start + rows_per_chunk + 7])
+    writer.close()
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    assert not any((tmp_path / "a.zarr" / "zeros" / "c").rglob("*"))  # zarr skips all-fill chunks
+    reader = ZarrBundleReader(tmp_path / "a.zarr")
+    for name, value in data.items():
+        for start, stop in [(None, None), (0, 1), (rows_per_chunk - 3, rows_per_chunk + 3), (5, 2 * rows_per_chunk + 9),
+                            (n - 1, n), (n - 5, n + 100), (7, 7)]:
+            got = reader.read(name, start, stop)
+            assert got.dtype == value.dtype
+            np.testing.assert_array_equal(got, np.asarray(group[name][start:stop]))
+            np.testing.assert_array_equal(got, value[start:stop])
+        assert (reader._raw[name] is not None) == (compression == "none"), name

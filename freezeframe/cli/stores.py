@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -29,7 +28,7 @@ def verify(store) -> None:
     """Check every committed shard of STORE: readable, checksums and index consistent. Exit 1 on any problem."""
     from freezeframe.store import verify_store
 
-    report = verify_store(Path(store))
+    report = verify_store(store)
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for problem in report.problems:

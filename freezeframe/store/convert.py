@@ -24,6 +24,7 @@ from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, dumps, fsync_dir, read_jsonl
 from freezeframe.store.index import committed_shard_ids, read_marker
 from freezeframe.store.layout import FAILURES_FILE, SHARDS_DIR, marker_path
+from freezeframe.store.location import is_remote, store_path
 from freezeframe.store.shard import remove_bundle
 from freezeframe.store.store import Store
 from freezeframe.store.writer import FeatureSetWriter
@@ -62,7 +63,9 @@ def convert_store(
 ) -> ConvertReport:
     """Copy the feature sets `names` (default: all) of store `src` into store `dst` (created if missing)."""
     src_store = Store(src)
-    if Path(dst).exists() and Path(dst).resolve() == src_store.path.resolve():
+    dst = store_path(dst)
+    if str(dst) == str(src_store.path) or (not is_remote(dst) and not is_remote(src_store.path)
+                                           and dst.exists() and dst.resolve() == src_store.path.resolve()):
         raise StoreError("convert needs a destination store other than the source.")
     get_backend(format)
     available = src_store.names()
@@ -72,7 +75,7 @@ def convert_store(
         raise StoreError(f"store {src} has no feature set {missing[0]!r}; it has: {', '.join(available) or 'none'}.")
     report = ConvertReport()
     for name in chosen:
-        report.feature_sets[name] = _convert_set(src_store[name], Path(dst), name, format, compression, report.problems,
+        report.feature_sets[name] = _convert_set(src_store[name], dst, name, format, compression, report.problems,
                                                  log or (lambda _line: None))
     return report
 

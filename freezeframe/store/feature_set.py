@@ -11,6 +11,7 @@ from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.files import read_json, read_jsonl
 from freezeframe.store.index import load_index
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SHARDS_DIR
+from freezeframe.store.location import store_path as store_path_of
 
 
 def block_source(array: str, stored: dict) -> str:
@@ -48,7 +49,7 @@ class FeatureSet:
 
     def __init__(self, store_path: Path, name: str) -> None:
         self.name = name
-        self.path = Path(store_path) / name
+        self.path = store_path_of(store_path) / name
         provenance_path = self.path / PROVENANCE_FILE
         if not provenance_path.exists():
             raise StoreError(f"{self.path} is not a feature set (no {PROVENANCE_FILE}).")

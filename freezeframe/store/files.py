@@ -1,4 +1,8 @@
-"""Small durable file operations: atomic JSON writes, create-once files, fsync of directories."""
+"""Small durable file operations: atomic JSON writes, create-once files, fsync of directories.
+
+On a remote store (an fsspec URL) an object PUT is already all-or-nothing, so a write needs no temporary
+name; create-once checks and appends are read-then-write there (one writer per feature set on object stores).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
+from freezeframe.store.location import StorePath, is_remote
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StorePath) -> None:
     """Make a rename or a new entry in `path` durable (no-op where directories cannot be opened)."""
+    if is_remote(path):
+        return
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -37,15 +44,23 @@ def dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: StorePath, obj: Any) -> None:
     """Write JSON so that a reader sees either the old file or the whole new one."""
+    if is_remote(path):
+        path.write_bytes(dumps(obj))
+        return
     tmp = _write_temp(path, dumps(obj))
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
-def create_json_once(path: Path, obj: Any) -> bool:
+def create_json_once(path: StorePath, obj: Any) -> bool:
     """Create `path` with `obj` unless it exists; returns False when another writer was first."""
+    if is_remote(path):
+        if path.exists():
+            return False
+        path.write_bytes(dumps(obj))
+        return True
     tmp = _write_temp(path, dumps(obj))
     try:
         os.link(tmp, path)
@@ -58,14 +73,17 @@ def create_json_once(path: Path, obj: Any) -> bool:
     return created
 
 
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
+def read_json(path: StorePath) -> Any:
+    with path.open("r", encoding="utf-8") as handle:
         return json.load(handle)
 
 
-def append_jsonl(path: Path, record: dict) -> None:
+def append_jsonl(path: StorePath, record: dict) -> None:
     """Append one JSON line in a single write, so concurrent appenders never interleave a line."""
     line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    if is_remote(path):  # objects cannot be appended to: rewrite the whole (small) file
+        path.write_bytes((path.read_bytes() if path.exists() else b"") + line)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -74,11 +92,11 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: StorePath) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with path.open("r", encoding="utf-8") as handle:
         for line in handle:
             line = line.strip()
             if not line:

@@ -62,6 +62,10 @@ def _filter_options(compression: str) -> dict:
 def _open(path: Path, mode: str):
     import h5py
 
+    from freezeframe.store.location import require_local
+
+    require_local(path, "the HDF5 format (h5py reads and writes local files; use --format zarr for URLs)")
+
     if mode == "r":
         # No chunk cache for readers (HDF5 2.0 keeps 8 MiB per open dataset): a feature set keeps a reader
         # per shard it touched, so caches would grow with the store; random per-video reads rarely hit them.
@@ -75,7 +79,7 @@ class Hdf5BundleWriter:
     """Appends rows to named datasets of a new HDF5 file; datasets are created on first append."""
 
     def __init__(self, path: Path, compression: str = "none") -> None:
-        self.path = Path(path)
+        self.path = path
         self.compression = compression
         self._file = _open(self.path, "w")
         self._arrays: dict[str, Any] = {}
@@ -139,7 +143,7 @@ class Hdf5BundleReader:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path = path
         if not self.path.is_file():
             raise FileNotFoundError(f"no such shard file: {self.path}")
         self._file = None

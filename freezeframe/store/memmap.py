@@ -28,6 +28,7 @@ from freezeframe.errors import StoreError
 from freezeframe.store.feature_set import FeatureSet, block_source, read_frames
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
+from freezeframe.store.location import is_remote, require_local
 from freezeframe.store.shard import _fsync_tree, remove_bundle
 
 MEMMAP_DIR = "memmap"
@@ -47,6 +48,7 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
     `arrays` are stored array names (a `block_input/<b>` kept as `tokens/<b-1>` is exported under the
     stored name); default: every stored array. Replaces an older export.
     """
+    require_local(fs.path, "export-memmap")
     stored = fs.arrays()
     if not len(fs):
         raise StoreError(f"feature set {fs.name!r} has no committed videos to export.")
@@ -135,7 +137,7 @@ class MemmapExport:
 
 def read_memmap_index(fs_path: Path) -> dict | None:
     try:
-        index = read_json(Path(fs_path) / MEMMAP_DIR / MEMMAP_INDEX)
+        index = read_json(fs_path / MEMMAP_DIR / MEMMAP_INDEX)
     except (OSError, ValueError):
         return None
     if not isinstance(index, dict) or index.get("format") != MEMMAP_FORMAT or index.get("version") != MEMMAP_VERSION:
@@ -146,6 +148,8 @@ def read_memmap_index(fs_path: Path) -> dict | None:
 def open_memmap_export(fs: FeatureSet, arrays: Iterable[str], video_ids: Iterable[str] = ()) -> MemmapExport | None:
     """The export of `fs` if it is up to date (built from exactly `fs.shard_ids`) and holds `arrays`, else None."""
     arrays = list(dict.fromkeys(arrays))
+    if is_remote(fs.path):
+        return None  # exports are local files
     for _attempt in range(2):  # once more if the export was replaced between reading its index and its files
         directory = fs.path / MEMMAP_DIR
         index = read_memmap_index(fs.path)

@@ -1,5 +1,8 @@
 """One shard: a temporary bundle filled video by video, renamed into place, then marked committed.
 
+On a remote store (no rename) the bundle is written under its final name; the marker, written last, is
+still what commits it, so readers never see it half-written.
+
 Rows of every array are frames; each video owns a contiguous row range. A video can be
 discarded until it is ended (a decode error half-way through loses nothing else).
 """
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 from freezeframe.store.backends import COMPRESSIONS, Backend
 from freezeframe.store.files import fsync_dir, write_json_atomic
 from freezeframe.store.layout import TEMP_PREFIX, marker_path, new_shard_id, temp_owner_tag
+from freezeframe.store.location import StorePath, is_remote, remove_tree
 
 FLUSH_BYTES = 32 * 1024 * 1024
 HASH_BLOCK_BYTES = 16 * 1024 * 1024
@@ -45,7 +48,7 @@ class _OpenVideo:
 class ShardWriter:
     """Writes one shard of a feature set; `commit()` makes it visible, `abort()` removes it."""
 
-    shards_dir: Path
+    shards_dir: StorePath
     backend: Backend
     shard_id: str = field(default_factory=new_shard_id)
     compression: str = "none"  # a storage detail recorded in the marker, not part of provenance
@@ -53,6 +56,8 @@ class ShardWriter:
     def __post_init__(self) -> None:
         self.final_path = self.shards_dir / f"{self.shard_id}{self.backend.extension}"
         self.temp_path = self.shards_dir / f"{TEMP_PREFIX}{temp_owner_tag()}-{self.shard_id}{self.backend.extension}"
+        if is_remote(self.shards_dir):
+            self.temp_path = self.final_path  # invisible until its marker exists
         self._bundle = None
         self._rows_written = 0  # rows flushed to the bundle
         self._pending: dict[str, list[np.ndarray]] = {}
@@ -152,9 +157,10 @@ class ShardWriter:
         for name, meta in arrays.items():
             if meta["rows"] != expected_rows:
                 raise RuntimeError(f"array {name!r} has {meta['rows']} rows, expected {expected_rows}")
-        _fsync_tree(self.temp_path)
-        self.temp_path.rename(self.final_path)
-        fsync_dir(self.shards_dir)
+        if self.temp_path != self.final_path:
+            _fsync_tree(self.temp_path)
+            self.temp_path.rename(self.final_path)
+            fsync_dir(self.shards_dir)
         marker = {
             "shard_id": self.shard_id,
             "format": self.backend.name,
@@ -184,12 +190,9 @@ class ShardWriter:
             remove_bundle(path)
 
 
-def remove_bundle(path: Path) -> None:
+def remove_bundle(path: StorePath) -> None:
     """Delete a bundle: a directory tree (Zarr) or a single file (HDF5); a missing one is fine."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    remove_tree(path)
 
 
 def _fsync_file(path: str | Path) -> None:

@@ -8,6 +8,7 @@ from freezeframe.errors import StoreError
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import read_json
 from freezeframe.store.layout import PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION
+from freezeframe.store.location import store_path
 
 
 def check_schema(path: Path) -> None:
@@ -23,7 +24,7 @@ class Store:
     """Read access to a store; `store[name]` is a `FeatureSet`."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = store_path(path)
         if not self.path.is_dir():
             raise StoreError(f"store {self.path} does not exist.")
         check_schema(self.path)
@@ -50,5 +51,5 @@ class Store:
 
 
 def open_store(path: str | Path) -> Store:
-    """Open an existing store for reading."""
+    """Open an existing store for reading: a local directory or an fsspec URL (s3://bucket/store, memory://...)."""
     return Store(path)

@@ -18,6 +18,8 @@ from freezeframe.store.index import Index, write_index
 from freezeframe.store.layout import (
     FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, temp_owner_tag,
 )
+from freezeframe.store.location import is_remote
+from freezeframe.store.location import store_path as store_path_of
 from freezeframe.store.shard import ShardWriter, _fsync_tree, remove_bundle
 from freezeframe.store.store import check_schema
 
@@ -35,7 +37,7 @@ class FeatureSetWriter:
         compression: str = "none",
         frozen: dict[str, np.ndarray] | None = None,
     ) -> None:
-        self.store_path = Path(store_path)
+        self.store_path = store_path_of(store_path)
         self.name = name
         self.backend = get_backend(format)
         # a storage detail of each shard (recorded in its marker), deliberately not part of the provenance
@@ -72,11 +74,11 @@ class FeatureSetWriter:
         if any((self.path / f"{FROZEN_NAME}{backend.extension}").exists() for backend in BACKENDS.values()):
             return
         final = self.path / f"{FROZEN_NAME}{self.backend.extension}"
+        if is_remote(final):  # no rename: written in place; a concurrent identical bundle is harmless
+            self._write_bundle(final, frozen)
+            return
         temp = self.path / f"{TEMP_PREFIX}{temp_owner_tag()}-{final.name}"
-        bundle = self.backend.writer(temp)
-        for key, value in sorted(frozen.items()):
-            bundle.append(key, np.ascontiguousarray(value))
-        bundle.close()
+        self._write_bundle(temp, frozen)
         _fsync_tree(temp)
         try:
             if temp.is_dir():
@@ -88,8 +90,16 @@ class FeatureSetWriter:
         remove_bundle(temp)  # the link's other name, or the loser of the race (gone after a rename)
         fsync_dir(self.path)
 
+    def _write_bundle(self, path, arrays: dict[str, np.ndarray]) -> None:
+        bundle = self.backend.writer(path)
+        for key, value in sorted(arrays.items()):
+            bundle.append(key, np.ascontiguousarray(value))
+        bundle.close()
+
     def _remove_stale_temps(self) -> None:
         """Delete temporary shards left by crashed writers on this host (their pid is gone)."""
+        if is_remote(self.path):
+            return  # remote writers use no temporary names
         host = socket.gethostname()
         for directory in (self.path, self.shards_dir):
             for temp in directory.glob(f"{TEMP_PREFIX}{host}.*"):
