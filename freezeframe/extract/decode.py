@@ -42,12 +42,24 @@ def _relative(ts: np.ndarray) -> np.ndarray:
     return (ts - ts[0]).astype(np.float64) if len(ts) else ts.astype(np.float64)
 
 
+def _is_mpeg_ts(path: str) -> bool:
+    """MPEG transport streams (188-byte packets starting 0x47; M2TS/AVCHD: 192 bytes with a 4-byte prefix)."""
+    with open(path, "rb") as handle:
+        head = handle.read(3 * 192 + 1)
+    return any(len(head) > offset + 2 * size and all(head[offset + k * size] == 0x47 for k in range(3))
+               for offset, size in ((0, 188), (4, 192)))
+
+
 class DecordReader:
     name = "decord"
 
     def __init__(self, path: str, num_threads: int = 0) -> None:
         import decord
 
+        if _is_mpeg_ts(path):
+            # decord 0.6 opens H.264 in MPEG-TS but decodes none of it, and returns MPEG-2 in MPEG-TS one frame off
+            raise VideoReadError("MPEG transport stream, which decord decodes wrongly (no frames, or frames off "
+                                 "by one); read it with --decoder pyav (auto does)")
         try:
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
             n = len(self._reader)
