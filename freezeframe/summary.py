@@ -30,14 +30,20 @@ def format_summary(summary: dict) -> str:
         p = fs["provenance"]
         backbone = p.get("backbone", {})
         sampling = ", ".join(f"{k}={v}" for k, v in p.get("sampling", {}).items())
-        lines.append(f"  {name}: {fs['num_videos']} videos, {fs['num_frames']} frames in {fs['num_shards']} shards")
-        lines.append(f"    backbone  {backbone.get('library', '?')} {backbone.get('model', '?')} "
-                     f"weights={backbone.get('pretrained', '?')} compute={p.get('compute_dtype', '?')}")
-        lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
+        text = p.get("kind") == "text"
+        items, rows = ("captions", "token rows") if text else ("videos", "frames")
+        lines.append(f"  {name}: {fs['num_videos']} {items}, {fs['num_frames']} {rows} in {fs['num_shards']} shards")
+        lines.append(f"    backbone  {backbone.get('name', '')} {backbone.get('library', '?')} {backbone.get('model', '?')} "
+                     f"weights={backbone.get('pretrained', backbone.get('weights_sha256', '?')[:12])}"
+                     + ("" if text else f" compute={p.get('compute_dtype', '?')}"))
+        if p.get("layers") is not None and text:
+            lines.append(f"    text      layers={p.get('layers')} max_length={p.get('max_length')}")
+        else:
+            lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
         storage = ", ".join(f"{s['format']}/{s['compression']} ({s['shards']} shards)" for s in fs.get("storage", []))
         lines.append(f"    storage   {storage or 'no shards'}")
         for array, meta in fs["arrays"].items():
-            lines.append(f"    {array:<18} {meta['dtype']:<8} per frame {tuple(meta['shape'])}")
+            lines.append(f"    {array:<18} {meta['dtype']:<8} per {'row' if text else 'frame'} {tuple(meta['shape'])}")
         if fs["failures"]:
             lines.append(f"    failures  {len(fs['failures'])} videos (see failures.jsonl)")
     return "\n".join(lines)

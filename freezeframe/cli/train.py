@@ -34,6 +34,8 @@ def _train_options(func):
         click.option("--preload/--no-preload", default=None,
                      help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
         click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
+        click.option("--trust-checkpoint", is_flag=True,
+                     help="With --resume: load a last.pt that is a full pickle (it can run code; only if you trust it)."),
         click.option("--no-progress", is_flag=True),
     ]
     for option in reversed(options):
@@ -47,7 +49,7 @@ def _run_training(kind: str, head_options: dict, **kw) -> None:
 
     config = TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
                          warmup_epochs=kw["warmup_epochs"], seed=kw["seed"], workers=kw["workers"],
-                         device=kw["device"], progress=not kw["no_progress"])
+                         device=kw["device"], progress=not kw["no_progress"], trust_checkpoint=kw["trust_checkpoint"])
     metrics = train_run(kind, kw["store"], kw["feature_set"], kw["labels"], kw["out"], val_labels=kw["val"],
                         train_frames=kw["frames"], eval_frames=kw["eval_frames"], head_options=head_options,
                         config=config, resume=kw["resume"], preload=kw["preload"], log=click.echo)
@@ -106,11 +108,14 @@ def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_tempora
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with top1, top5, num_videos.")
-def eval_command(run, labels, store, frames, batch_size, device, as_json) -> None:
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Load a checkpoint that is a full pickle (it can run code; only if you trust it).")
+def eval_command(run, labels, store, frames, batch_size, device, as_json, trust_checkpoint) -> None:
     """Top-1 and top-5 accuracy of RUN's best checkpoint on labelled videos (views averaged)."""
     from freezeframe.heads.jobs import eval_run
 
-    result = eval_run(run, labels, store=store, frames=frames, batch_size=batch_size, device=device)
+    result = eval_run(run, labels, store=store, frames=frames, batch_size=batch_size, device=device,
+                      trust_checkpoint=trust_checkpoint)
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -18,6 +18,7 @@ from freezeframe.extract.decode import PyAVReader, VideoReadError, iter_windows,
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, sample_indices
 from freezeframe.extract.sources import VideoSource
+from freezeframe.store.claims import Claims
 
 
 @dataclass
@@ -46,7 +47,15 @@ class ShardEnd:
     shard: int
 
 
-Item = Window | Failure | ShardEnd
+@dataclass
+class Skipped:
+    """A video another writer holds a claim on (or committed meanwhile); this process leaves it alone."""
+
+    shard: int
+    video_id: str
+
+
+Item = Window | Failure | ShardEnd | Skipped
 
 
 @dataclass(frozen=True)
@@ -60,16 +69,26 @@ class DecodeSpec:
 
 
 class WindowStream(IterableDataset):
-    def __init__(self, shards: list[list[VideoSource]], spec: DecodeSpec) -> None:
+    """Shards of videos in, items out; with `claims`, each shard's videos are claimed just before it is decoded."""
+
+    def __init__(self, shards: list[list[VideoSource]], spec: DecodeSpec, claims: Claims | None = None) -> None:
         self.shards = shards
         self.spec = spec
+        self.claims = claims
 
     def __iter__(self) -> Iterator[Item]:
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
+        if worker is not None:
+            torch.set_num_threads(1)  # many decode workers share the cores; one thread each avoids oversubscription
         preprocess = ExactPreprocessor(self.spec.preprocess) if self.spec.preprocess.mode == "exact" else None
         for shard_index in range(wid, len(self.shards), nworkers):
-            for source in self.shards[shard_index]:
+            sources = self.shards[shard_index]
+            if self.claims is not None:
+                held = set(self.claims.claim([source.video_id for source in sources]))
+                yield from (Skipped(shard_index, s.video_id) for s in sources if s.video_id not in held)
+                sources = [source for source in sources if source.video_id in held]
+            for source in sources:
                 yield from self._video(shard_index, source, preprocess)
             yield ShardEnd(shard_index)
 

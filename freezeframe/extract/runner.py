@@ -14,15 +14,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from freezeframe.errors import InputError
+from freezeframe.errors import InputError, StoreError
 from freezeframe.extract.backbones.clip import ClipBackbone
 from freezeframe.extract.batching import FrameBatcher
 from freezeframe.extract.decode import DECODERS
-from freezeframe.extract.loader import DecodeSpec, Failure, Window, WindowStream
+from freezeframe.extract.loader import DecodeSpec, Failure, Skipped, Window, WindowStream
 from freezeframe.extract.preprocess import check_fast_supported, fast_preprocess
 from freezeframe.extract.sampling import SamplingConfig
 from freezeframe.extract.sources import VideoSource, check_unique
+from freezeframe.faults import fault_point
 from freezeframe.store import provenance as prov
+from freezeframe.store.claims import DEFAULT_LEASE, Claims, claiming, forget_committed_claims
+from freezeframe.store.files import read_jsonl
 from freezeframe.store.writer import FeatureSetWriter
 
 
@@ -47,6 +50,7 @@ class ExtractConfig:
     compression: str = "none"  # storage only: recorded per shard, not in provenance
     max_window_bytes: int = 64 * 1024 * 1024
     progress: bool = True
+    claim_lease: float = DEFAULT_LEASE  # seconds a silent writer's claims stay valid (many writers on one store)
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -58,6 +62,8 @@ class ExtractConfig:
                 raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
         if self.workers < 0:
             raise InputError("--workers must be 0 (decode in the main process) or more.")
+        if not self.claim_lease > 0:
+            raise InputError("--claim-lease must be a positive number of seconds.")
         from freezeframe.store.backends import BACKENDS, COMPRESSIONS
 
         if self.format not in BACKENDS:
@@ -77,6 +83,7 @@ class ExtractionReport:
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     failures_path: str = ""
+    by_others: int = 0  # videos of this run's inputs that other writers committed while it ran
 
     @property
     def ok(self) -> bool:
@@ -106,12 +113,14 @@ def feature_set_provenance(backbone: ClipBackbone, config: ExtractConfig) -> dic
 class _ShardSink(threading.Thread):
     """Background writer: appends finished windows to their shard and commits each shard whole."""
 
-    def __init__(self, writer: FeatureSetWriter) -> None:
+    def __init__(self, writer: FeatureSetWriter, claims: Claims | None = None) -> None:
         super().__init__(name="freezeframe-writer", daemon=True)
         self.writer = writer
+        self.claims = claims
         self.inbox: queue.Queue = queue.Queue(maxsize=32)
         self.error: BaseException | None = None
         self._open: dict[int, object] = {}
+        self.lost: list[str] = []  # videos another writer took over (this one was silent too long): not stored
 
     def run(self) -> None:
         while True:
@@ -132,13 +141,20 @@ class _ShardSink(threading.Thread):
             if sink is None:
                 sink = self._open[shard] = self.writer.new_shard()
             sink.append(video_id, arrays)
+            fault_point("window")
             if last:
-                sink.end_video(video_id, info)
+                if self.claims is not None and not self.claims.holds(video_id):
+                    sink.discard_video(video_id)
+                    self.lost.append(video_id)
+                else:
+                    sink.end_video(video_id, info)
         elif kind == "fail":
             failure: Failure = payload
             if shard in self._open:
                 self._open[shard].discard_video(failure.video_id)
             self.writer.record_failure(failure.video_id, failure.path, failure.reason)
+            if self.claims is not None:
+                self.claims.release([failure.video_id])
         elif kind == "end":
             sink = self._open.pop(shard, None)
             if sink is not None:
@@ -148,6 +164,9 @@ class _ShardSink(threading.Thread):
                     except BaseException:
                         sink.abort()  # popped from _open already: nobody else would remove its temporary
                         raise
+                    fault_point("committed")
+                    if self.claims is not None:
+                        self.claims.release([video["id"] for video in sink.videos])
                 else:
                     sink.abort()
 
@@ -162,30 +181,83 @@ def _identity(item):
 
 
 def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, config: ExtractConfig) -> ExtractionReport:
-    """Extract features of every source not yet committed; failures are recorded and the rest goes on."""
+    """Extract features of every source not yet committed; failures are recorded and the rest goes on.
+
+    Many processes may run this on one store at once: each claims the videos it extracts, skips those that
+    others hold, and at the end waits for those (taking over the claims of writers that died).
+    """
     check_unique(sources)
     if config.preprocess == "fast":
         check_fast_supported(backbone.preprocess)
     name = config.name or backbone.config.default_name()
-    writer = FeatureSetWriter(config.store, name, feature_set_provenance(backbone, config), format=config.format,
-                              compression=config.compression, frozen=backbone.frozen_weights() or None)
-    committed = writer.committed_ids()
-    todo = [s for s in sources if s.video_id not in committed]
-    report = ExtractionReport(config.store, name, total=len(sources), skipped=len(sources) - len(todo),
-                              failures_path=str(writer.failures_path))
-    if not todo:
+    try:
+        writer = FeatureSetWriter(config.store, name, feature_set_provenance(backbone, config), format=config.format,
+                                  compression=config.compression, frozen=backbone.frozen_weights() or None)
+        committed = writer.committed_ids()
+        todo = [s for s in sources if s.video_id not in committed]
+        report = ExtractionReport(config.store, name, total=len(sources), skipped=len(sources) - len(todo),
+                                  failures_path=str(writer.failures_path))
+        if not todo:
+            forget_committed_claims(writer.path)
+            writer.write_index()
+            return report
+        start, started = time.perf_counter(), time.time()
+        with claiming(writer.path, config.claim_lease) as claims:
+            pending = todo
+            while pending:
+                _extract_pass(pending, backbone, config, writer, claims, report)
+                pending = _unfinished(todo, claims, writer, report, started, config.progress) if claims else []
+            if claims is not None:
+                done = claims.committed().refresh()
+                report.by_others = sum(s.video_id in done for s in todo) - report.stored
+                writer.remove_stale_temps()  # those of writers that died while this one ran
+        fault_point("index")
         writer.write_index()
-        return report
+    except OSError as exc:
+        reason = exc.strerror or str(exc).splitlines()[0]
+        raise StoreError(f"writing to store {config.store} failed ({reason}); what was committed is kept, and a "
+                         "rerun finishes the rest once the cause (disk space, quota, file size limit) is fixed.") from exc
+    report.seconds = time.perf_counter() - start
+    return report
 
-    shards = [todo[i:i + config.shard_size] for i in range(0, len(todo), config.shard_size)]
+
+def _unfinished(todo: Sequence[VideoSource], claims: Claims, writer: FeatureSetWriter, report: ExtractionReport,
+                started: float, progress: bool) -> list[VideoSource]:
+    """This run's videos that no writer has committed or failed yet and that this one may take now (unclaimed,
+    or claimed by a writer that died); waits while other live writers hold all of them. [] when all are done."""
+    failed_here = {failure["video_id"] for failure in report.failures}
+    waiting_shown = False
+    while True:
+        committed = claims.committed().refresh()
+        failed = failed_here | {r.get("video_id") for r in read_jsonl(writer.failures_path) if r.get("time", 0) >= started}
+        left = [s for s in todo if s.video_id not in committed and s.video_id not in failed]
+        if not left:
+            return []
+        takeable, held_by_others = claims.sort_out([s.video_id for s in left])
+        if takeable:
+            chosen = set(takeable)
+            return [s for s in left if s.video_id in chosen]
+        if progress and not waiting_shown:
+            tqdm.write(f"waiting for {len(held_by_others)} videos that other writers are extracting")
+            waiting_shown = True
+        time.sleep(min(2.0, claims.lease / 4))
+
+
+def _extract_pass(todo: Sequence[VideoSource], backbone: ClipBackbone, config: ExtractConfig,
+                  writer: FeatureSetWriter, claims: Claims | None, report: ExtractionReport) -> None:
+    """One pass over `todo`: claim, decode, forward and commit shard by shard; adds to `report`."""
+    # --shard-size is an upper bound: a run with fewer videos than workers x shard size uses smaller shards, so
+    # that every decode worker (each decodes whole shards) has work; large runs keep full shards
+    size = max(1, min(config.shard_size, -(-len(todo) // max(1, config.workers))))
+    shards = [todo[i:i + size] for i in range(0, len(todo), size)]
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes)
     workers = min(config.workers, len(shards))
-    loader = DataLoader(WindowStream(shards, spec), batch_size=None, num_workers=workers, collate_fn=_identity,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(WindowStream(shards, spec, claims), batch_size=None, num_workers=workers, collate_fn=_identity,
+                        prefetch_factor=4 if workers else None, in_order=False)  # a slow video stalls no other
     device = backbone.device
     batcher = FrameBatcher(config.batch_size, backbone)
-    sink = _ShardSink(writer)
+    sink = _ShardSink(writer, claims)
     sink.start()
     bar = tqdm(total=len(todo), unit="video", disable=not config.progress, dynamic_ncols=True, smoothing=0.1)
     start = time.perf_counter()
@@ -203,6 +275,8 @@ def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, confi
             sink.inbox.put(("fail", item.shard, item))
             report.failures.append({"video_id": item.video_id, "path": item.path, "reason": item.reason})
             bar.update(1)
+        elif isinstance(item, Skipped):
+            bar.update(1)  # another writer holds it; the end of the run waits for it
         else:
             sink.inbox.put(("end", item.shard, None))
         elapsed = time.perf_counter() - start
@@ -227,6 +301,7 @@ def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, confi
         sink.join()
         if sink.error is not None:
             raise sink.error
+        report.stored -= len(sink.lost)
     except BaseException:
         sink.inbox.put(None)
         sink.join(timeout=60)
@@ -234,6 +309,3 @@ def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, confi
         raise
     finally:
         bar.close()
-    writer.write_index()
-    report.seconds = time.perf_counter() - start
-    return report

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from freezeframe.errors import InputError
+from freezeframe.limits import LIST_BYTES, read_limited
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".gif"}
@@ -50,7 +51,7 @@ def _scan_folder(folder: Path) -> list[VideoSource]:
 
 def _read_list(list_file: Path) -> list[VideoSource]:
     base = list_file.parent
-    text = list_file.read_text(encoding="utf-8-sig")
+    text = read_limited(list_file, LIST_BYTES, "an input list").decode("utf-8-sig")
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         return []

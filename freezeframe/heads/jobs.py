@@ -162,9 +162,9 @@ def _train_probe(probe: LinearProbe, train_set, val_set, config: TrainConfig, ou
 
 
 def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None = None, frames: str | None = None,
-             batch_size: int = 32, device: str = "auto", workers: int = 0) -> dict:
+             batch_size: int = 32, device: str = "auto", workers: int = 0, trust_checkpoint: bool = False) -> dict:
     """top-1/top-5 of a run's best checkpoint on a labelled set (views averaged)."""
-    head, info = load_head(run_dir)
+    head, info = load_head(run_dir, trust_checkpoint=trust_checkpoint)
     store = store or info.store
     ids, y, _ = labelled_ids(labels, info.classes)
     selection = FrameSelection.parse(frames or info.eval_frames)

@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
+from freezeframe.checkpoints import load_checkpoint
 from freezeframe.errors import InputError
+from freezeframe.limits import DOCUMENT_BYTES, read_limited
 from freezeframe.heads.registry import build_head, config_from_dict
 from freezeframe.heads.training import BEST, LAST
 
@@ -37,11 +38,11 @@ class RunInfo:
         path = Path(run_dir) / RUN_FILE
         if not path.exists():
             raise InputError(f"{run_dir} is not a training run (no {RUN_FILE}).")
-        return cls(**json.loads(path.read_text()))
+        return cls(**json.loads(read_limited(path, DOCUMENT_BYTES, "a run description")))
 
 
-def load_head(run_dir: str | Path, checkpoint: str = BEST) -> tuple[nn.Module, RunInfo]:
-    """Rebuild the head of a run and load its best (or last) weights."""
+def load_head(run_dir: str | Path, checkpoint: str = BEST, trust_checkpoint: bool = False) -> tuple[nn.Module, RunInfo]:
+    """Rebuild the head of a run and load its best (or last) weights (weights only, unless `trust_checkpoint`)."""
     info = RunInfo.load(run_dir)
     head = build_head(info.head, config_from_dict(info.head, info.head_config))
     path = Path(run_dir) / checkpoint
@@ -49,5 +50,5 @@ def load_head(run_dir: str | Path, checkpoint: str = BEST) -> tuple[nn.Module, R
         path = Path(run_dir) / LAST
     if not path.exists():
         raise InputError(f"{run_dir} has no checkpoint yet.")
-    head.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["head"])
+    head.load_state_dict(load_checkpoint(path, trust=trust_checkpoint)["head"])
     return head.eval(), info

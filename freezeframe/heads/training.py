@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from freezeframe.checkpoints import load_checkpoint
 from freezeframe.heads.curves import plot_curves
+from freezeframe.limits import LIST_BYTES, read_limited
 from freezeframe.heads.evaluation import evaluate, to_device
 from freezeframe.store.datasets import FeatureDataset, collate
 
@@ -40,6 +42,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # fp16 autocast with loss scaling, on CUDA only
     progress: bool = True
+    trust_checkpoint: bool = False  # resume from a last.pt that is a full pickle (it can run code)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -53,7 +56,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state, as tensors and plain values (so a weights-only load reads it back)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -61,7 +67,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -87,7 +94,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = read_limited(path, LIST_BYTES, "a metrics file").decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def write_metrics(run_dir: str | Path, history: list[dict]) -> None:
@@ -124,7 +132,7 @@ def train_classifier(
     history: list[dict] = []
 
     if resume and (run_dir / LAST).exists():
-        state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
+        state = load_checkpoint(run_dir / LAST, trust=config.trust_checkpoint, map_location=device)
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from freezeframe.errors import InputError, StoreError
 from freezeframe.frames import segment_middles
+from freezeframe.limits import LIST_BYTES, check_size
 from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
 
@@ -70,6 +71,7 @@ class FrameSelection:
 
 def read_labels(path: str | Path) -> list[tuple[str, str]]:
     """A CSV of `video_id,label` (header required); labels are strings."""
+    check_size(path, LIST_BYTES, "a label file")
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         fields = {name.strip() for name in reader.fieldnames or []}

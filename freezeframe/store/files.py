@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from freezeframe.faults import fault_point
+from freezeframe.limits import DOCUMENT_BYTES, LIST_BYTES, read_limited
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.location import StorePath, is_remote
 
@@ -50,6 +52,7 @@ def write_json_atomic(path: StorePath, obj: Any) -> None:
         path.write_bytes(dumps(obj))
         return
     tmp = _write_temp(path, dumps(obj))
+    fault_point("json.replace")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -73,9 +76,9 @@ def create_json_once(path: StorePath, obj: Any) -> bool:
     return created
 
 
-def read_json(path: StorePath) -> Any:
-    with path.open("r", encoding="utf-8") as handle:
-        return json.load(handle)
+def read_json(path: StorePath, max_bytes: int = DOCUMENT_BYTES) -> Any:
+    """Parse a JSON file no larger than `max_bytes` (see freezeframe.limits)."""
+    return json.loads(read_limited(path, max_bytes, "a JSON metadata file"))
 
 
 def append_jsonl(path: StorePath, record: dict) -> None:
@@ -96,13 +99,12 @@ def read_jsonl(path: StorePath) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: skip it, keep the rest
+    for line in read_limited(path, LIST_BYTES, "a JSON-lines file").decode("utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: skip it, keep the rest
     return records

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from freezeframe.limits import LIST_BYTES
 from freezeframe.store.files import read_json, write_json_atomic
 from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, TEMP_PREFIX, shard_id_of_marker
 
@@ -61,7 +62,7 @@ def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:
     cache = feature_set_dir / INDEX_FILE
     if cache.exists():
         try:
-            cached = read_json(cache)
+            cached = read_json(cache, LIST_BYTES)
             if sorted(cached["shards"]) == shard_ids:
                 return Index(shards=cached["shards"], videos=cached["videos"])
         except (ValueError, KeyError, TypeError, OSError):

@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from freezeframe.errors import StoreError
+from freezeframe.limits import LIST_BYTES
 from freezeframe.store.feature_set import FeatureSet, block_source, read_frames
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
@@ -137,7 +138,7 @@ class MemmapExport:
 
 def read_memmap_index(fs_path: Path) -> dict | None:
     try:
-        index = read_json(fs_path / MEMMAP_DIR / MEMMAP_INDEX)
+        index = read_json(fs_path / MEMMAP_DIR / MEMMAP_INDEX, LIST_BYTES)
     except (OSError, ValueError):
         return None
     if not isinstance(index, dict) or index.get("format") != MEMMAP_FORMAT or index.get("version") != MEMMAP_VERSION:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from freezeframe.faults import fault_point
 from freezeframe.store.backends import COMPRESSIONS, Backend
 from freezeframe.store.files import fsync_dir, write_json_atomic
 from freezeframe.store.layout import TEMP_PREFIX, marker_path, new_shard_id, temp_owner_tag
@@ -132,6 +133,7 @@ class ShardWriter:
         for name, blocks in self._pending.items():
             block = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
             self._bundle.append(name, block)
+            fault_point("shard.array")
             rows = len(block)
         self._rows_written += rows
         self._pending = {}
@@ -157,10 +159,12 @@ class ShardWriter:
         for name, meta in arrays.items():
             if meta["rows"] != expected_rows:
                 raise RuntimeError(f"array {name!r} has {meta['rows']} rows, expected {expected_rows}")
+        fault_point("shard.rename")
         if self.temp_path != self.final_path:
             _fsync_tree(self.temp_path)
             self.temp_path.rename(self.final_path)
             fsync_dir(self.shards_dir)
+        fault_point("shard.marker")
         marker = {
             "shard_id": self.shard_id,
             "format": self.backend.name,

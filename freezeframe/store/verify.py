@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from freezeframe.limits import LIST_BYTES
 from freezeframe.store.backends import get_backend
+from freezeframe.store.claims import claimed_videos
 from freezeframe.store.files import read_json
 from freezeframe.store.index import committed_shard_ids, index_from_markers, read_marker
 from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX
@@ -78,7 +80,7 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
     report.checked_videos += len(index.videos)
     cache = fs_dir / INDEX_FILE
     try:
-        cached = read_json(cache) if cache.exists() else None
+        cached = read_json(cache, LIST_BYTES) if cache.exists() else None
         if cached is not None and not isinstance(cached, dict):
             raise ValueError("not a JSON object")
     except (ValueError, OSError):
@@ -91,6 +93,10 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
             report.problems.append(f"{name}: {INDEX_FILE} disagrees with the commit markers")
     for temp in list(fs_dir.glob(f"{TEMP_PREFIX}*")) + list(shards_dir.glob(f"{TEMP_PREFIX}*")):
         report.warnings.append(f"{name}: uncommitted temporary {temp.name} (a writer is running or crashed)")
+    claimed = claimed_videos(fs_dir)
+    if claimed:
+        report.warnings.append(f"{name}: {claimed} videos are claimed by writers that are running or crashed "
+                               "(a rerun takes over the claims of crashed ones)")
     for entry in shards_dir.iterdir() if shards_dir.is_dir() else []:
         if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX):
             continue

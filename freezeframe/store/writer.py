@@ -54,7 +54,7 @@ class FeatureSetWriter:
         self.provenance = self._claim_provenance(provenance)
         if frozen:
             self._write_frozen_once(frozen)
-        self._remove_stale_temps()
+        self.remove_stale_temps()
 
     def _claim_provenance(self, provenance: dict) -> dict:
         path = self.path / PROVENANCE_FILE
@@ -96,7 +96,7 @@ class FeatureSetWriter:
             bundle.append(key, np.ascontiguousarray(value))
         bundle.close()
 
-    def _remove_stale_temps(self) -> None:
+    def remove_stale_temps(self) -> None:
         """Delete temporary shards left by crashed writers on this host (their pid is gone)."""
         if is_remote(self.path):
             return  # remote writers use no temporary names

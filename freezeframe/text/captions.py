@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from freezeframe.errors import InputError
+from freezeframe.limits import LIST_BYTES, check_size
 
 FIELDS = ("video_id", "caption_id", "start", "end", "text")
 
@@ -33,6 +34,7 @@ def read_captions(path: str | Path) -> list[Caption]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"captions file {path} does not exist")
+    check_size(path, LIST_BYTES, "a captions file")
     if path.suffix.lower() == ".csv":
         rows = _csv_rows(path)
     elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from freezeframe.checkpoints import UntrustedCheckpointError
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.preprocess import PreprocessConfig
@@ -35,6 +36,7 @@ class ClipConfig:
     layers: tuple[int, ...] = (-4, -3, -2, -1)
     precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere
     seed: int = 0  # initialises random weights (`pretrained="none"`) reproducibly
+    trust_checkpoint: bool = False  # load a `pretrained` file that is a full pickle (it can run code)
 
     def __post_init__(self) -> None:
         unknown = set(self.features) - set(CLIP_FEATURES)
@@ -70,8 +72,12 @@ def resolve_model_name(model: str) -> str:
     return model
 
 
-def load_open_clip(model: str, pretrained: str, seed: int = 0) -> tuple[nn.Module, dict]:
-    """Build an open_clip model and load its weights; returns the model and a provenance dict of the weights."""
+def load_open_clip(model: str, pretrained: str, seed: int = 0, trust_checkpoint: bool = False) -> tuple[nn.Module, dict]:
+    """Build an open_clip model and load its weights; returns the model and a provenance dict of the weights.
+
+    A checkpoint file is loaded as weights only (safetensors, or torch.load(weights_only=True)); one that is a
+    full pickle is refused unless `trust_checkpoint`.
+    """
     import open_clip
 
     name = resolve_model_name(model)
@@ -85,7 +91,9 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0) -> tuple[nn.Modul
         elif path is not None:
             clip_model = open_clip.create_model(name, pretrained=None)
             try:
-                open_clip.load_checkpoint(clip_model, str(path))
+                W.load_checkpoint_into(clip_model, path, trust_checkpoint)
+            except UntrustedCheckpointError:
+                raise
             except Exception as exc:  # noqa: BLE001 - any loading failure becomes one sentence
                 raise W.load_error(what, str(path), exc) from None
             source = {"pretrained": str(path.resolve()), "checkpoint_sha256": file_sha256(path)}
@@ -125,7 +133,8 @@ class ClipBackbone(nn.Module):
         super().__init__()
         self.config = config
         if model is None:
-            model, self.weights_info = load_open_clip(config.model, config.pretrained, config.seed)
+            model, self.weights_info = load_open_clip(config.model, config.pretrained, config.seed,
+                                                      config.trust_checkpoint)
         else:
             self.weights_info = {"library": "open_clip", "version": package_version("open_clip_torch"),
                                  "model": config.model, "pretrained": "in-memory"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import socket
 from pathlib import Path
@@ -11,6 +12,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from freezeframe.checkpoints import UntrustedCheckpointError, is_untrusted_pickle_error, load_checkpoint, untrusted_message
 from freezeframe.errors import BackboneError
 
 RANDOM = ("none", "random")
@@ -70,13 +72,34 @@ def state_dict_sha256(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
         digest.update(key.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def checkpoint_path(pretrained: str) -> Path | None:
     path = Path(pretrained).expanduser()
     return path if path.is_file() else None
+
+
+def load_checkpoint_into(clip_model: torch.nn.Module, path: Path, trust: bool) -> None:
+    """Load a checkpoint file into an open_clip model with open_clip's key conversions, as weights only.
+
+    An open_clip whose `load_checkpoint` takes `weights_only` (and reads `.safetensors` itself) is asked for a
+    weights-only load; an older one is handed the file only after freezeframe's own weights-only load accepted
+    it (or the user trusts it).
+    """
+    import open_clip
+
+    if "weights_only" not in inspect.signature(open_clip.load_checkpoint).parameters:
+        load_checkpoint(path, trust=trust)
+        open_clip.load_checkpoint(clip_model, str(path))
+        return
+    try:
+        open_clip.load_checkpoint(clip_model, str(path), weights_only=not trust)
+    except Exception as exc:  # noqa: BLE001
+        if not trust and is_untrusted_pickle_error(exc):
+            raise UntrustedCheckpointError(untrusted_message(path)) from None
+        raise
 
 
 def missing_weights_message(what: str, tag: str) -> str:

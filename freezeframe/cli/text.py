@@ -1,0 +1,68 @@
+"""`freezeframe extract-text`: caption features (BERT token states or CLIP text embeddings) into a store."""
+
+from __future__ import annotations
+
+import click
+
+from freezeframe.cli.group import int_list, main
+
+
+@main.command("extract-text")
+@click.argument("captions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", required=True, help="Store directory or fsspec URL (created if missing).")
+@click.option("--backbone", type=click.Choice(["bert", "clip-text"]), default="bert", show_default=True)
+@click.option("--model", required=True,
+              help="bert: a transformers model directory (or a name in the local cache); clip-text: an open_clip "
+                   "model name or model-config JSON.")
+@click.option("--pretrained", default="none", show_default=True,
+              help="clip-text: open_clip pretrained tag, a local checkpoint path, or none for random weights.")
+@click.option("--layers", default="-1", show_default=True,
+              help="bert: hidden-state indices to store as tokens/<index> (0 = embeddings, -1 = last layer).")
+@click.option("--max-length", type=int, default=64, show_default=True, help="bert: tokens per caption at most.")
+@click.option("--name", default=None, help="Feature-set name [default: derived from backbone and model].")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a --pretrained file that is a full pickle (runs code).")
+@click.option("--no-progress", is_flag=True)
+def extract_text_command(captions, store, backbone, model, pretrained, layers, max_length, name, batch_size, device,
+                         trust_checkpoint, no_progress) -> None:
+    """Encode the captions of CAPTIONS (.jsonl or .csv) with a frozen text encoder; one row set per caption id."""
+    from freezeframe.extract.runner import resolve_device
+    from freezeframe.text import read_captions
+    from freezeframe.text.encoders import TextConfig
+    from freezeframe.text.extract import extract_text
+
+    config = TextConfig(backbone=backbone, model=model, pretrained=pretrained, layers=int_list(layers),
+                        max_length=max_length, trust_checkpoint=trust_checkpoint)
+    report = extract_text(read_captions(captions), store, config, name=name, batch_size=batch_size,
+                          device=resolve_device(device), progress=not no_progress)
+    click.echo(f"{report.feature_set}: stored {report.stored} captions in {report.seconds:.1f}s; "
+               f"{report.skipped} already committed; store {report.store}")
+
+
+@main.command()
+@click.option("--store", required=True)
+@click.option("--set", "feature_set", required=True, help="Video feature set with per-frame CLIP `embed`.")
+@click.option("--classes", required=True, type=click.Path(exists=True, dir_okay=False), help="One class name a line.")
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV video_id,label.")
+@click.option("--templates", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Prompt templates, one a line, with {} for the class [default: 'a video of {}.', 'a photo of {}.'].")
+@click.option("--model", default=None, help="open_clip model for the prompts [default: the set's own].")
+@click.option("--pretrained", default=None, help="Its weights [default: the set's own].")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a --pretrained file that is a full pickle (runs code).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (top1, top5, num_videos, per_class).")
+def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, trust_checkpoint, as_json) -> None:
+    """Zero-shot classification: mean frame CLIP embeddings against class prompt embeddings."""
+    import json
+
+    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, read_lines, run_zeroshot
+
+    result = run_zeroshot(store, feature_set, read_lines(classes, "classes"), labels,
+                          templates=tuple(read_lines(templates, "templates")) if templates else DEFAULT_TEMPLATES,
+                          model=model, pretrained=pretrained, trust_checkpoint=trust_checkpoint)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        top5 = f"  top-5 {100 * result['top5']:.1f}%" if "top5" in result else ""
+        click.echo(f"zero-shot on {result['num_videos']} videos, {result['num_classes']} classes: "
+                   f"top-1 {100 * result['top1']:.1f}%{top5}")

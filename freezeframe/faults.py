@@ -1,0 +1,43 @@
+"""Deterministic crash points for fault-injection tests (tests/test_faults.py, benchmarks/fault_injection.py).
+
+`FREEZEFRAME_FAULT=<site>:<n>` makes the process SIGKILL itself the n-th time it reaches `fault_point(site)`
+(counted per process), e.g. `shard.rename:2` dies just before the second shard is renamed into place.
+Sites: claim (a video claimed), window (frames of a video handed to the shard writer), shard.array (one
+array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
+its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
+committed (a shard committed, before its claims are given back), index (before index.json is written).
+Unset, as always outside tests, `fault_point` is an empty function.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+SITES = ("claim", "window", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index")
+
+
+def _parse(spec: str) -> tuple[str, int]:
+    site, _, count = spec.rpartition(":")
+    if site not in SITES or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"FREEZEFRAME_FAULT={spec!r}: expected <site>:<n> with n >= 1 and a site among {SITES}")
+    return site, int(count)
+
+
+def _noop(site: str) -> None:
+    """No fault armed."""
+
+
+def _armed(site: str) -> None:
+    """Count arrivals at the armed site; die at the n-th, as abruptly as a power cut allows a process to."""
+    global _arrivals
+    if site == _SITE:
+        _arrivals += 1
+        if _arrivals == _COUNT:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_SPEC = os.environ.get("FREEZEFRAME_FAULT", "")
+_SITE, _COUNT = _parse(_SPEC) if _SPEC else ("", 0)
+_arrivals = 0
+fault_point = _armed if _SPEC else _noop

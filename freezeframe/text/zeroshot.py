@@ -1,0 +1,84 @@
+"""`freezeframe zeroshot`: class prompts through the CLIP text tower that made a video set, then a zero-shot head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from freezeframe.errors import InputError
+from freezeframe.heads.zeroshot import ZeroShotClassifier
+from freezeframe.store.datasets import read_labels
+from freezeframe.store.store import Store
+from freezeframe.text.encoders import ClipTextEncoder, TextConfig
+
+DEFAULT_TEMPLATES = ("a video of {}.", "a photo of {}.")
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"{what} file {path} is empty.")
+    return lines
+
+
+def class_embeddings(encoder: ClipTextEncoder, classes: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+    """Per class: the mean of its L2-normalised template prompt embeddings (renormalised by the classifier)."""
+    for template in templates:
+        if "{}" not in template:
+            raise InputError(f"template {template!r} has no {{}} for the class name.")
+    rows = []
+    for name in classes:
+        prompts = [template.format(name) for template in templates]
+        embed = torch.from_numpy(np.concatenate([a["embed"] for a in encoder.encode(prompts)]).astype(np.float32))
+        rows.append(F.normalize(embed, dim=-1).mean(dim=0))
+    return torch.stack(rows)
+
+
+def run_zeroshot(store: str | Path, feature_set: str, classes: list[str], labels_path: str | Path, *,
+                 templates: tuple[str, ...] = DEFAULT_TEMPLATES, model: str | None = None,
+                 pretrained: str | None = None, trust_checkpoint: bool = False) -> dict:
+    """Top-1/top-5 and per-class accuracy of zero-shot classification of the labelled videos of `feature_set`.
+
+    The text tower is the CLIP model recorded in the set's provenance unless `model`/`pretrained` are given.
+    """
+    opened = Store(store)
+    if feature_set not in opened:
+        raise InputError(f"store {store} has no feature set {feature_set!r}; it has: {', '.join(opened.names())}.")
+    fs = opened[feature_set]
+    if "embed" not in fs.arrays():
+        raise InputError(f"feature set {feature_set!r} has no `embed` array; extract with --features embed.")
+    backbone = fs.provenance.get("backbone", {})
+    model = model or backbone.get("model")
+    pretrained = pretrained or backbone.get("pretrained")
+    if not model or not pretrained:
+        raise InputError(f"feature set {feature_set!r} was not made by an open_clip model; pass --model and "
+                         "--pretrained for the text tower.")
+    if len(set(classes)) != len(classes):
+        raise InputError("the classes file lists a class twice.")
+    labelled = read_labels(labels_path)
+    unknown = sorted({label for _, label in labelled} - set(classes))
+    if unknown:
+        raise InputError(f"labels {', '.join(map(repr, unknown[:3]))} of {labels_path} are not in the classes file.")
+    missing = [video_id for video_id, _ in labelled if video_id not in fs]
+    if missing:
+        raise InputError(f"{len(missing)} labelled videos are not in feature set {feature_set!r} "
+                         f"(e.g. {missing[0]!r}).")
+    encoder = ClipTextEncoder(TextConfig(backbone="clip-text", model=model, pretrained=pretrained,
+                                         seed=backbone.get("seed", 0), trust_checkpoint=trust_checkpoint),
+                              torch.device("cpu"))
+    head = ZeroShotClassifier(class_embeddings(encoder, classes, templates))
+    target = torch.tensor([classes.index(label) for _, label in labelled])
+    with torch.no_grad():
+        logits = torch.cat([head(torch.from_numpy(fs.read(video_id, "embed").astype(np.float32))[None])
+                            for video_id, _ in labelled])
+    ranked = logits.argsort(dim=1, descending=True)
+    top1 = ranked[:, 0] == target
+    result = {"top1": float(top1.float().mean()), "num_videos": len(labelled), "num_classes": len(classes),
+              "per_class": {name: float(top1[target == i].float().mean()) for i, name in enumerate(classes)
+                            if (target == i).any()}}
+    if len(classes) >= 5:
+        result["top5"] = float((ranked[:, :5] == target[:, None]).any(dim=1).float().mean())
+    return result

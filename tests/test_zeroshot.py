@@ -1,0 +1,95 @@
+"""Zero-shot classification on a task whose classes are encoded by the prompt embeddings themselves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from freezeframe.extract.backbones.clip import resolve_model_name
+from freezeframe.store import FeatureSetWriter
+
+CLASSES = ["archery", "juggling", "surfing", "knitting", "skiing", "rowing"]
+VIDEOS_PER_CLASS = 4
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory, tiny_model_name):
+    """A real store whose frame `embed`s are noisy copies of each class's prompt embedding (tiny CLIP, saved)."""
+    root = tmp_path_factory.mktemp("zeroshot")
+    name = resolve_model_name(tiny_model_name)
+    torch.manual_seed(11)
+    model = open_clip.create_model(name, pretrained=None).eval()
+    checkpoint = root / "tiny.pt"
+    torch.save(model.state_dict(), checkpoint)
+    tokenizer = open_clip.get_tokenizer(name)
+    templates = ["a video of {}.", "a photo of {}."]
+    with torch.no_grad():
+        per_class = torch.stack([F.normalize(model.encode_text(tokenizer([t.format(c) for t in templates])), dim=-1)
+                                 .mean(0) for c in CLASSES])
+    rng = np.random.default_rng(0)
+    writer = FeatureSetWriter(root / "store", "clip", {"backbone": {"library": "open_clip", "model": name,
+                                                                    "pretrained": str(checkpoint)}})
+    shard = writer.new_shard()
+    labels = ["video_id,label"]
+    for c, class_name in enumerate(CLASSES):
+        for k in range(VIDEOS_PER_CLASS):
+            video_id = f"{class_name}-{k}"
+            # noise of 2% of the norm per dimension (at 50% the classes blur: top-1 0.83)
+            frames = per_class[c].numpy()[None] + 0.02 * per_class[c].norm().item() * rng.standard_normal((8, 32))
+            shard.append(video_id, {"embed": frames.astype(np.float16)})
+            shard.end_video(video_id)
+            labels.append(f"{video_id},{class_name}")
+    shard.commit()
+    writer.write_index()
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (root / "labels.csv").write_text("\n".join(labels) + "\n")
+    shuffled = [labels[0]] + [f"{row.split(',')[0]},{CLASSES[(i * 5 + 1) % len(CLASSES)]}"
+                              for i, row in enumerate(labels[1:])]
+    (root / "shuffled.csv").write_text("\n".join(shuffled) + "\n")
+    return root
+
+
+def test_zeroshot_ranks_the_right_class_first(task, run_cli):
+    result = run_cli("zeroshot", "--store", task / "store", "--set", "clip", "--classes", task / "classes.txt",
+                     "--labels", task / "labels.csv", "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["top1"] == 1.0 and metrics["top5"] == 1.0
+    assert metrics["num_videos"] == len(CLASSES) * VIDEOS_PER_CLASS and metrics["num_classes"] == len(CLASSES)
+    assert metrics["per_class"] == {c: 1.0 for c in CLASSES}
+
+
+def test_shuffled_labels_score_near_chance(task, run_cli):
+    result = run_cli("zeroshot", "--store", task / "store", "--set", "clip", "--classes", task / "classes.txt",
+                     "--labels", task / "shuffled.csv", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["top1"] <= 0.25
+
+
+def test_other_templates_change_the_prompts(task, run_cli, tmp_path):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("{}\n")
+    result = run_cli("zeroshot", "--store", task / "store", "--set", "clip", "--classes", task / "classes.txt",
+                     "--labels", task / "labels.csv", "--templates", templates, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["top1"] < 1.0  # embeds were built from the default templates' prompts
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--set": "nope"}, "has no feature set 'nope'"),
+    ({"--classes": "empty"}, "classes file"),
+    ({"--labels": "unknown"}, "are not in the classes file"),
+])
+def test_clear_errors(task, run_cli, tmp_path, change, message):
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "unknown").write_text("video_id,label\narchery-0,fencing\n")
+    args = {"--store": task / "store", "--set": "clip", "--classes": task / "classes.txt", "--labels": task / "labels.csv"}
+    args.update({k: (tmp_path / v if k != "--set" else v) for k, v in change.items()})
+    result = run_cli("zeroshot", *[x for kv in args.items() for x in kv])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and message in result.output
