@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from freezeframe.errors import InputError
 from freezeframe.heads.zeroshot import ZeroShotClassifier
+from freezeframe.limits import LIST_BYTES, check_size
 from freezeframe.store.datasets import read_labels
 from freezeframe.store.store import Store
 from freezeframe.text.encoders import ClipTextEncoder, TextConfig
@@ -18,6 +19,8 @@ DEFAULT_TEMPLATES = ("a video of {}.", "a photo of {}.")
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
+    """Non-empty stripped lines of a small text file (classes, templates), read with the list-file size limit."""
+    check_size(path, LIST_BYTES, f"a {what} file")
     lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
         raise InputError(f"{what} file {path} is empty.")
