@@ -6,6 +6,8 @@ Sites: claim (a video claimed), window (frames of a video handed to the shard wr
 array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
 committed (a shard committed, before its claims are given back), index (before index.json is written).
+With `FREEZEFRAME_FAULT_ONCE=<marker file>` as well, the kill is one-shot across processes: a process dies there
+only if it creates the marker file first (so a restarted Ray actor, counting afresh, does not die again).
 Unset, as always outside tests, `fault_point` is an empty function.
 """
 
@@ -33,11 +35,23 @@ def _armed(site: str) -> None:
     global _arrivals
     if site == _SITE:
         _arrivals += 1
-        if _arrivals == _COUNT:
+        if _arrivals == _COUNT and _first_to_die():
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_to_die() -> bool:
+    """Without FREEZEFRAME_FAULT_ONCE, always; with it, only for the process that creates its marker file."""
+    if not _ONCE:
+        return True
+    try:
+        os.close(os.open(_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 _SPEC = os.environ.get("FREEZEFRAME_FAULT", "")
 _SITE, _COUNT = _parse(_SPEC) if _SPEC else ("", 0)
+_ONCE = os.environ.get("FREEZEFRAME_FAULT_ONCE", "")
 _arrivals = 0
 fault_point = _armed if _SPEC else _noop

@@ -131,6 +131,16 @@ def test_iter_windows_default_budget_is_one_window_after_the_first(sample_videos
     assert [len(w) for w in windows] == [1, 31]
 
 
+def test_iter_windows_keeps_whole_backbone_inputs_together(sample_videos):
+    reader = open_video(str(sample_videos["archery_demo.mp4"]), "pyav")
+    frame_bytes = 256 * 340 * 3
+    indices = np.arange(280)[:275]  # 27.5 inputs of 10 frames: the last chunk is the only partial one
+    windows = [chunk for _, chunk in iter_windows(reader, indices, max_window_bytes=25 * frame_bytes, multiple=10)]
+    reader.close()
+    assert [len(w) for w in windows] == [10] + [20] * 13 + [5]  # 25 frames fit: 2 whole inputs per chunk
+    np.testing.assert_array_equal(np.concatenate(windows), indices)
+
+
 def _write_solid_frames(path, colors, codec, pix_fmt, rate, container_format=None):
     """A small video of solid-colour 64x48 frames, one per entry of `colors` (an RGB triple or a grey level)."""
     container = av.open(str(path), "w", format=container_format)

@@ -183,6 +183,44 @@ def test_rows_per_view_and_describe():
     assert SamplingConfig("num_frames", num_frames=4).rows_per_view is None
 
 
+# --- windows (S3D backbones) ---------------------------------------------------------------
+
+def _windows_of(n_frames: int, native_fps: float, **kwargs) -> np.ndarray:
+    config = SamplingConfig("windows", **kwargs)
+    return sample_indices(np.arange(n_frames) / native_fps, config).reshape(-1, config.window_frames)
+
+
+def test_windows_at_the_native_rate_are_consecutive_seconds():
+    rows = _windows_of(420, 30.0, fps=30.0, window_frames=30, window_stride=30)  # 14 s -> 14 windows, 1 per second
+    np.testing.assert_array_equal(rows, np.arange(420).reshape(14, 30))
+
+
+def test_windows_drop_the_partial_tail_and_overlap_with_a_short_stride():
+    rows = _windows_of(100, 10.0, fps=10.0, window_frames=16, window_stride=8)
+    assert len(rows) == 11  # starts 0, 8, ..., 80: the last whole window ends at frame 95
+    np.testing.assert_array_equal(rows[:, 0], np.arange(0, 81, 8))
+    np.testing.assert_array_equal(rows[1, :8], rows[0, 8:])
+
+
+def test_windows_resample_a_low_frame_rate():
+    rows = _windows_of(57, 6.0, fps=30.0, window_frames=30, window_stride=30)  # 9.5 s at 6 fps
+    assert len(rows) == 9
+    np.testing.assert_array_equal(rows[:, 0], np.arange(9) * 6)  # each window starts on the frame shown at k s
+    np.testing.assert_array_equal(rows[0], np.repeat(np.arange(6), 5))  # each 6 fps frame shown 5 times
+
+
+def test_a_video_shorter_than_a_window_gives_one_padded_window():
+    rows = _windows_of(20, 30.0, fps=30.0, window_frames=30, window_stride=30)
+    np.testing.assert_array_equal(rows, [list(range(20)) + [19] * 10])
+
+
+def test_windows_describe_and_frames_per_row():
+    config = SamplingConfig("windows", fps=30.0, window_frames=16, window_stride=8)
+    assert config.describe() == {"strategy": "windows", "fps": 30.0, "window_frames": 16, "window_stride": 8}
+    assert config.frames_per_row == 16 and config.rows_per_view is None
+    assert SamplingConfig("num_frames").frames_per_row == 1
+
+
 # --- invalid configs ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs", [
@@ -195,6 +233,8 @@ def test_rows_per_view_and_describe():
     {"strategy": "fps", "fps": 0.0},
     {"strategy": "fps", "fps": -1.0},
     {"strategy": "fps", "fps": float("nan")},
+    {"strategy": "windows", "window_frames": 0},
+    {"strategy": "windows", "window_stride": 0},
 ])
 def test_invalid_configs_raise_input_error(kwargs):
     with pytest.raises(InputError):

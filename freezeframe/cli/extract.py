@@ -13,27 +13,40 @@ from freezeframe.cli.group import int_list, main
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--store", required=True, help="Store directory (created if missing).")
 @click.option("--name", default=None, help="Feature-set name [default: derived from model and weights].")
+@click.option("--backbone", type=click.Choice(["clip", "s3d", "s3dg"]), default="clip", show_default=True,
+              help="clip: an open_clip image tower per frame; s3d: torchvision's Kinetics-400 S3D; s3dg: the MIL-NCE "
+                   "S3D-G of VideoCLIP (HowTo100M checkpoint layout). S3D backbones take windows of frames.")
 @click.option("--model", default="ViT-B-32", show_default=True,
-              help="open_clip model name, or a path to an open_clip model-config JSON.")
-@click.option("--pretrained", default="openai", show_default=True,
-              help="open_clip pretrained tag, a local checkpoint path, or 'none' for random weights.")
+              help="open_clip model name, or a path to an open_clip model-config JSON (clip only).")
+@click.option("--pretrained", default=None,
+              help="clip: an open_clip pretrained tag [default: openai], a local checkpoint path, or 'none' for random "
+                   "weights; s3d/s3dg: a local checkpoint path or 'none' (required: nothing is downloaded).")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load a --pretrained file that is a full pickle (it can run code; only if you trust it).")
-@click.option("--features", default="embed", show_default=True, help="Comma list of: embed, cls, tokens.")
+@click.option("--features", default="embed", show_default=True,
+              help="clip: comma list of embed, cls, tokens. S3D backbones store all theirs (s3dg: video_embedding, "
+                   "mixed_5c; s3d: mixed_5c, logits).")
 @click.option("--layers", default="-4,-3,-2,-1", show_default=True,
               help="Blocks whose token maps are stored with --features tokens (negative counts from the end).")
 @click.option("--num-frames", type=int, default=None, help="Sample N frames uniformly (segment middles) [default: 8].")
-@click.option("--fps", type=float, default=None, help="Sample F frames per second of real video time.")
+@click.option("--fps", type=float, default=None,
+              help="Sample F frames per second of real video time (with --window-frames: the windows' frame rate).")
 @click.option("--clips", type=int, default=None, help="Sample K evenly spaced clips (with --frames-per-clip, --stride).")
 @click.option("--frames-per-clip", type=int, default=8, show_default=True)
 @click.option("--stride", type=int, default=1, show_default=True, help="Frame stride inside a clip.")
+@click.option("--window-frames", type=int, default=None,
+              help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
+@click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
+@click.option("--image-size", type=int, default=224, show_default=True,
+              help="S3D backbones: frames are resized by the short side and centre-cropped to this square.")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="auto: decord, then PyAV for files decord cannot read.")
 @click.option("--preprocess", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="exact: open_clip's PIL transform in decode workers; fast: tensor resize on the device.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Frames per backbone forward.")
+@click.option("--batch-size", type=int, default=None, help="Rows per backbone forward [default: 64 frames; 8 windows].")
 @click.option("--workers", type=int, default=None, help="Decode worker processes [default: CPU cores - 1, max 8].")
-@click.option("--shard-size", type=int, default=64, show_default=True, help="At most this many videos per shard (the unit of commit).")
+@click.option("--shard-size", type=int, default=64, show_default=True,
+              help="At most this many videos per shard (the unit of commit).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Compute precision; auto is fp16 on CUDA, fp32 on CPU. Features are stored as float16.")
@@ -43,33 +56,60 @@ from freezeframe.cli.group import int_list, main
               help="Shard compression (recorded per shard; not part of provenance).")
 @click.option("--claim-lease", type=float, default=120.0, show_default=True,
               help="Seconds after which another writer takes over the videos of a writer that stopped heartbeating.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process and its decode workers; ray: Ray Data actors on a cluster (freezeframe[ray]).")
+@click.option("--address", default=None,
+              help="Ray cluster to join (auto, or ray://HOST:10001) [default: RAY_ADDRESS, else a new local one].")
+@click.option("--gpus-per-worker", type=float, default=None,
+              help="GPUs each Ray actor reserves, e.g. 1 or 0.5 [default: 1 on a cluster with GPUs, else 0].")
+@click.option("--ray-workers", type=int, default=None,
+              help="Ray actors, each loading the backbone once [default: GPUs / --gpus-per-worker; CPUs / 2].")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def extract(inputs, store, name, model, pretrained, features, layers, num_frames, fps, clips, frames_per_clip, stride,
-            decoder, preprocess, batch_size, workers, shard_size, device, precision, store_format, compression,
-            claim_lease, no_progress, trust_checkpoint) -> None:
-    """Extract frozen CLIP features of videos (files, folders, or CSV/text lists) into STORE."""
-    from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, SamplingConfig, collect_sources
+def extract(inputs, store, name, backbone, model, pretrained, features, layers, num_frames, fps, clips,
+            frames_per_clip, stride, window_frames, window_stride, image_size, decoder, preprocess, batch_size,
+            workers, shard_size, device, precision, store_format, compression, claim_lease, no_progress,
+            trust_checkpoint, engine, address, gpus_per_worker, ray_workers) -> None:
+    """Extract frozen CLIP or S3D features of videos (files, folders, or CSV/text lists) into STORE."""
+    from freezeframe.extract import ExtractConfig, collect_sources
+    from freezeframe.extract.backbones import build_backbone
     from freezeframe.extract.runner import default_workers, resolve_device, run_extraction
 
-    chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
-              if value is not None]
-    if len(chosen) > 1:
-        raise click.UsageError(f"choose one sampling strategy, not {' and '.join(chosen)}.")
-    if fps is not None:
-        sampling = SamplingConfig("fps", fps=fps)
-    elif clips is not None:
-        sampling = SamplingConfig("clips", clips=clips, frames_per_clip=frames_per_clip, stride=stride)
+    sampling = _sampling(backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride)
+    if backbone == "clip":
+        from freezeframe.extract import ClipConfig
+
+        backbone_config = ClipConfig(model=model, pretrained=pretrained or "openai",
+                                     features=tuple(f.strip() for f in features.split(",")), layers=int_list(layers),
+                                     precision=precision, trust_checkpoint=trust_checkpoint)
     else:
-        sampling = SamplingConfig("num_frames", num_frames=8 if num_frames is None else num_frames)
-    clip_config = ClipConfig(model=model, pretrained=pretrained, features=tuple(f.strip() for f in features.split(",")),
-                             layers=int_list(layers), precision=precision, trust_checkpoint=trust_checkpoint)
+        from freezeframe.extract.backbones.s3d import S3DConfig
+
+        if pretrained is None:
+            raise click.UsageError(f"--backbone {backbone} needs --pretrained: a local checkpoint path, or none for "
+                                   "random weights (nothing is downloaded).")
+        backbone_config = S3DConfig(kind=backbone, weights=pretrained, precision=precision,
+                                    trust_checkpoint=trust_checkpoint, image_size=image_size)
+    if batch_size is None:
+        batch_size = 64 if sampling.frames_per_row == 1 else 8
     config = ExtractConfig(store=store, name=name, sampling=sampling, decoder=decoder, preprocess=preprocess,
                            batch_size=batch_size, workers=default_workers() if workers is None else workers,
                            shard_size=shard_size, device=device, format=store_format, compression=compression,
                            progress=not no_progress, claim_lease=claim_lease)
     sources = collect_sources(inputs)
-    backbone = ClipBackbone(clip_config, device=resolve_device(device))
-    report = run_extraction(sources, backbone, config)
+    ray_flags = [flag for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker),
+                                          ("--ray-workers", ray_workers)) if value is not None]
+    if engine != "ray" and ray_flags:
+        raise click.UsageError(f"{' and '.join(ray_flags)} need --engine ray.")
+    if engine == "ray":  # actors pick their device from --gpus-per-worker
+        from freezeframe.extract.ray_engine import RayConfig, run_ray_extraction
+
+        if device != "auto":
+            raise click.UsageError("--device is for --engine local; Ray actors use a GPU each when --gpus-per-worker "
+                                   "is above 0.")
+        ray_config = RayConfig(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker)
+        report = run_ray_extraction(sources, backbone_config, config, ray_config)
+    else:
+        report = run_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
     from freezeframe.store import open_store
     from freezeframe.summary import format_summary, store_summary
 
@@ -86,3 +126,25 @@ def extract(inputs, store, name, model, pretrained, features, layers, num_frames
         sys.exit(1)
 
 
+def _sampling(backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride):
+    """The sampling the flags choose: windows for S3D backbones, else one of count, rate or clips."""
+    from freezeframe.extract import SamplingConfig
+
+    if backbone != "clip":
+        if num_frames is not None or clips is not None:
+            raise click.UsageError(f"--backbone {backbone} takes windows of frames: use --window-frames, "
+                                   "--window-stride and --fps, not --num-frames or --clips.")
+        frames = 30 if window_frames is None else window_frames
+        return SamplingConfig("windows", fps=30.0 if fps is None else fps, window_frames=frames,
+                              window_stride=frames if window_stride is None else window_stride)
+    if window_frames is not None or window_stride is not None:
+        raise click.UsageError("--window-frames and --window-stride are for window backbones (--backbone s3d or s3dg).")
+    chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
+              if value is not None]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one sampling strategy, not {' and '.join(chosen)}.")
+    if fps is not None:
+        return SamplingConfig("fps", fps=fps)
+    if clips is not None:
+        return SamplingConfig("clips", clips=clips, frames_per_clip=frames_per_clip, stride=stride)
+    return SamplingConfig("num_frames", num_frames=8 if num_frames is None else num_frames)

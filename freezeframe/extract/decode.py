@@ -203,17 +203,20 @@ def open_video(path: str, decoder: str = "auto") -> FrameReader:
 
 
 def iter_windows(
-    reader: FrameReader, indices: np.ndarray, max_window_bytes: int = 64 * 1024 * 1024
+    reader: FrameReader, indices: np.ndarray, max_window_bytes: int = 64 * 1024 * 1024, multiple: int = 1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Decode the sampled frames in windows small enough to bound memory: yields (frames, indices)."""
-    start, window = 0, 1  # the first window is one frame; later ones are sized from the real frame size
+    """Decode the sampled frames in windows small enough to bound memory: yields (frames, indices).
+
+    Every window but the last holds a multiple of `multiple` frames (whole backbone inputs of that many frames).
+    """
+    start, window = 0, multiple  # the first window is one input; later ones are sized from the real frame size
     while start < len(indices):
         chunk = indices[start:start + window]
         unique = np.unique(chunk)
         frames = reader.get(unique)
         yield frames[np.searchsorted(unique, chunk)], chunk
         start += len(chunk)
-        window = max(1, max_window_bytes // max(1, frames[0].nbytes))
+        window = max(1, max_window_bytes // max(1, frames[0].nbytes) // multiple) * multiple
 
 
 def _short(exc: BaseException) -> str:

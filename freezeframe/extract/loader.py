@@ -27,9 +27,9 @@ class Window:
 
     shard: int
     video_id: str
-    frames: torch.Tensor  # exact: float (n, 3, h, w); fast: uint8 (n, H, W, 3)
-    frame_indices: np.ndarray
-    timestamps: np.ndarray
+    frames: torch.Tensor  # exact: float (n, 3, h, w); fast: uint8 (n, H, W, 3); windows: (n, T, ...) of those
+    frame_indices: np.ndarray  # (n,), or (n, T) for windows
+    timestamps: np.ndarray  # (n,) seconds; a window's is that of its first frame
     last: bool
     info: dict  # on the last window: source path, decoder, frame count and duration of the video
 
@@ -123,11 +123,15 @@ class WindowStream(IterableDataset):
             indices = sample_indices(ts, self.spec.sampling)
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
                     "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
-            for frames, chunk in iter_windows(reader, indices, self.spec.max_window_bytes):
+            per_row = self.spec.sampling.frames_per_row
+            for frames, chunk in iter_windows(reader, indices, self.spec.max_window_bytes, per_row):
                 done += len(chunk)
                 pixels = preprocess(frames) if preprocess is not None else torch.from_numpy(frames)
                 last = done == len(indices)
-                yield Window(shard, source.video_id, pixels, chunk, ts[chunk], last, info if last else {})
+                if per_row > 1:  # one row per window of frames
+                    pixels, chunk = pixels.unflatten(0, (-1, per_row)), chunk.reshape(-1, per_row)
+                starts = chunk if per_row == 1 else chunk[:, 0]
+                yield Window(shard, source.video_id, pixels, chunk, ts[starts], last, info if last else {})
         except VideoReadError as exc:
             return str(exc), done == 0
         except Exception as exc:  # noqa: BLE001

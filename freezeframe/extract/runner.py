@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from freezeframe.errors import InputError, StoreError
-from freezeframe.extract.backbones.clip import ClipBackbone
+from freezeframe.extract.backbones.base import Backbone
 from freezeframe.extract.batching import FrameBatcher
 from freezeframe.extract.decode import DECODERS
 from freezeframe.extract.loader import DecodeSpec, Failure, Skipped, Window, WindowStream
@@ -99,7 +99,7 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def feature_set_provenance(backbone: ClipBackbone, config: ExtractConfig) -> dict:
+def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     provenance = {
         **backbone.provenance(),
@@ -107,7 +107,7 @@ def feature_set_provenance(backbone: ClipBackbone, config: ExtractConfig) -> dic
         "sampling": {**config.sampling.describe(), "decoder": config.decoder},
         "frames_per_view": config.sampling.rows_per_view,
     }
-    return prov.stamp(provenance, "torch", "open_clip_torch", "decord", "av")
+    return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "decord", "av")
 
 
 class _ShardSink(threading.Thread):
@@ -180,13 +180,23 @@ def _identity(item):
     return item
 
 
-def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, config: ExtractConfig) -> ExtractionReport:
+def run_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: ExtractConfig,
+                   extract_pass: Callable | None = None) -> ExtractionReport:
     """Extract features of every source not yet committed; failures are recorded and the rest goes on.
 
     Many processes may run this on one store at once: each claims the videos it extracts, skips those that
     others hold, and at the end waits for those (taking over the claims of writers that died).
+    `extract_pass` does one pass over the videos left (default: in this process; the Ray engine fans out).
     """
+    extract_pass = extract_pass or _extract_pass
     check_unique(sources)
+    windows = config.sampling.strategy == "windows"
+    if windows != backbone.takes_windows:
+        raise InputError(f"the {backbone.kind} backbone takes " + (
+            "windows of frames: sample with --window-frames/--window-stride at --fps." if backbone.takes_windows
+            else "single frames: sample with --num-frames, --fps or --clips, not windows."))
+    if windows:
+        backbone.check_window(config.sampling.window_frames, *backbone.preprocess.size)
     if config.preprocess == "fast":
         check_fast_supported(backbone.preprocess)
     name = config.name or backbone.config.default_name()
@@ -205,7 +215,7 @@ def run_extraction(sources: Sequence[VideoSource], backbone: ClipBackbone, confi
         with claiming(writer.path, config.claim_lease) as claims:
             pending = todo
             while pending:
-                _extract_pass(pending, backbone, config, writer, claims, report)
+                extract_pass(pending, backbone, config, writer, claims, report)
                 pending = _unfinished(todo, claims, writer, report, started, config.progress) if claims else []
             if claims is not None:
                 done = claims.committed().refresh()
@@ -243,13 +253,25 @@ def _unfinished(todo: Sequence[VideoSource], claims: Claims, writer: FeatureSetW
         time.sleep(min(2.0, claims.lease / 4))
 
 
-def _extract_pass(todo: Sequence[VideoSource], backbone: ClipBackbone, config: ExtractConfig,
+def _extract_pass(todo: Sequence[VideoSource], backbone: Backbone, config: ExtractConfig,
                   writer: FeatureSetWriter, claims: Claims | None, report: ExtractionReport) -> None:
     """One pass over `todo`: claim, decode, forward and commit shard by shard; adds to `report`."""
     # --shard-size is an upper bound: a run with fewer videos than workers x shard size uses smaller shards, so
     # that every decode worker (each decodes whole shards) has work; large runs keep full shards
-    size = max(1, min(config.shard_size, -(-len(todo) // max(1, config.workers))))
-    shards = [todo[i:i + size] for i in range(0, len(todo), size)]
+    extract_shards(split_shards(todo, config.shard_size, config.workers), backbone, config, writer, claims, report)
+
+
+def split_shards(todo: Sequence[VideoSource], shard_size: int, workers: int) -> list[list[VideoSource]]:
+    """Shards of at most `shard_size` videos, smaller when there are too few videos for every worker to get one."""
+    size = max(1, min(shard_size, -(-len(todo) // max(1, workers))))
+    return [list(todo[i:i + size]) for i in range(0, len(todo), size)]
+
+
+def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, config: ExtractConfig,
+                   writer: FeatureSetWriter, claims: Claims | None, report: ExtractionReport) -> None:
+    """Decode, forward and commit the given shards in this process (decode workers: `config.workers`); adds to
+    `report`. Both engines run this: locally over all shards, on Ray once per shard inside an actor."""
+    todo = [source for shard in shards for source in shard]
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes)
     workers = min(config.workers, len(shards))
@@ -267,7 +289,7 @@ def _extract_pass(todo: Sequence[VideoSource], backbone: ClipBackbone, config: E
             arrays["timestamps"] = item.timestamps.astype(np.float64)
             arrays["frame_indices"] = item.frame_indices.astype(np.int64)
             sink.inbox.put(("append", item.shard, (item.video_id, arrays, item.last, item.info)))
-            report.frames += len(item.frame_indices)
+            report.frames += item.frame_indices.size
             if item.last:
                 report.stored += 1
                 bar.update(1)
@@ -290,8 +312,9 @@ def _extract_pass(todo: Sequence[VideoSource], backbone: ClipBackbone, config: E
             pixels = None
             if isinstance(item, Window):
                 pixels = item.frames
-                if spec.preprocess.mode == "fast":
-                    pixels = fast_preprocess(pixels.to(device, non_blocking=True), spec.preprocess)
+                if spec.preprocess.mode == "fast":  # windows (n, T, H, W, 3) are resized as n * T frames
+                    frames = pixels.to(device, non_blocking=True)
+                    pixels = fast_preprocess(frames.flatten(0, -4), spec.preprocess).unflatten(0, frames.shape[:-3])
                 item.frames = None
             for finished, arrays in batcher.put(item, pixels):
                 dispatch(finished, arrays)

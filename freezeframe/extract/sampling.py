@@ -1,4 +1,5 @@
-"""Which frames to keep: a fixed count, a rate in real seconds, or clips of consecutive frames."""
+"""Which frames to keep: a fixed count, a rate in real seconds, clips of consecutive frames, or windows of a
+resampled stream (one backbone input of `window_frames` frames per row, for video backbones such as S3D)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import numpy as np
 from freezeframe.errors import InputError
 from freezeframe.frames import segment_middles
 
-Strategy = Literal["num_frames", "fps", "clips"]
+Strategy = Literal["num_frames", "fps", "clips", "windows"]
+STRATEGIES = ("num_frames", "fps", "clips", "windows")
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """`num_frames`: N segment middles. `fps`: one frame per 1/fps s of real time.
-    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style views)."""
+    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style views).
+    `windows`: the video resampled at `fps` (as `fps` does), cut into windows of `window_frames` frames that start
+    every `window_stride` frames; each window is one row (VideoCLIP: 30 frames every 30 at 30 fps = one per second).
+    Only whole windows are kept, except that a video shorter than one window gives one, padded with its last frame."""
 
     strategy: Strategy = "num_frames"
     num_frames: int = 8
@@ -24,11 +29,13 @@ class SamplingConfig:
     clips: int = 1
     frames_per_clip: int = 8
     stride: int = 1
+    window_frames: int = 30
+    window_stride: int = 30
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("num_frames", "fps", "clips"):
+        if self.strategy not in STRATEGIES:
             raise InputError(f"unknown sampling strategy {self.strategy!r}.")
-        for key in ("num_frames", "clips", "frames_per_clip", "stride"):
+        for key in ("num_frames", "clips", "frames_per_clip", "stride", "window_frames", "window_stride"):
             if getattr(self, key) < 1:
                 raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
         if not self.fps > 0:
@@ -36,7 +43,8 @@ class SamplingConfig:
 
     def describe(self) -> dict:
         """The parameters that matter for this strategy (recorded in provenance)."""
-        keys = {"num_frames": ("num_frames",), "fps": ("fps",), "clips": ("clips", "frames_per_clip", "stride")}
+        keys = {"num_frames": ("num_frames",), "fps": ("fps",), "clips": ("clips", "frames_per_clip", "stride"),
+                "windows": ("fps", "window_frames", "window_stride")}
         full = asdict(self)
         return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}}
 
@@ -44,6 +52,11 @@ class SamplingConfig:
     def rows_per_view(self) -> int | None:
         """Frames per clip when the rows of a video are clip-major views, else None."""
         return self.frames_per_clip if self.strategy == "clips" else None
+
+    @property
+    def frames_per_row(self) -> int:
+        """Frames the backbone sees per stored row: a window's length, else 1."""
+        return self.window_frames if self.strategy == "windows" else 1
 
 
 def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray:
@@ -55,6 +68,9 @@ def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray
         return segment_middles(n, config.num_frames)
     if config.strategy == "fps":
         return _by_rate(np.asarray(timestamps, dtype=np.float64), config.fps)
+    if config.strategy == "windows":
+        return _windows(_by_rate(np.asarray(timestamps, dtype=np.float64), config.fps), config.window_frames,
+                        config.window_stride)
     return _clips(n, config.clips, config.frames_per_clip, config.stride)
 
 
@@ -69,6 +85,14 @@ def _by_rate(ts: np.ndarray, fps: float) -> np.ndarray:
     times = ts[0] + np.arange(int(np.floor((end - ts[0]) * fps - 1e-9)) + 1) / fps
     times = times[times < end - eps]
     return np.clip(np.searchsorted(ts, times + eps, side="right") - 1, 0, len(ts) - 1).astype(np.int64)
+
+
+def _windows(stream: np.ndarray, frames: int, stride: int) -> np.ndarray:
+    """Flattened (windows * frames) indices of whole windows of `stream`; a short stream pads one window."""
+    if len(stream) < frames:
+        return np.concatenate([stream, np.full(frames - len(stream), stream[-1], dtype=stream.dtype)])
+    starts = np.arange(0, len(stream) - frames + 1, stride)
+    return stream[starts[:, None] + np.arange(frames)[None, :]].reshape(-1)
 
 
 def _clips(n: int, clips: int, frames_per_clip: int, stride: int) -> np.ndarray:

@@ -183,7 +183,8 @@ class Claims:
             temp.unlink(missing_ok=True)
 
     def _stale(self, record: dict, path: Path, now: float) -> bool:
-        if record.get("host") == self.owner.host and not process_alive(int(record.get("pid", -1))):
+        # pids are checked on the machine this runs on, which for a Ray actor is not always the owner's
+        if record.get("host") == socket.gethostname() and not process_alive(int(record.get("pid", -1))):
             return True
         try:
             heartbeat = self._owner_file(str(record.get("owner"))).stat().st_mtime

@@ -128,6 +128,7 @@ class ClipBackbone(nn.Module):
     """Frozen CLIP image tower returning the chosen features of a batch of preprocessed frames."""
 
     kind = "clip"
+    takes_windows = False
 
     def __init__(self, config: ClipConfig, device: str | torch.device = "cpu", model: nn.Module | None = None) -> None:
         super().__init__()
