@@ -58,7 +58,7 @@ def _run_training(kind: str, head_options: dict, **kw) -> None:
 
 @main.group()
 def train() -> None:
-    """Train a head on cached features (probe, temporal, evl)."""
+    """Train a head on cached features (probe, temporal, evl, videoclip)."""
 
 
 @train.command("probe")
@@ -102,18 +102,39 @@ def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_tempora
 
 @main.command("eval")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV video_id,label.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV video_id,label (classifier runs).")
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Captions JSONL/CSV (videoclip runs): whole videos, each video's first caption as its pair.")
+@click.option("--text-set", default=None, help="Text feature set of --captions [default: the run's].")
 @click.option("--store", default=None, help="Store to read [default: the run's training store].")
 @click.option("--frames", default=None, help="Override the run's evaluation frames (uniform:T, views, all).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with top1, top5, num_videos.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (top1, top5, num_videos; or t2v_r1 ... num_pairs for videoclip runs).")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load a checkpoint that is a full pickle (it can run code; only if you trust it).")
-def eval_command(run, labels, store, frames, batch_size, device, as_json, trust_checkpoint) -> None:
-    """Top-1 and top-5 accuracy of RUN's best checkpoint on labelled videos (views averaged)."""
+def eval_command(run, labels, captions, text_set, store, frames, batch_size, device, as_json, trust_checkpoint) -> None:
+    """Top-1/top-5 accuracy (classifiers) or text<->video retrieval (videoclip) of RUN's best checkpoint."""
+    from freezeframe.errors import InputError
     from freezeframe.heads.jobs import eval_run
+    from freezeframe.heads.run import RunInfo
 
+    if RunInfo.load(run).head == "videoclip":
+        if captions is None or labels is not None:
+            raise InputError(f"{run} is a videoclip run: pass --captions (not --labels) to evaluate retrieval.")
+        from freezeframe.heads.videoclip_training import eval_videoclip_run
+
+        result = eval_videoclip_run(run, captions, store=store, text_set=text_set, batch_size=batch_size,
+                                    device=device, trust_checkpoint=trust_checkpoint)
+        recalls = {way: " ".join(f"R@{k} {100 * result[f'{way}_r{k}']:.1f}%" for k in (1, 5, 10))
+                   for way in ("t2v", "v2t")}
+        click.echo(json.dumps(result) if as_json else f"videoclip on {result['num_pairs']} video/caption pairs: "
+                   f"text->video {recalls['t2v']}; video->text {recalls['v2t']}")
+        return
+    if labels is None or captions is not None:
+        raise InputError(f"{run} is a classifier run: pass --labels (not --captions) with a CSV video_id,label.")
     result = eval_run(run, labels, store=store, frames=frames, batch_size=batch_size, device=device,
                       trust_checkpoint=trust_checkpoint)
     if as_json:

@@ -13,7 +13,8 @@ def plot_curves(history: list[dict], path: str | Path, x: str = "epoch") -> None
     import matplotlib.pyplot as plt
 
     keys_loss = [k for k in ("train_loss", "val_loss") if any(k in h for h in history)]
-    keys_acc = [k for k in ("train_top1", "val_top1", "val_top5") if any(k in h for h in history)]
+    keys_acc = [k for k in ("train_top1", "val_top1", "val_top5", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")
+                if any(k in h for h in history)]
     panels = [p for p in (keys_loss, keys_acc) if p]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     for ax, keys in zip(axes[0], panels):

@@ -106,6 +106,41 @@ def write_metrics(run_dir: str | Path, history: list[dict]) -> None:
     os.replace(temp, path)
 
 
+def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.device, resume: bool,
+                 log: Callable[[str], None] = print) -> tuple[int, float, list[dict]]:
+    """With `resume`, load `last.pt` (if any) into `parts` (name -> object with load_state_dict) and the RNGs.
+
+    Returns (first epoch to run, best score so far, metrics history of the epochs done).
+    """
+    if not resume or not (run_dir / LAST).exists():
+        return 0, -math.inf, []
+    state = load_checkpoint(run_dir / LAST, trust=config.trust_checkpoint, map_location=device)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    _set_rng_state(state["rng"])
+    start_epoch, best_score = state["epoch"] + 1, state["best_score"]
+    # The checkpoint is the record of past epochs, not metrics.jsonl: a run killed after saving the
+    # checkpoint but before (or while) appending that epoch's line must not lose or garble it.
+    history = state.get("history") or [h for h in read_metrics(run_dir) if h["epoch"] < start_epoch]
+    log(f"resumed from epoch {state['epoch']} in {run_dir}")
+    return start_epoch, best_score, history
+
+
+def save_epoch(run_dir: Path, parts: dict, history: list[dict], best_score: float, improved: bool,
+               config: TrainConfig) -> None:
+    """Checkpoint the epoch that ends `history`: best.pt (head only) when `improved`, last.pt, its metrics line, curves."""
+    metrics = history[-1]
+    epoch = metrics["epoch"]
+    state = {"history": history, "epoch": epoch, **{name: part.state_dict() for name, part in parts.items()},
+             "rng": _rng_state(), "best_score": best_score, "config": asdict(config)}
+    if improved:  # before last.pt: a run killed in between redoes this epoch and rewrites best.pt alike
+        save_atomic({"epoch": epoch, "head": parts["head"].state_dict(), "metrics": metrics}, run_dir / BEST)
+    save_atomic(state, run_dir / LAST)
+    with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(metrics) + "\n")
+    plot_curves(history, run_dir / "curves.png")
+
+
 def train_classifier(
     head: nn.Module,
     train_set: FeatureDataset,
@@ -128,21 +163,8 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, best_score = 0, -math.inf
-    history: list[dict] = []
-
-    if resume and (run_dir / LAST).exists():
-        state = load_checkpoint(run_dir / LAST, trust=config.trust_checkpoint, map_location=device)
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, best_score = state["epoch"] + 1, state["best_score"]
-        # The checkpoint is the record of past epochs, not metrics.jsonl: a run killed after saving the
-        # checkpoint but before (or while) appending that epoch's line must not lose or garble it.
-        history = state.get("history") or [h for h in read_metrics(run_dir) if h["epoch"] < start_epoch]
-        log(f"resumed from epoch {state['epoch']} in {run_dir}")
+    parts = {"head": head, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    start_epoch, best_score, history = restore_last(run_dir, parts, config, device, resume, log)
     write_metrics(run_dir, history)
 
     for epoch in range(start_epoch, config.epochs):
@@ -176,15 +198,7 @@ def train_classifier(
         improved = score > best_score
         best_score = max(best_score, score)
         history.append(metrics)
-        state = {"history": history, "epoch": epoch, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-                 "best_score": best_score, "config": asdict(config)}
-        if improved:  # before last.pt: a run killed in between redoes this epoch and rewrites best.pt alike
-            save_atomic({"epoch": epoch, "head": head.state_dict(), "metrics": metrics}, run_dir / BEST)
-        save_atomic(state, run_dir / LAST)
-        with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(metrics) + "\n")
-        plot_curves(history, run_dir / "curves.png")
+        save_epoch(run_dir, parts, history, best_score, improved, config)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "lr", "seconds"))
         log(f"epoch {epoch + 1}/{config.epochs}: {shown}{' (best)' if improved else ''}")
     return history

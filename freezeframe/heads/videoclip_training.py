@@ -1,0 +1,215 @@
+"""Training the VideoCLIP head on cached video and text features, and its text<->video retrieval evaluation.
+
+What `freezeframe train videoclip` and `freezeframe eval RUN --captions ...` run. The loop shares the
+classifier loop's parts (AdamW + cosine schedule, AMP on CUDA, last/best checkpoints, metrics.jsonl, exact
+resume); the best checkpoint is the one with the highest validation mean recall (R@1/5/10 both ways).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from freezeframe.errors import InputError
+from freezeframe.heads.contrastive import LOSSES
+from freezeframe.heads.neighbourhoods import NeighbourhoodBatches, RandomBatches
+from freezeframe.heads.retrieval import first_caption_per_video, retrieval_metrics
+from freezeframe.heads.run import RunInfo, load_head
+from freezeframe.heads.training import (TrainConfig, cosine_schedule, resolve_device, restore_last, save_epoch,
+                                        seed_everything, write_metrics)
+from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig
+from freezeframe.heads.videotext import VideoTextPairs, WindowSampling, collate_pairs, open_set
+from freezeframe.text.captions import read_captions
+
+HEAD = "videoclip"
+RECALLS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10")
+
+
+@dataclass(frozen=True)
+class VideoTextConfig:
+    """What a VideoCLIP run reads and how it batches; saved with the run (run.json `extra`)."""
+
+    text_set: str
+    loss: str = "videoclip"  # videoclip (raw dot products) or alpro (cosines over a learnable temperature)
+    array: str | None = None  # video array [default: video_embedding if stored, else embed]
+    text_layer: int | None = None  # tokens/<L> [default: the last stored layer]
+    window: WindowSampling = field(default_factory=WindowSampling)
+    retrieval_augmented: bool = False
+    clusters: int | None = None  # k-means clusters per epoch [default: one per batch of captions]
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; choose {' or '.join(LOSSES)}.")
+        if self.clusters is not None and self.clusters < 1:
+            raise InputError("--clusters must be at least 1.")
+
+
+def similarity(video: torch.Tensor, text: torch.Tensor, loss: str) -> torch.Tensor:
+    """(texts, videos) scores as the loss trained them: cosines for alpro, raw dot products for videoclip."""
+    if loss == "alpro":
+        video, text = F.normalize(video.float(), dim=-1), F.normalize(text.float(), dim=-1)
+    return text.float() @ video.float().T
+
+
+@torch.no_grad()
+def embed_pairs(model: VideoCLIP, dataset: VideoTextPairs, batch_size: int = 64,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(video embeddings, text embeddings), one row per item of `dataset`, in order."""
+    device = torch.device(device)
+    model.eval().to(device)
+    videos, texts = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_pairs):
+        v, t = model(batch["video"].to(device), batch["video_mask"].to(device), batch["tokens"].to(device),
+                     batch["text_mask"].to(device))
+        videos.append(v.float().cpu())
+        texts.append(t.float().cpu())
+    return torch.cat(videos), torch.cat(texts)
+
+
+def retrieval_eval(model: VideoCLIP, dataset: VideoTextPairs, loss: str, batch_size: int = 64,
+                   device: str | torch.device = "cpu") -> dict:
+    """Retrieval metrics over a dataset of one caption per video (item i's caption pairs with item i's video)."""
+    video, text = embed_pairs(model, dataset, batch_size, device)
+    return retrieval_metrics(similarity(video, text, loss))
+
+
+def mean_recall(metrics: dict) -> float:
+    return sum(metrics[k] for k in RECALLS) / len(RECALLS)
+
+
+def train_videoclip(model: VideoCLIP, train_set: VideoTextPairs, val_set: VideoTextPairs | None,
+                    config: TrainConfig, run_dir: str | Path, *, loss: str = "videoclip",
+                    batches: RandomBatches | None = None, resume: bool = False,
+                    log: Callable[[str], None] = print) -> list[dict]:
+    """Contrastive training of `model` on (window, caption) pairs; one checkpoint per epoch. Returns the history.
+
+    `batches` defaults to random batches of `config.batch_size`; pass `NeighbourhoodBatches` for
+    retrieval-augmented ones.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    criterion = LOSSES[loss]().to(device)
+    model.to(device)
+    params = [p for p in [*model.parameters(), *criterion.parameters()] if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    batches = batches or RandomBatches(len(train_set), config.batch_size, config.seed)
+    steps_per_epoch = len(batches)
+    schedule = cosine_schedule(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    parts = {"head": model, "loss": criterion, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    start_epoch, best_score, history = restore_last(run_dir, parts, config, device, resume, log)
+    write_metrics(run_dir, history)
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        batches.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_sampler=batches, collate_fn=collate_pairs, num_workers=config.workers,
+                            pin_memory=device.type == "cuda")
+        model.train()
+        total, loss_sum = 0, 0.0
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress):
+            inputs = [batch[k].to(device, non_blocking=True) for k in ("video", "video_mask", "tokens", "text_mask")]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                video, text = model(*inputs)
+                value = criterion(video, text)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(value).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total += len(batch["index"])
+            loss_sum += float(value.detach()) * len(batch["index"])
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "lr": optimizer.param_groups[0]["lr"]}
+        if val_set is not None:
+            val = retrieval_eval(model, val_set, loss, config.batch_size, device)
+            metrics.update({f"val_{k}": v for k, v in val.items() if k != "num_pairs"})
+            metrics["val_mean_recall"] = mean_recall(val)
+        metrics["seconds"] = time.perf_counter() - started
+        score = metrics.get("val_mean_recall", -metrics["train_loss"])
+        improved = score > best_score
+        best_score = max(best_score, score)
+        history.append(metrics)
+        save_epoch(run_dir, parts, history, best_score, improved, config)
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")
+                          if k in metrics)
+        log(f"epoch {epoch + 1}/{config.epochs}: {shown}{' (best)' if improved else ''}")
+    return history
+
+
+def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path, out: str | Path,
+                        data: VideoTextConfig, *, val_captions: str | Path | None = None,
+                        head_options: dict | None = None, config: TrainConfig = TrainConfig(),
+                        resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Train a VideoCLIP head from a captions file; returns the final epoch's metrics."""
+    texts = open_set(store, data.text_set, "text feature set")
+    max_tokens = int(texts.provenance.get("max_length") or 64)
+    options = {"max_tokens": max_tokens, **(head_options or {})}
+    if data.window.max_seconds > options.get("max_seconds", VideoClipConfig.max_seconds):
+        raise InputError(f"--window-seconds maximum {data.window.max_seconds} exceeds the head's "
+                         f"{options.get('max_seconds', VideoClipConfig.max_seconds)} seconds.")
+    read = dict(array=data.array, text_layer=data.text_layer, max_tokens=options["max_tokens"],
+                max_seconds=options.get("max_seconds", VideoClipConfig.max_seconds))
+    train_set = VideoTextPairs(store, video_set, data.text_set, read_captions(captions), sampling=data.window,
+                               seed=config.seed, **read)
+    val_set = None
+    if val_captions is not None:
+        val_set = VideoTextPairs(store, video_set, data.text_set, first_caption_per_video(read_captions(val_captions)),
+                                 **read)
+    head_config = VideoClipConfig(video_dim=train_set.video_dim, text_dim=train_set.text_dim, **options)
+    seed_everything(config.seed)  # initial weights follow --seed
+    model = VideoCLIP(head_config)
+    saved = replace_defaults(data, train_set)
+    RunInfo(HEAD, asdict(head_config), str(store), video_set, [],
+            f"overlapped:{data.window.min_seconds}-{data.window.max_seconds}s", "whole-video", asdict(config),
+            extra=asdict(saved)).save(out)
+    batches = None
+    if data.retrieval_augmented:
+        batches = NeighbourhoodBatches(train_set.item_videos(), train_set.pooled_videos(), config.batch_size,
+                                       data.clusters, config.seed)
+    history = train_videoclip(model, train_set, val_set, config, out, loss=data.loss, batches=batches, resume=resume,
+                              log=log)
+    return history[-1] if history else {}
+
+
+def replace_defaults(data: VideoTextConfig, dataset: VideoTextPairs) -> VideoTextConfig:
+    """`data` with the array and text layer the dataset resolved, so evaluation reads the same ones."""
+    return VideoTextConfig(**{**asdict(data), "window": data.window, "array": dataset.array,
+                              "text_layer": dataset.text_layer})
+
+
+def load_text_config(info: RunInfo) -> VideoTextConfig:
+    extra = dict(info.extra)
+    extra["window"] = WindowSampling(**extra.get("window", {}))
+    return VideoTextConfig(**extra)
+
+
+def eval_videoclip_run(run_dir: str | Path, captions: str | Path, store: str | Path | None = None,
+                       text_set: str | None = None, batch_size: int = 64, device: str = "auto",
+                       trust_checkpoint: bool = False) -> dict:
+    """Text->video and video->text retrieval of a run's best checkpoint: whole videos, one caption per video."""
+    model, info = load_head(run_dir, trust_checkpoint=trust_checkpoint)
+    if info.head != HEAD:
+        raise InputError(f"{run_dir} is a {info.head} run; evaluate it with --labels, not --captions.")
+    data = load_text_config(info)
+    config = model.config
+    dataset = VideoTextPairs(store or info.store, info.feature_set, text_set or data.text_set,
+                             first_caption_per_video(read_captions(captions)), array=data.array,
+                             text_layer=data.text_layer, max_seconds=config.max_seconds, max_tokens=config.max_tokens)
+    if dataset.video_dim != config.video_dim or dataset.text_dim != config.text_dim:
+        raise InputError(f"features are {dataset.video_dim}-d video / {dataset.text_dim}-d text but the run was "
+                         f"trained on {config.video_dim}-d / {config.text_dim}-d; pass the store and text set it "
+                         "was trained with.")
+    result = retrieval_eval(model, dataset, data.loss, batch_size, resolve_device(device))
+    return {**result, "head": info.head, "feature_set": info.feature_set, "text_set": text_set or data.text_set}

@@ -1,0 +1,204 @@
+"""(video window, caption) pairs read from a video feature set and a text feature set, for VideoCLIP heads.
+
+Video rows are placed in time by their stored `timestamps` (seconds). A caption with start/end gets the window
+VideoCLIP trains on: a random second of the caption is the centre, a window length is drawn from
+`WindowSampling` and the window grows from the centre to either side at random, so video and text overlap
+without sharing start and end. A caption without start/end, and every evaluation item, uses the whole video
+(evenly thinned to the head's `max_seconds` rows when longer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from freezeframe.errors import InputError
+from freezeframe.store.feature_set import FeatureSet
+from freezeframe.store.store import Store
+from freezeframe.text.captions import Caption
+
+
+@dataclass(frozen=True)
+class WindowSampling:
+    """Training windows of `min_seconds`..`max_seconds` (uniform) around a random second of the caption.
+
+    VideoCLIP's defaults: 3 to 32 seconds.
+    """
+
+    min_seconds: int = 3
+    max_seconds: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_seconds <= self.max_seconds:
+            raise InputError(f"window seconds must satisfy 1 <= min <= max, got {self.min_seconds},{self.max_seconds}.")
+
+
+def row_step(timestamps: np.ndarray) -> float:
+    """Seconds between consecutive rows (the median spacing; 1 s for a single row)."""
+    return float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 1.0
+
+
+def caption_rows(timestamps: np.ndarray, start: float | None, end: float | None) -> np.ndarray:
+    """Indices of the rows whose span [t_i, t_i+1) overlaps [start, end); the nearest row when none does."""
+    step = row_step(timestamps)
+    lo = 0.0 if start is None else start
+    hi = np.inf if end is None else end
+    row_end = np.append(timestamps[1:], timestamps[-1] + step)
+    hit = np.flatnonzero((timestamps < hi) & (row_end > lo))
+    if hit.size:
+        return hit
+    middle = lo if end is None else (lo + hi) / 2
+    return np.array([int(np.argmin(np.abs(timestamps - middle)))])
+
+
+def overlapped_window(timestamps: np.ndarray, start: float | None, end: float | None, sampling: WindowSampling,
+                      rng: np.random.Generator, max_rows: int) -> np.ndarray:
+    """Contiguous row indices of a training window that overlaps the caption (see the module docstring)."""
+    n = len(timestamps)
+    center = int(rng.choice(caption_rows(timestamps, start, end)))
+    seconds = int(rng.integers(sampling.min_seconds, sampling.max_seconds + 1))
+    length = max(1, min(n, max_rows, round(seconds / row_step(timestamps))))
+    # growing one row at a time to a random side is a binomial split of the extra rows, clipped at the video's ends
+    left = min(int(rng.binomial(length - 1, 0.5)), center)
+    right = min(length - 1 - left, n - 1 - center)
+    left = length - 1 - right
+    return np.arange(center - left, center + right + 1)
+
+
+def whole_video_rows(n: int, max_rows: int) -> np.ndarray:
+    """All rows, or `max_rows` evenly spaced ones when the video has more."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.linspace(0, n - 1, max_rows).round().astype(np.int64)
+
+
+def default_video_array(feature_set: FeatureSet) -> str:
+    """`video_embedding` (S3D-G windows) when the set stores it, else the per-frame `embed`."""
+    return "video_embedding" if "video_embedding" in feature_set.arrays() else "embed"
+
+
+def default_text_layer(text_set: FeatureSet) -> int:
+    """The last hidden state the text set stores."""
+    layers = text_set.provenance.get("layers") or []
+    if not layers:
+        raise InputError(f"text set {text_set.name!r} holds no BERT token states (extract it with "
+                         "`extract-text --backbone bert`).")
+    return max(layers)
+
+
+def open_set(store: str | Path, name: str, what: str) -> FeatureSet:
+    opened = Store(store)
+    if name not in opened:
+        raise InputError(f"store {store} has no {what} {name!r}; it has: {', '.join(opened.names()) or 'none'}.")
+    return opened[name]
+
+
+class VideoTextPairs(Dataset):
+    """Items `{"video": (rows, dim), "tokens": (tokens, text_dim), "text_mask": (tokens,), "index": int}`.
+
+    Everything a run needs is read into memory once (pooled per-second features and token states are small).
+    `sampling=None` gives every caption the whole video (evaluation); otherwise captions with start/end get
+    overlapped windows that depend only on (seed, epoch, index), so a resumed run draws the same ones.
+    """
+
+    def __init__(self, store: str | Path, video_set: str, text_set: str, captions: Sequence[Caption], *,
+                 array: str | None = None, text_layer: int | None = None, max_seconds: int = 64,
+                 max_tokens: int = 64, sampling: WindowSampling | None = None, seed: int = 0) -> None:
+        videos = open_set(store, video_set, "video feature set")
+        texts = open_set(store, text_set, "text feature set")
+        if videos.provenance.get("kind") == "text":
+            raise InputError(f"{video_set!r} is a text feature set; pass a video feature set to --set.")
+        if texts.provenance.get("kind") != "text":
+            raise InputError(f"{text_set!r} is not a text feature set; pass one made by extract-text to --text-set.")
+        self.array = array or default_video_array(videos)
+        self.text_layer = default_text_layer(texts) if text_layer is None else text_layer
+        stored, stored_text = videos.arrays(), texts.arrays()
+        if self.array not in stored:
+            raise InputError(f"feature set {video_set!r} has no array {self.array!r}; it has: {', '.join(stored)}.")
+        if len(stored[self.array]["shape"]) != 1:
+            raise InputError(f"array {self.array!r} of {video_set!r} is not one vector per row; pass --array "
+                             "video_embedding or embed.")
+        token_array = f"tokens/{self.text_layer}"
+        if token_array not in stored_text:
+            layers = [name.split("/")[1] for name in stored_text if name.startswith("tokens/")]
+            raise InputError(f"text set {text_set!r} has no layer {self.text_layer}; its stored layers are "
+                             f"{', '.join(layers) or 'none'}.")
+        self.captions = list(captions)
+        missing_videos = sorted({c.video_id for c in self.captions if c.video_id not in videos})
+        if missing_videos:
+            raise InputError(f"{len(missing_videos)} videos of the captions are not in feature set {video_set!r} "
+                             f"(e.g. {', '.join(map(repr, missing_videos[:3]))}); extract them or drop their captions.")
+        missing_text = [c.caption_id for c in self.captions if c.caption_id not in texts]
+        if missing_text:
+            raise InputError(f"text set {text_set!r} has no features for {len(missing_text)} captions "
+                             f"(e.g. {', '.join(map(repr, missing_text[:3]))}); run extract-text on this captions "
+                             f"file with --name {text_set}.")
+        timed = any(c.start is not None or c.end is not None for c in self.captions)
+        if timed and sampling is not None and "timestamps" not in stored:
+            raise InputError(f"feature set {video_set!r} stores no timestamps, so caption start/end cannot be placed "
+                             "in its videos; re-extract it with this version or drop start/end from the captions.")
+        self.video_ids = sorted({c.video_id for c in self.captions})
+        self.video_index = {v: i for i, v in enumerate(self.video_ids)}
+        self.features = {v: videos.read(v, self.array) for v in self.video_ids}
+        self.timestamps = {v: videos.read(v, "timestamps").astype(np.float64) if "timestamps" in stored
+                           else np.arange(len(self.features[v]), dtype=np.float64) for v in self.video_ids}
+        self.tokens = [texts.read(c.caption_id, token_array)[:max_tokens] for c in self.captions]
+        self.text_masks = [texts.read(c.caption_id, "attention_mask")[:max_tokens].astype(bool)
+                           if "attention_mask" in stored_text else np.ones(len(t), bool)
+                           for c, t in zip(self.captions, self.tokens)]
+        self.video_dim = int(stored[self.array]["shape"][0])
+        self.text_dim = int(stored_text[token_array]["shape"][0])
+        self.max_seconds, self.sampling, self.seed, self.epoch = max_seconds, sampling, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def item_videos(self) -> list[int]:
+        """Index (into `video_ids`) of each item's video."""
+        return [self.video_index[c.video_id] for c in self.captions]
+
+    def pooled_videos(self) -> torch.Tensor:
+        """(videos, dim): each video's cached rows averaged, in `video_ids` order (what batches cluster on)."""
+        return torch.stack([torch.from_numpy(self.features[v].astype(np.float32)).mean(0) for v in self.video_ids])
+
+    def rows(self, index: int) -> np.ndarray:
+        caption = self.captions[index]
+        timestamps = self.timestamps[caption.video_id]
+        if self.sampling is None or (caption.start is None and caption.end is None):
+            return whole_video_rows(len(timestamps), self.max_seconds)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return overlapped_window(timestamps, caption.start, caption.end, self.sampling, rng, self.max_seconds)
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.features[self.captions[index].video_id][self.rows(index)]
+        return {"video": torch.from_numpy(video.astype(np.float32)), "tokens": torch.from_numpy(
+                self.tokens[index].astype(np.float32)), "text_mask": torch.from_numpy(self.text_masks[index]),
+                "index": index}
+
+
+def _pad(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (length, dim) tensors padded with zeros at the end; mask marks the real positions."""
+    longest = max(len(v) for v in values)
+    out = values[0].new_zeros(len(values), longest, *values[0].shape[1:])
+    mask = torch.zeros(len(values), longest, dtype=torch.bool)
+    for i, value in enumerate(values):
+        out[i, : len(value)] = value
+        mask[i, : len(value)] = True
+    return out, mask
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """Pad a batch: video (B, S, D) + video_mask (B, S), tokens (B, L, E) + text_mask (B, L), index (B,)."""
+    video, video_mask = _pad([item["video"] for item in items])
+    tokens, _ = _pad([item["tokens"] for item in items])
+    text_mask, _ = _pad([item["text_mask"] for item in items])
+    return {"video": video, "video_mask": video_mask, "tokens": tokens, "text_mask": text_mask.bool(),
+            "index": torch.tensor([item["index"] for item in items])}
