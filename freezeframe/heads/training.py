@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -126,10 +126,13 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
     return start_epoch, best_score, history
 
 
-def save_epoch(run_dir: Path, parts: dict, history: list[dict], best_score: float, improved: bool,
-               config: TrainConfig) -> None:
-    """Checkpoint the epoch that ends `history`: best.pt (head only) when `improved`, last.pt, its metrics line, curves."""
-    metrics = history[-1]
+def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict, score: float, best_score: float,
+                 config: TrainConfig, shown: Sequence[str], log: Callable[[str], None] = print) -> float:
+    """Append `metrics` to `history` and checkpoint the epoch: best.pt (head only) when `score` beats `best_score`,
+    last.pt, its metrics line, curves; log the `shown` metrics. Returns the new best score."""
+    improved = score > best_score
+    best_score = max(best_score, score)
+    history.append(metrics)
     epoch = metrics["epoch"]
     state = {"history": history, "epoch": epoch, **{name: part.state_dict() for name, part in parts.items()},
              "rng": _rng_state(), "best_score": best_score, "config": asdict(config)}
@@ -139,6 +142,9 @@ def save_epoch(run_dir: Path, parts: dict, history: list[dict], best_score: floa
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
     plot_curves(history, run_dir / "curves.png")
+    values = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
+    log(f"epoch {epoch + 1}/{config.epochs}: {values}{' (best)' if improved else ''}")
+    return best_score
 
 
 def train_classifier(
@@ -195,10 +201,6 @@ def train_classifier(
             metrics.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
         metrics["seconds"] = time.perf_counter() - started
         score = metrics.get("val_top1", -metrics["train_loss"])
-        improved = score > best_score
-        best_score = max(best_score, score)
-        history.append(metrics)
-        save_epoch(run_dir, parts, history, best_score, improved, config)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "lr", "seconds"))
-        log(f"epoch {epoch + 1}/{config.epochs}: {shown}{' (best)' if improved else ''}")
+        shown = [k for k in metrics if k not in ("epoch", "lr", "seconds")]
+        best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, shown, log)
     return history

@@ -22,7 +22,7 @@ from freezeframe.heads.contrastive import LOSSES
 from freezeframe.heads.neighbourhoods import NeighbourhoodBatches, RandomBatches
 from freezeframe.heads.retrieval import first_caption_per_video, retrieval_metrics
 from freezeframe.heads.run import RunInfo, load_head
-from freezeframe.heads.training import (TrainConfig, cosine_schedule, resolve_device, restore_last, save_epoch,
+from freezeframe.heads.training import (TrainConfig, cosine_schedule, finish_epoch, resolve_device, restore_last,
                                         seed_everything, write_metrics)
 from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig
 from freezeframe.heads.videotext import VideoTextPairs, WindowSampling, collate_pairs, open_set
@@ -138,13 +138,8 @@ def train_videoclip(model: VideoCLIP, train_set: VideoTextPairs, val_set: VideoT
             metrics["val_mean_recall"] = mean_recall(val)
         metrics["seconds"] = time.perf_counter() - started
         score = metrics.get("val_mean_recall", -metrics["train_loss"])
-        improved = score > best_score
-        best_score = max(best_score, score)
-        history.append(metrics)
-        save_epoch(run_dir, parts, history, best_score, improved, config)
-        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("train_loss", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")
-                          if k in metrics)
-        log(f"epoch {epoch + 1}/{config.epochs}: {shown}{' (best)' if improved else ''}")
+        shown = ("train_loss", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")
+        best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, shown, log)
     return history
 
 
