@@ -4,7 +4,7 @@ resampled stream (one backbone input of `window_frames` frames per row, for vide
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from freezeframe.errors import InputError
 from freezeframe.frames import segment_middles
 
 Strategy = Literal["num_frames", "fps", "clips", "windows"]
-STRATEGIES = ("num_frames", "fps", "clips", "windows")
+STRATEGIES = get_args(Strategy)
 
 
 @dataclass(frozen=True)
