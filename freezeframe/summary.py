@@ -31,8 +31,9 @@ def format_summary(summary: dict) -> str:
         backbone = p.get("backbone", {})
         sampling = ", ".join(f"{k}={v}" for k, v in p.get("sampling", {}).items())
         text = p.get("kind") == "text"
-        items, rows = ("captions", "token rows") if text else ("videos", "frames")
-        lines.append(f"  {name}: {fs['num_videos']} {items}, {fs['num_frames']} {rows} in {fs['num_shards']} shards")
+        windows = p.get("sampling", {}).get("strategy") == "windows"
+        items, row = ("captions", "token row") if text else ("videos", "window" if windows else "frame")
+        lines.append(f"  {name}: {fs['num_videos']} {items}, {fs['num_frames']} {row}s in {fs['num_shards']} shards")
         lines.append(f"    backbone  {backbone.get('name', '')} {backbone.get('library', '?')} {backbone.get('model', '?')} "
                      f"weights={backbone.get('pretrained', backbone.get('weights_sha256', '?')[:12])}"
                      + ("" if text else f" compute={p.get('compute_dtype', '?')}"))
@@ -43,7 +44,7 @@ def format_summary(summary: dict) -> str:
         storage = ", ".join(f"{s['format']}/{s['compression']} ({s['shards']} shards)" for s in fs.get("storage", []))
         lines.append(f"    storage   {storage or 'no shards'}")
         for array, meta in fs["arrays"].items():
-            lines.append(f"    {array:<18} {meta['dtype']:<8} per {'row' if text else 'frame'} {tuple(meta['shape'])}")
+            lines.append(f"    {array:<18} {meta['dtype']:<8} per {row} {tuple(meta['shape'])}")
         if fs["failures"]:
             lines.append(f"    failures  {len(fs['failures'])} videos (see failures.jsonl)")
     return "\n".join(lines)

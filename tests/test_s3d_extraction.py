@@ -54,6 +54,7 @@ def s3dg_store(tmp_path_factory, sample_videos):
                                        "--backbone", "s3dg", "--pretrained", str(weights), "--image-size", str(SIZE),
                                        "--workers", "2", "--no-progress"])
     assert result.exit_code == 0, result.output
+    assert "4 videos, 34 windows in" in result.output and "video_embedding    float16  per window (512,)" in result.output
     return open_store(root / "s")["s3dg-s3d_howto100m"], weights
 
 
