@@ -8,7 +8,7 @@ resume); the best checkpoint is the one with the highest validation mean recall 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -150,12 +150,12 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
     """Train a VideoCLIP head from a captions file; returns the final epoch's metrics."""
     texts = open_set(store, data.text_set, "text feature set")
     max_tokens = int(texts.provenance.get("max_length") or 64)
-    options = {"max_tokens": max_tokens, **(head_options or {})}
-    if data.window.max_seconds > options.get("max_seconds", VideoClipConfig.max_seconds):
+    options = {"max_tokens": max_tokens, "max_seconds": VideoClipConfig.max_seconds, **(head_options or {})}
+    if data.window.max_seconds > options["max_seconds"]:
         raise InputError(f"--window-seconds maximum {data.window.max_seconds} exceeds the head's "
-                         f"{options.get('max_seconds', VideoClipConfig.max_seconds)} seconds.")
+                         f"{options['max_seconds']} seconds.")
     read = dict(array=data.array, text_layer=data.text_layer, max_tokens=options["max_tokens"],
-                max_seconds=options.get("max_seconds", VideoClipConfig.max_seconds))
+                max_seconds=options["max_seconds"])
     train_set = VideoTextPairs(store, video_set, data.text_set, read_captions(captions), sampling=data.window,
                                seed=config.seed, **read)
     val_set = None
@@ -165,7 +165,7 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
     head_config = VideoClipConfig(video_dim=train_set.video_dim, text_dim=train_set.text_dim, **options)
     seed_everything(config.seed)  # initial weights follow --seed
     model = VideoCLIP(head_config)
-    saved = replace_defaults(data, train_set)
+    saved = replace(data, array=train_set.array, text_layer=train_set.text_layer)  # what evaluation reads
     RunInfo(HEAD, asdict(head_config), str(store), video_set, [],
             f"overlapped:{data.window.min_seconds}-{data.window.max_seconds}s", "whole-video", asdict(config),
             extra=asdict(saved)).save(out)
@@ -176,12 +176,6 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
     history = train_videoclip(model, train_set, val_set, config, out, loss=data.loss, batches=batches, resume=resume,
                               log=log)
     return history[-1] if history else {}
-
-
-def replace_defaults(data: VideoTextConfig, dataset: VideoTextPairs) -> VideoTextConfig:
-    """`data` with the array and text layer the dataset resolved, so evaluation reads the same ones."""
-    return VideoTextConfig(**{**asdict(data), "window": data.window, "array": dataset.array,
-                              "text_layer": dataset.text_layer})
 
 
 def load_text_config(info: RunInfo) -> VideoTextConfig:
