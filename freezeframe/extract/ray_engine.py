@@ -11,6 +11,7 @@ invisible to readers and removed by the next writer on its host.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -126,7 +127,10 @@ def run_ray_extraction(sources: Sequence[VideoSource], backbone_config: Backbone
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=ray_config.address, include_dashboard=False, log_to_driver=True)
+        # the terminal shows our progress bar and errors; Ray's own notices stay in its session logs
+        ray.init(address=ray_config.address, include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.ERROR)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
         resources = ray.cluster_resources()
         gpus = ray_config.gpus_per_worker
