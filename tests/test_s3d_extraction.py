@@ -129,10 +129,12 @@ def test_torchvision_s3d_overlapping_windows(tmp_path, run_cli, sample_videos):
     (["--backbone", "s3dg", "--pretrained", "none", "--window-frames", "15"], "even number of frames"),
     (["--backbone", "s3d", "--pretrained", "none", "--window-frames", "8"], "at least 14 frames"),
     (["--backbone", "s3dg", "--pretrained", "missing.pth"], "does not exist"),
+    (["--backbone", "s3dg", "--pretrained", "none", "--model", "ff-tiny-vit"], "--model is not an option of --backbone s3dg"),
 ])
 def test_bad_window_options_are_one_line_errors(tmp_path, run_cli, sample_videos, tiny_model_name, args, message):
-    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", tmp_path / "s", "--model",
-                     tiny_model_name, *args, "--no-progress")
+    model = [] if "--backbone" in args else ["--model", tiny_model_name]  # --model is an option of clip only
+    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", tmp_path / "s", *model, *args,
+                     "--no-progress")
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").rglob("*.zarr"))

@@ -6,28 +6,16 @@ import sys
 
 import click
 
-from freezeframe.cli.group import int_list, main
+from freezeframe.cli.group import main
+from freezeframe.extract.backbones.click_options import given_backbone_options, with_backbone_options
+from freezeframe.extract.backbones.registry import backbone_names, get_entry
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--store", required=True, help="Store directory (created if missing).")
 @click.option("--name", default=None, help="Feature-set name [default: derived from model and weights].")
-@click.option("--backbone", type=click.Choice(["clip", "s3d", "s3dg"]), default="clip", show_default=True,
-              help="clip: an open_clip image tower per frame; s3d: torchvision's Kinetics-400 S3D; s3dg: the MIL-NCE "
-                   "S3D-G of VideoCLIP (HowTo100M checkpoint layout). S3D backbones take windows of frames.")
-@click.option("--model", default="ViT-B-32", show_default=True,
-              help="open_clip model name, or a path to an open_clip model-config JSON (clip only).")
-@click.option("--pretrained", default=None,
-              help="clip: an open_clip pretrained tag [default: openai], a local checkpoint path, or 'none' for random "
-                   "weights; s3d/s3dg: a local checkpoint path or 'none' (required: nothing is downloaded).")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Load a --pretrained file that is a full pickle (it can run code; only if you trust it).")
-@click.option("--features", default="embed", show_default=True,
-              help="clip: comma list of embed, cls, tokens. S3D backbones store all theirs (s3dg: video_embedding, "
-                   "mixed_5c; s3d: mixed_5c, logits).")
-@click.option("--layers", default="-4,-3,-2,-1", show_default=True,
-              help="Blocks whose token maps are stored with --features tokens (negative counts from the end).")
+@with_backbone_options
 @click.option("--num-frames", type=int, default=None, help="Sample N frames uniformly (segment middles) [default: 8].")
 @click.option("--fps", type=float, default=None,
               help="Sample F frames per second of real video time (with --window-frames: the windows' frame rate).")
@@ -37,8 +25,6 @@ from freezeframe.cli.group import int_list, main
 @click.option("--window-frames", type=int, default=None,
               help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
 @click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
-@click.option("--image-size", type=int, default=224, show_default=True,
-              help="S3D backbones: frames are resized by the short side and centre-cropped to this square.")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="auto: decord, then PyAV for files decord cannot read.")
 @click.option("--preprocess", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
@@ -48,8 +34,6 @@ from freezeframe.cli.group import int_list, main
 @click.option("--shard-size", type=int, default=64, show_default=True,
               help="At most this many videos per shard (the unit of commit).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-              help="Compute precision; auto is fp16 on CUDA, fp32 on CPU. Features are stored as float16.")
 @click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True,
               help="Shard format: a Zarr directory or one HDF5 file per shard.")
 @click.option("--compression", type=click.Choice(["none", "zstd", "blosc"]), default="none", show_default=True,
@@ -65,30 +49,17 @@ from freezeframe.cli.group import int_list, main
 @click.option("--ray-workers", type=int, default=None,
               help="Ray actors, each loading the backbone once [default: GPUs / --gpus-per-worker; CPUs / 2].")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def extract(inputs, store, name, backbone, model, pretrained, features, layers, num_frames, fps, clips,
-            frames_per_clip, stride, window_frames, window_stride, image_size, decoder, preprocess, batch_size,
-            workers, shard_size, device, precision, store_format, compression, claim_lease, no_progress,
-            trust_checkpoint, engine, address, gpus_per_worker, ray_workers) -> None:
-    """Extract frozen CLIP or S3D features of videos (files, folders, or CSV/text lists) into STORE."""
+def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
+            window_stride, decoder, preprocess, batch_size, workers, shard_size, device, store_format, compression,
+            claim_lease, no_progress, engine, address, gpus_per_worker, ray_workers, **backbone_flags) -> None:
+    """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
     from freezeframe.extract import ExtractConfig, collect_sources
-    from freezeframe.extract.backbones import build_backbone
+    from freezeframe.extract.backbones import build_backbone, config_from_options, get_entry
     from freezeframe.extract.runner import default_workers, resolve_device, run_extraction
 
-    sampling = _sampling(backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride)
-    if backbone == "clip":
-        from freezeframe.extract import ClipConfig
-
-        backbone_config = ClipConfig(model=model, pretrained=pretrained or "openai",
-                                     features=tuple(f.strip() for f in features.split(",")), layers=int_list(layers),
-                                     precision=precision, trust_checkpoint=trust_checkpoint)
-    else:
-        from freezeframe.extract.backbones.s3d import S3DConfig
-
-        if pretrained is None:
-            raise click.UsageError(f"--backbone {backbone} needs --pretrained: a local checkpoint path, or none for "
-                                   "random weights (nothing is downloaded).")
-        backbone_config = S3DConfig(kind=backbone, weights=pretrained, precision=precision,
-                                    trust_checkpoint=trust_checkpoint, image_size=image_size)
+    sampling = _sampling(get_entry(backbone), num_frames, fps, clips, frames_per_clip, stride, window_frames,
+                         window_stride)
+    backbone_config = config_from_options(backbone, given_backbone_options(backbone_flags))
     if batch_size is None:
         batch_size = 64 if sampling.frames_per_row == 1 else 8
     config = ExtractConfig(store=store, name=name, sampling=sampling, decoder=decoder, preprocess=preprocess,
@@ -126,19 +97,22 @@ def extract(inputs, store, name, backbone, model, pretrained, features, layers, 
         sys.exit(1)
 
 
-def _sampling(backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride):
-    """The sampling the flags choose: windows for S3D backbones, else one of count, rate or clips."""
+def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride):
+    """The sampling the flags choose: windows for window backbones (their registry defaults), else one of count,
+    rate or clips."""
     from freezeframe.extract import SamplingConfig
 
-    if backbone != "clip":
+    if entry.windows is not None:
         if num_frames is not None or clips is not None:
-            raise click.UsageError(f"--backbone {backbone} takes windows of frames: use --window-frames, "
+            raise click.UsageError(f"--backbone {entry.name} takes windows of frames: use --window-frames, "
                                    "--window-stride and --fps, not --num-frames or --clips.")
-        frames = 30 if window_frames is None else window_frames
-        return SamplingConfig("windows", fps=30.0 if fps is None else fps, window_frames=frames,
-                              window_stride=frames if window_stride is None else window_stride)
+        frames = entry.windows.frames if window_frames is None else window_frames
+        stride = (entry.windows.stride if window_frames is None else frames) if window_stride is None else window_stride
+        return SamplingConfig("windows", fps=entry.windows.fps if fps is None else fps, window_frames=frames,
+                              window_stride=stride)
     if window_frames is not None or window_stride is not None:
-        raise click.UsageError("--window-frames and --window-stride are for window backbones (--backbone s3d or s3dg).")
+        windowed = ", ".join(name for name in backbone_names() if get_entry(name).windows)
+        raise click.UsageError(f"--window-frames and --window-stride are for window backbones (--backbone {windowed}).")
     chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
               if value is not None]
     if len(chosen) > 1:

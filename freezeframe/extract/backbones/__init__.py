@@ -1,8 +1,14 @@
-"""Frozen backbones that turn preprocessed frames (or windows of frames) into named feature arrays."""
+"""Frozen backbones that turn preprocessed frames (or windows of frames) into named feature arrays.
 
-from freezeframe.extract.backbones.base import Backbone, BackboneConfig, build_backbone
-from freezeframe.extract.backbones.clip import CLIP_FEATURES, ClipBackbone, ClipConfig
-from freezeframe.extract.backbones.s3d import S3DG, S3DBackbone, S3DConfig
+Importing this package registers every built-in backbone (see `registry`); each module is one family.
+"""
 
-__all__ = ["CLIP_FEATURES", "S3DG", "Backbone", "BackboneConfig", "ClipBackbone", "ClipConfig", "S3DBackbone",
-           "S3DConfig", "build_backbone"]
+from freezeframe.extract.backbones.base import Backbone, BackboneConfig, FrozenBackbone, build_backbone
+from freezeframe.extract.backbones.registry import (REGISTRY, BackboneEntry, backbone_names, config_from_options,
+                                                    get_entry, register_backbone)
+from freezeframe.extract.backbones.clip import CLIP_FEATURES, ClipBackbone, ClipConfig  # noqa: E402 - registers
+from freezeframe.extract.backbones.s3d import S3DG, S3DBackbone, S3DConfig  # noqa: E402
+
+__all__ = ["CLIP_FEATURES", "REGISTRY", "S3DG", "Backbone", "BackboneConfig", "BackboneEntry", "ClipBackbone",
+           "ClipConfig", "FrozenBackbone", "S3DBackbone", "S3DConfig", "backbone_names", "build_backbone",
+           "config_from_options", "get_entry", "register_backbone"]

@@ -1,13 +1,22 @@
-"""What the extraction runner needs of a frozen backbone, and the factory that builds one from its config."""
+"""What the extraction runner needs of a frozen backbone, and the shared frozen-forward machinery behind each one."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
+import torch.nn as nn
 
+from freezeframe.errors import InputError
 from freezeframe.extract.preprocess import PreprocessConfig
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# help of the options every backbone shares (written once)
+PRECISION_HELP = "compute precision: auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16; stored as float16"
+SEED_HELP = "seed of the random initialisation when the weights are none"
+TRUST_HELP = "load a weights file that is a full pickle (it can run code; only if you trust it)"
+WEIGHTS_HELP = "a local checkpoint file (.pt/.pth state dict or .safetensors), or none (random weights, seeded)"
 
 
 class BackboneConfig(Protocol):
@@ -18,7 +27,7 @@ class BackboneConfig(Protocol):
 class Backbone(Protocol):
     """A frozen network: preprocessed inputs (one per stored row) in, named float arrays out.
 
-    CLIP takes (n, 3, h, w) frames; window backbones such as S3D take (n, T, 3, h, w) windows of T frames.
+    Frame backbones take (n, 3, h, w) frames; window backbones (`takes_windows`) take (n, T, 3, h, w) windows.
     """
 
     kind: str
@@ -39,14 +48,73 @@ class Backbone(Protocol):
         """Window backbones only: raise InputError for a window size the network cannot take."""
 
 
+def check_precision(precision: str) -> None:
+    """Refuse an unknown `--precision` with one sentence (every config calls this from `__post_init__`)."""
+    if precision not in ("auto", *PRECISIONS):
+        raise InputError(f"unknown --precision {precision!r}; choose auto, fp32, fp16 or bf16.")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype a forward runs in: the chosen precision, or fp16 on CUDA and fp32 elsewhere for `auto`."""
+    if precision != "auto":
+        return PRECISIONS[precision]
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def frozen_call(fn: Callable[[torch.Tensor], dict], inputs: torch.Tensor, dtype: torch.dtype,
+                device: torch.device) -> dict:
+    """`fn(inputs)` in `dtype`: autocast for reduced precision (the weights stay float32, so casting only the input
+    fails on CPU), a float32 input otherwise."""
+    if dtype != torch.float32:
+        with torch.autocast(device.type, dtype=dtype):
+            return fn(inputs)
+    return fn(inputs.float())
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre (h, w) of (..., H, W) images, placed as torchvision's CenterCrop places it.
+
+    Backbones whose reference transform resizes to S and crops a smaller C (timm's `crop_pct`, video_features'
+    256 -> 224) let the decode workers resize and crop to S (open_clip's transform) and crop C here: a centre
+    crop of a centre crop is the same pixels as one centre crop, because S - C is even.
+    """
+    height, width = x.shape[-2:]
+    out_h, out_w = size
+    if (height, width) == (out_h, out_w):
+        return x
+    top, left = int(round((height - out_h) / 2.0)), int(round((width - out_w) / 2.0))
+    return x[..., top:top + out_h, left:left + out_w]
+
+
+class FrozenBackbone(nn.Module):
+    """Shared behaviour of the registered backbones: frozen eval-mode weights on a device, a compute dtype, a
+    provenance record, no frozen weights for heads and no window constraint unless a backbone says otherwise."""
+
+    kind: str = ""
+    takes_windows = False
+
+    def weights_provenance(self) -> dict:
+        """The `backbone` record of the provenance: registry name plus where the weights came from."""
+        return {"kind": self.kind, **self.weights_info}
+
+    def provenance(self) -> dict:
+        return {
+            "backbone": self.weights_provenance(),
+            "features": self.stored_arrays(),
+            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
+            "dtype": "float16",
+        }
+
+    def frozen_weights(self) -> dict[str, np.ndarray]:
+        """Nothing by default: only CLIP towers hand over q/k projections for EVL's cross-frame attention."""
+        return {}
+
+    def check_window(self, frames: int, height: int, width: int) -> None:
+        """Any window size by default."""
+
+
 def build_backbone(config: BackboneConfig, device: str | torch.device = "cpu") -> Backbone:
-    """The backbone a config describes: a `ClipConfig` gives a CLIP image tower, an `S3DConfig` an S3D network."""
-    from freezeframe.extract.backbones.clip import ClipBackbone, ClipConfig
+    """The backbone a config describes, through the registry entry that owns the config's type."""
+    from freezeframe.extract.backbones.registry import entry_for_config
 
-    if isinstance(config, ClipConfig):
-        return ClipBackbone(config, device=device)
-    from freezeframe.extract.backbones.s3d import S3DBackbone, S3DConfig
-
-    if isinstance(config, S3DConfig):
-        return S3DBackbone(config, device=device)
-    raise TypeError(f"no backbone is built from a {type(config).__name__}")
+    return entry_for_config(config).build(config, device=device)

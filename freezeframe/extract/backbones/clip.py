@@ -18,32 +18,37 @@ import torch.nn as nn
 from freezeframe.checkpoints import UntrustedCheckpointError
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
+from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, FrozenBackbone, check_precision,
+                                                compute_dtype, frozen_call)
+from freezeframe.extract.backbones.registry import option, register_backbone
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import file_sha256, package_version
 
 CLIP_FEATURES = ("embed", "cls", "tokens")
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"  # small architectures for tests and the offline demo
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class ClipConfig:
     """Which open_clip model, which weights, and which features to capture."""
 
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
-    features: tuple[str, ...] = ("embed",)
-    layers: tuple[int, ...] = (-4, -3, -2, -1)
-    precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere
-    seed: int = 0  # initialises random weights (`pretrained="none"`) reproducibly
-    trust_checkpoint: bool = False  # load a `pretrained` file that is a full pickle (it can run code)
+    model: str = option("ViT-B-32", "an open_clip model name, or a path to an open_clip model-config JSON")
+    pretrained: str = option("openai", "an open_clip pretrained tag, a local checkpoint path (.pt/.bin state dict "
+                                       "or .safetensors), or none (random weights, seeded)")
+    features: tuple[str, ...] = option(("embed",), "comma list of embed (the model's encode_image), cls "
+                                                    "(pre-projection CLS after the final norm), tokens (block "
+                                                    "outputs incl. CLS)")
+    layers: tuple[int, ...] = option((-4, -3, -2, -1), "blocks whose token maps are stored with tokens; negative "
+                                                       "counts from the end")
+    precision: str = option("auto", PRECISION_HELP)
+    seed: int = option(0, SEED_HELP)
+    trust_checkpoint: bool = option(False, TRUST_HELP)
 
     def __post_init__(self) -> None:
         unknown = set(self.features) - set(CLIP_FEATURES)
         if unknown or not self.features:
             raise InputError(f"unknown --features {sorted(unknown) or '(none)'}; choose from {', '.join(CLIP_FEATURES)}.")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise InputError(f"unknown --precision {self.precision!r}; choose auto, fp32, fp16 or bf16.")
+        check_precision(self.precision)
 
     def default_name(self) -> str:
         """A feature-set name derived from model and weights, e.g. `clip-vit-b-32-openai`."""
@@ -124,11 +129,14 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0, trust_checkpoint:
                         "model_config": config, **source}
 
 
-class ClipBackbone(nn.Module):
+@register_backbone("clip", config=ClipConfig, summary="an open_clip image tower, per frame",
+                   arrays="`embed` (D), `cls` (C), `tokens/<block>` (N, C) and `block_input/<block>` (N, C), with "
+                          "the blocks' frozen norm and q/k for EVL",
+                   preprocess="open_clip's own transform of the model (size, resize, mean/std)")
+class ClipBackbone(FrozenBackbone):
     """Frozen CLIP image tower returning the chosen features of a batch of preprocessed frames."""
 
     kind = "clip"
-    takes_windows = False
 
     def __init__(self, config: ClipConfig, device: str | torch.device = "cpu", model: nn.Module | None = None) -> None:
         super().__init__()
@@ -142,7 +150,7 @@ class ClipBackbone(nn.Module):
         self.device = torch.device(device)
         self.visual = model.visual.eval().requires_grad_(False).to(self.device)
         self.weights_info["weights_sha256"] = W.state_dict_sha256(self.visual)
-        self.compute_dtype = self._compute_dtype()
+        self.compute_dtype = compute_dtype(config.precision, self.device)
         preprocess_cfg = dict(getattr(self.visual, "preprocess_cfg", {}) or {})
         size = preprocess_cfg.get("size", self.visual.image_size)
         self.preprocess = PreprocessConfig(
@@ -162,11 +170,6 @@ class ClipBackbone(nn.Module):
             self._hook_cls()
 
     # ---- set-up ----------------------------------------------------------------------------
-    def _compute_dtype(self) -> torch.dtype:
-        if self.config.precision != "auto":
-            return PRECISIONS[self.config.precision]
-        return torch.float16 if self.device.type == "cuda" else torch.float32
-
     def _resblocks(self) -> nn.ModuleList:
         transformer = getattr(self.visual, "transformer", None)
         blocks = getattr(transformer, "resblocks", None)
@@ -226,12 +229,7 @@ class ClipBackbone(nn.Module):
         """Preprocessed images (n, 3, h, w) -> {array name: (n, ...) tensor} in the compute dtype."""
         self._captured.clear()
         images = images.to(self.device, non_blocking=True)
-        if self.compute_dtype != torch.float32:
-            # autocast on every device: the weights stay float32, so casting only the input fails on CPU
-            with torch.autocast(self.device.type, dtype=self.compute_dtype):
-                embed = self.visual(images)
-        else:
-            embed = self.visual(images.float())
+        embed = frozen_call(self.visual, images, self.compute_dtype, self.device)
         if isinstance(embed, tuple):
             embed = embed[0]
         out = {"embed": embed, **self._captured}
@@ -241,7 +239,7 @@ class ClipBackbone(nn.Module):
     # ---- what the store records ---------------------------------------------------------------
     def provenance(self) -> dict:
         info = {
-            "backbone": {"kind": self.kind, **self.weights_info},
+            "backbone": self.weights_provenance(),
             "features": list(self.config.features),
             "layers": self.blocks,
             "compute_dtype": str(self.compute_dtype).replace("torch.", ""),

@@ -13,22 +13,21 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from freezeframe.checkpoints import UntrustedCheckpointError, load_checkpoint
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
-from freezeframe.extract.backbones.clip import PRECISIONS
+from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
+                                                check_precision, compute_dtype, frozen_call)
+from freezeframe.extract.backbones.registry import WindowDefaults, option, register_backbone
 from freezeframe.extract.preprocess import PreprocessConfig
-from freezeframe.store.provenance import file_sha256, package_version
+from freezeframe.store.provenance import package_version
 
 S3D_KINDS = ("s3d", "s3dg")
 S3D_MIN_WINDOW = (14, 224)  # torchvision's S3D_Weights meta: min_temporal_size, min_size
 TEXT_MODULE_PREFIX = "text_module."  # the HowTo100M checkpoint's text tower, unused by the video backbone
-OPTIONAL_BUFFERS = ("num_batches_tracked",)  # BatchNorm step counters: unused in eval, absent from some exports
 
 # S3D-G (HowTo100M) eats [0, 1] pixels; VideoCLIP's extractor resizes the short side to 224 and center-crops.
 S3DG_PREPROCESS = PreprocessConfig(size=(224, 224), interpolation="bilinear", resize_mode="shortest",
@@ -178,12 +177,12 @@ class S3DG(nn.Module):
 class S3DConfig:
     """Which S3D network (`s3dg`: MIL-NCE HowTo100M S3D-G; `s3d`: torchvision Kinetics-400 S3D) and its weights."""
 
-    kind: str = "s3dg"
-    weights: str = "none"  # a local checkpoint file (.pth/.pt state dict or .safetensors), or none: random init
-    precision: str = "auto"  # auto: fp16 on CUDA, fp32 elsewhere
-    seed: int = 0  # initialises random weights (`weights="none"`) reproducibly
-    trust_checkpoint: bool = False  # load a weights file that is a full pickle (it can run code)
-    image_size: int = 224  # frames are resized by the short side and centre-cropped to this square
+    kind: str = "s3dg"  # fixed by the registry entry (--backbone s3d or s3dg)
+    weights: str = option("none", WEIGHTS_HELP + "; nothing is downloaded", flag="pretrained")
+    precision: str = option("auto", PRECISION_HELP)
+    seed: int = option(0, SEED_HELP)
+    trust_checkpoint: bool = option(False, TRUST_HELP)
+    image_size: int = option(224, "frames are resized by the short side and centre-cropped to this square")
 
     def __post_init__(self) -> None:
         if self.image_size < 2:
@@ -191,8 +190,7 @@ class S3DConfig:
         if self.kind not in S3D_KINDS:
             raise InputError(f"unknown S3D kind {self.kind!r}; choose s3d (torchvision Kinetics-400) or s3dg "
                              "(MIL-NCE HowTo100M).")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise InputError(f"unknown --precision {self.precision!r}; choose auto, fp32, fp16 or bf16.")
+        check_precision(self.precision)
 
     def default_name(self) -> str:
         """A feature-set name from network and weights, e.g. `s3dg-s3d_howto100m` or `s3d-random`."""
@@ -209,33 +207,6 @@ def build_s3d_network(kind: str) -> nn.Module:
     return s3d(weights=None)
 
 
-def checkpoint_state_dict(obj: object) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded checkpoint: a state dict, or one under `state_dict`/`model`; `module.` stripped."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError("the file holds no state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from a DataParallel wrapper
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """Why `state` does not fit `model` (missing, unexpected or misshapen keys, first few named), or None."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_BUFFERS)]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
-    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                   ("keys of the wrong shape", misshapen)) if keys]
-    return "; ".join(problems) or None
-
-
 def load_s3d(config: S3DConfig) -> tuple[nn.Module, dict]:
     """Build the network of `config.kind` and load its weights file (weights only), or seed a random init.
 
@@ -248,33 +219,30 @@ def load_s3d(config: S3DConfig) -> tuple[nn.Module, dict]:
     if W.is_random(config.weights):
         torch.manual_seed(config.seed)
         return build_s3d_network(config.kind), {**library, "weights": "none", "seed": config.seed}
-    path = Path(config.weights).expanduser()
-    if not path.is_file():
-        raise BackboneError(f"the {config.kind} weights file {config.weights} does not exist; pass a local checkpoint "
-                            f"path (e.g. {'s3d_howto100m.pth' if config.kind == 's3dg' else 's3d-d76dad2f.pth'}) "
-                            "or none for random weights.")
+    example = "s3d_howto100m.pth" if config.kind == "s3dg" else "s3d-d76dad2f.pth"
+    path = W.existing_weights_file(config.weights, f"the {config.kind} weights file", example)
     model = build_s3d_network(config.kind)
-    try:
-        state = checkpoint_state_dict(load_checkpoint(path, trust=config.trust_checkpoint))
-    except UntrustedCheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any loading failure becomes one sentence
-        raise W.load_error(what, str(path), exc) from None
-    dropped = [k for k in state if k.startswith(TEXT_MODULE_PREFIX)] if config.kind == "s3dg" else []
-    state = {k: v for k, v in state.items() if k not in dropped}
-    problem = fit_state_dict(model, state)
-    if problem:
-        raise BackboneError(f"the weights in {path} do not fit {what}: {problem}; pass a checkpoint of that network.")
-    model.load_state_dict(state, strict=False)
-    info = {**library, "weights": str(path.resolve()), "checkpoint_sha256": file_sha256(path)}
-    if dropped:
-        info["ignored_keys"] = f"{len(dropped)} {TEXT_MODULE_PREFIX}* tensors (the text tower)"
-    return model, info
+    ignore = TEXT_MODULE_PREFIX if config.kind == "s3dg" else None
+    info = W.load_weights_file(model, path, what, config.trust_checkpoint, ignore_prefix=ignore)
+    if "ignored_keys" in info:
+        info["ignored_keys"] += " (the text tower)"
+    return model, {**library, **info}
 
 
 # ---- the backbone the extraction runner drives ----------------------------------------------------------------
 
-class S3DBackbone(nn.Module):
+VIDEOCLIP_WINDOWS = WindowDefaults(frames=30, stride=30, fps=30.0)  # one row per second of video, as VideoCLIP
+
+
+@register_backbone("s3dg", config=S3DConfig, preset={"kind": "s3dg"}, windows=VIDEOCLIP_WINDOWS, required=("weights",),
+                   summary="the MIL-NCE S3D-G of VideoCLIP (HowTo100M checkpoint layout), per window",
+                   arrays="`video_embedding` (512), `mixed_5c` (1024)",
+                   preprocess="short side to `--image-size`, centre crop, bilinear, pixels in [0, 1]")
+@register_backbone("s3d", config=S3DConfig, preset={"kind": "s3d"}, windows=VIDEOCLIP_WINDOWS, required=("weights",),
+                   summary="torchvision's Kinetics-400 S3D, per window",
+                   arrays="`logits` (400), `mixed_5c` (1024)",
+                   preprocess="short side to `--image-size`, centre crop, bilinear, Kinetics mean/std")
+class S3DBackbone(FrozenBackbone):
     """Frozen S3D or S3D-G: preprocessed windows (n, T, 3, H, W) -> one row of features per window."""
 
     takes_windows = True
@@ -290,8 +258,7 @@ class S3DBackbone(nn.Module):
         self.device = torch.device(device)
         self.net = model.eval().requires_grad_(False).to(self.device)
         self.weights_info["weights_sha256"] = W.state_dict_sha256(self.net)
-        self.compute_dtype = (PRECISIONS[config.precision] if config.precision != "auto" else
-                              torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.compute_dtype = compute_dtype(config.precision, self.device)
         preprocess = S3DG_PREPROCESS if self.kind == "s3dg" else S3D_PREPROCESS
         self.preprocess = replace(preprocess, size=(config.image_size, config.image_size))
 
@@ -324,21 +291,5 @@ class S3DBackbone(nn.Module):
                              f"got {tuple(clips.shape)}.")
         self.check_window(clips.shape[1], clips.shape[3], clips.shape[4])
         video = clips.to(self.device, non_blocking=True).transpose(1, 2)  # (n, 3, T, H, W)
-        if self.compute_dtype != torch.float32:
-            with torch.autocast(self.device.type, dtype=self.compute_dtype):
-                out = self._run(video)
-        else:
-            out = self._run(video.float())
+        out = frozen_call(self._run, video, self.compute_dtype, self.device)
         return {name: out[name] for name in self.stored_arrays()}
-
-    def provenance(self) -> dict:
-        return {
-            "backbone": {"kind": self.kind, **self.weights_info},
-            "features": self.stored_arrays(),
-            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
-            "dtype": "float16",
-        }
-
-    def frozen_weights(self) -> dict[str, np.ndarray]:
-        """Nothing: S3D features have no token maps for EVL's cross-frame attention."""
-        return {}
