@@ -8,7 +8,11 @@ from freezeframe.extract.backbones.registry import (REGISTRY, BackboneEntry, bac
                                                     get_entry, register_backbone)
 from freezeframe.extract.backbones.clip import CLIP_FEATURES, ClipBackbone, ClipConfig  # noqa: E402 - registers
 from freezeframe.extract.backbones.s3d import S3DG, S3DBackbone, S3DConfig  # noqa: E402
+from freezeframe.extract.backbones.timm_image import TimmBackbone, TimmConfig  # noqa: E402
+from freezeframe.extract.backbones.tv_video import TorchvisionVideoBackbone, TorchvisionVideoConfig  # noqa: E402
+from freezeframe.extract.backbones.i3d import I3DBackbone, I3DConfig, InceptionI3d  # noqa: E402
 
-__all__ = ["CLIP_FEATURES", "REGISTRY", "S3DG", "Backbone", "BackboneConfig", "BackboneEntry", "ClipBackbone",
-           "ClipConfig", "FrozenBackbone", "S3DBackbone", "S3DConfig", "backbone_names", "build_backbone",
+__all__ = ["CLIP_FEATURES", "I3DBackbone", "I3DConfig", "InceptionI3d", "REGISTRY", "S3DG", "Backbone", "BackboneConfig", "BackboneEntry", "ClipBackbone",
+           "ClipConfig", "FrozenBackbone", "S3DBackbone", "S3DConfig", "TimmBackbone", "TimmConfig", "TorchvisionVideoBackbone",
+           "TorchvisionVideoConfig", "backbone_names", "build_backbone",
            "config_from_options", "get_entry", "register_backbone"]
