@@ -5,7 +5,8 @@
 Sites: claim (a video claimed), window (frames of a video handed to the shard writer), shard.array (one
 array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
-committed (a shard committed, before its claims are given back), index (before index.json is written).
+committed (a shard committed, before its claims are given back), index (before index.json is written),
+decode (a decode worker about to open a video; `decode.hang` makes it hang there instead of dying).
 With `FREEZEFRAME_FAULT_ONCE=<marker file>` as well, the kill is one-shot across processes: a process dies there
 only if it creates the marker file first (so a restarted Ray actor, counting afresh, does not die again).
 Unset, as always outside tests, `fault_point` is an empty function.
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
-SITES = ("claim", "window", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index")
+SITES = ("claim", "window", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index",
+         "decode", "decode.hang")
 
 
 def _parse(spec: str) -> tuple[str, int]:
@@ -36,6 +39,8 @@ def _armed(site: str) -> None:
     if site == _SITE:
         _arrivals += 1
         if _arrivals == _COUNT and _first_to_die():
+            if site.endswith(".hang"):
+                time.sleep(24 * 3600)  # a decoder stuck in C: only a kill from outside ends it
             os.kill(os.getpid(), signal.SIGKILL)
 
 

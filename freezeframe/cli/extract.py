@@ -25,8 +25,14 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
 @click.option("--window-frames", type=int, default=None,
               help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
 @click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
-              help="auto: decord, then PyAV for files decord cannot read.")
+@click.option("--decoder", type=click.Choice(["auto", "pyav", "torchcodec", "decord"]), default="auto",
+              show_default=True, help="auto: PyAV with keyframe seeking; torchcodec and decord if installed.")
+@click.option("--seek", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
+              help="keyframe: snap each sampled frame to its nearest keyframe (far cheaper; stored indices are real).")
+@click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,
+              help="Videos with larger frames fail before decoding (a recorded failure).")
+@click.option("--decode-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds a decode worker may deliver nothing before it is killed and its video fails (0: no limit).")
 @click.option("--preprocess", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
               help="exact: open_clip's PIL transform in decode workers; fast: tensor resize on the device.")
 @click.option("--batch-size", type=int, default=None, help="Rows per backbone forward [default: 64 frames; 8 windows].")
@@ -50,8 +56,8 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
               help="Ray actors, each loading the backbone once [default: GPUs / --gpus-per-worker; CPUs / 2].")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
-            window_stride, decoder, preprocess, batch_size, workers, shard_size, device, store_format, compression,
-            claim_lease, no_progress, engine, address, gpus_per_worker, ray_workers, **backbone_flags) -> None:
+            window_stride, decoder, seek, max_pixels, decode_timeout, preprocess, batch_size, workers, shard_size,
+            device, store_format, compression, claim_lease, no_progress, engine, address, gpus_per_worker, ray_workers, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
     from freezeframe.extract import ExtractConfig, collect_sources
     from freezeframe.extract.backbones import build_backbone, config_from_options, get_entry
@@ -65,7 +71,8 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
     config = ExtractConfig(store=store, name=name, sampling=sampling, decoder=decoder, preprocess=preprocess,
                            batch_size=batch_size, workers=default_workers() if workers is None else workers,
                            shard_size=shard_size, device=device, format=store_format, compression=compression,
-                           progress=not no_progress, claim_lease=claim_lease)
+                           progress=not no_progress, claim_lease=claim_lease, seek=seek, max_pixels=max_pixels,
+                           decode_timeout=decode_timeout)
     sources = collect_sources(inputs)
     ray_flags = [flag for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker),
                                           ("--ray-workers", ray_workers)) if value is not None]

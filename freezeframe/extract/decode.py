@@ -1,26 +1,44 @@
-"""Video decoding with decord, or PyAV when decord cannot open a file reliably or is not installed.
+"""Video decoding: PyAV (default: seeks to the keyframe before each distant target), torchcodec, or decord.
 
-A reader knows every frame's timestamp (seconds since the first frame, from the container's
-own presentation times) before decoding, and decodes only requested frames, window by window.
+A reader knows every frame's timestamp (seconds since the first frame, from the container's own
+presentation times) and which frames are keyframes before decoding, and decodes only requested
+frames, window by window. Decoding is one thread per reader: decode workers are the parallelism.
 """
 
 from __future__ import annotations
 
+import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-DECODERS = ("auto", "decord", "pyav")
+DECODERS = ("auto", "pyav", "torchcodec", "decord")
+DEFAULT_MAX_PIXELS = 7680 * 4320  # 8K UHD; one larger frame already costs >100 MB as RGB
+# demuxers that open other files or URLs named inside the input; only plain local video files are read
+REFUSED_DEMUXERS = ("hls", "concat", "dash", "image2", "tee", "ffmetadata", "webm_dash_manifest")
+REFUSED_HEADS = {b"#EXTM3U": "an HLS playlist", b"ffconcat": "an FFmpeg concat list", b"#EXTINF": "an HLS playlist"}
+# containers without reliable presentation timestamps: frames are decoded from the start, never seeked
+SEQUENTIAL_DEMUXERS = ("avi", "mpegts", "mpeg", "h264", "hevc", "m4v", "mjpeg", "rawvideo", "gif")
 
 
 class VideoReadError(Exception):
     """The video cannot be opened or decoded; the message is the reason recorded in failures.jsonl."""
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How readers decode: `max_pixels` per frame (checked before decoding), threads per reader."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    threads: int = 1
+
+
 class FrameReader(Protocol):
     name: str
-    timestamps: np.ndarray
+    timestamps: np.ndarray  # (n,) seconds since the first frame, presentation order
+    keyframes: np.ndarray  # (k,) sorted indices of the frames a decoder can start from
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """uint8 RGB frames (n, H, W, 3) for sorted, unique frame indices."""
@@ -34,8 +52,22 @@ def _check_path(path: str) -> None:
         raise VideoReadError("is a directory, not a video file")
     if not p.exists():
         raise VideoReadError("file does not exist")
-    if p.stat().st_size == 0:
+    info = p.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise VideoReadError("not a regular file (a pipe or device); only plain local video files are read")
+    if info.st_size == 0:
         raise VideoReadError("file is empty (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(16).lstrip(b"\xef\xbb\xbf \t\r\n")
+    for magic, what in REFUSED_HEADS.items():
+        if head.startswith(magic):
+            raise VideoReadError(f"is {what}, not a video file; only plain local video files are read")
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise VideoReadError(f"frame size {width}x{height} ({width * height / 1e6:.1f} MP) is over --max-pixels "
+                             f"{max_pixels} ({max_pixels / 1e6:.1f} MP)")
 
 
 def _relative(ts: np.ndarray) -> np.ndarray:
@@ -50,22 +82,227 @@ def _is_mpeg_ts(path: str) -> bool:
                for offset, size in ((0, 188), (4, 192)))
 
 
+def _open_container(path: str):
+    """av.open a plain local file, refusing demuxers that read other files; VideoReadError on failure."""
+    import av
+
+    try:
+        container = av.open(path, options={"protocol_whitelist": "file"})
+    except Exception as exc:  # noqa: BLE001 - av raises many error types for bad input
+        raise VideoReadError(_short(exc)) from None
+    if container.format.name in REFUSED_DEMUXERS:
+        container.close()
+        raise VideoReadError(f"{container.format.name} input reads other files; only plain local video files are read")
+    return container
+
+
+@dataclass
+class PacketIndex:
+    """What one demux pass (no decoding) learns: presentation times, keyframes, whether seeking is exact."""
+
+    pts: np.ndarray  # (n,) int stream time-base units, sorted (presentation order)
+    timestamps: np.ndarray  # (n,) seconds since the first frame
+    keyframes: np.ndarray  # (k,) indices into pts
+    seek_points: np.ndarray  # (k,) the timestamp that seeks to each keyframe (container-specific)
+    seekable: bool  # real, unique presentation times in a container that has them
+
+
+def scan_packets(container, stream) -> PacketIndex:
+    """Demux every packet of `stream` once to learn timestamps and keyframes (raises VideoReadError)."""
+    pts, keys, dts = [], [], []
+    demuxed, all_pts = 0, True
+    for packet in container.demux(stream):
+        if packet.pts is not None or packet.dts is not None:
+            demuxed += 1  # every packet but the final flush packets
+        if packet.size == 0:
+            continue
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is None:
+            raise VideoReadError("packets without timestamps")
+        all_pts &= packet.pts is not None
+        pts.append(stamp)
+        keys.append(bool(packet.is_keyframe))
+        dts.append(stamp if packet.dts is None else packet.dts)
+    if not pts:
+        raise VideoReadError("no video frames")
+    if stream.frames and demuxed < stream.frames:
+        raise VideoReadError(f"truncated video: the container declares {stream.frames} frames but only {demuxed} "
+                             "are present")
+    raw = np.asarray(pts, dtype=np.int64)
+    order = np.argsort(raw, kind="stable")
+    sorted_pts = raw[order]
+    keyframes = np.flatnonzero(np.asarray(keys)[order])
+    points = raw
+    if container.format.name.startswith("mov"):  # the MP4 demuxer seeks by DTS, shifted to start where the PTS do
+        decode_ts = np.asarray(dts, dtype=np.int64)
+        points = decode_ts - decode_ts.min() + raw.min()
+    seek_points = points[order][keyframes]
+    unique = bool(len(sorted_pts) < 2 or (np.diff(sorted_pts) > 0).all())
+    seekable = all_pts and unique and len(keyframes) > 0 and container.format.name.split(",")[0] not in \
+        SEQUENTIAL_DEMUXERS
+    if not len(keyframes) or keyframes[0] != 0:  # decoding from the start always works
+        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
+        seek_points = np.concatenate([[np.iinfo(np.int64).min], seek_points]).astype(np.int64)
+    return PacketIndex(sorted_pts, _relative(sorted_pts.astype(np.float64) * float(stream.time_base)), keyframes,
+                       seek_points, seekable)
+
+
+class PyAVReader:
+    """PyAV: seeks to the keyframe before a target only when one lies past the decoder's position, then decodes
+    forward to it (frames identical to decoding from the start); AVI/MPEG-TS/raw streams decode sequentially."""
+
+    name = "pyav"
+
+    def __init__(self, path: str, options: DecodeOptions = DecodeOptions(), seek: bool = True) -> None:
+        self._path = path
+        self._options = options
+        container = _open_container(path)
+        try:
+            if not container.streams.video:
+                raise VideoReadError("no video stream (audio-only or not a video)")
+            stream = container.streams.video[0]
+            _check_size(stream.codec_context.width, stream.codec_context.height, options.max_pixels)
+            self.index = scan_packets(container, stream)
+        except VideoReadError:
+            container.close()
+            raise
+        except Exception as exc:  # noqa: BLE001
+            container.close()
+            raise VideoReadError(_short(exc)) from None
+        container.close()
+        self.timestamps = self.index.timestamps
+        self.keyframes = self.index.keyframes
+        self.seeking = seek and self.index.seekable
+        self._position = {int(p): i for i, p in enumerate(self.index.pts)}
+        self._container = None
+        self._frames = None
+        self._next = 0  # index of the frame the decoder outputs next
+        self.decoded = 0  # frames decoded so far (for benchmarks)
+
+    def _open(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = _open_container(self._path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = self._options.threads
+        self._stream.thread_type = "AUTO" if self._options.threads != 1 else "SLICE"
+        self._frames = self._container.decode(self._stream)
+        self._next = 0
+
+    def _seek_to(self, keyframe: int) -> None:
+        """Position the decoder at `keyframe` (a frame index); the next frame out is at or before it."""
+        if keyframe == 0 or self._container is None:
+            self._open()
+            if keyframe == 0:
+                return
+        point = self.index.seek_points[np.searchsorted(self.keyframes, keyframe)]
+        self._container.seek(int(point), stream=self._stream, backward=True, any_frame=False)
+        self._frames = self._container.decode(self._stream)
+        self._next = -1  # unknown until a frame comes out
+
+    def _decode_to(self, target: int):
+        """Decode forward to frame `target`; None if the decoder went past it (a seek landed too late)."""
+        for frame in self._frames:
+            self.decoded += 1
+            if self.seeking:
+                index = self._position.get(frame.pts) if frame.pts is not None else None
+                if index is None:
+                    raise VideoReadError(f"decoded a frame with an unknown timestamp ({frame.pts}) after a seek")
+            else:
+                index = self._next
+            self._next = index + 1
+            if index == target:
+                return frame
+            if index > target:
+                return None
+        raise VideoReadError(f"decoded only {self.decoded} frames, frame {target} of {len(self.timestamps)} never "
+                             "came (truncated or corrupt video)")
+
+    def _keyframe_before(self, target: int) -> int:
+        return int(self.keyframes[np.searchsorted(self.keyframes, target, side="right") - 1])
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        out = []
+        try:
+            for target in map(int, indices):
+                if not self.seeking:
+                    if self._frames is None or target < self._next:
+                        self._open()
+                    frame = self._decode_to(target)
+                else:
+                    keyframe = self._keyframe_before(target)
+                    if self._frames is None or target < self._next or keyframe > max(self._next, 0):
+                        self._seek_to(keyframe)
+                    frame = self._decode_to(target)
+                    while frame is None:  # the seek landed after the target: start from an earlier keyframe
+                        keyframe = self._keyframe_before(keyframe - 1) if keyframe > 0 else 0
+                        self._seek_to(keyframe)
+                        frame = self._decode_to(target)
+                out.append(frame.to_ndarray(format="rgb24"))
+        except VideoReadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"decoding failed near frame {self._next}: {_short(exc)}") from None
+        return np.stack(out)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+            self._frames = None
+
+
+class TorchCodecReader:
+    """torchcodec (FFmpeg from the system): exact seeks by frame index; timestamps from a PyAV demux pass."""
+
+    name = "torchcodec"
+
+    def __init__(self, path: str, options: DecodeOptions = DecodeOptions()) -> None:
+        index = PyAVReader(path, options)  # timestamps, keyframes, size check, refusals
+        if not index.seeking:
+            raise VideoReadError(f"container without reliable presentation timestamps, which torchcodec seeks one or "
+                                 "two frames off; read it with --decoder pyav (auto does)")
+        self.timestamps, self.keyframes = index.timestamps, index.keyframes
+        try:
+            from torchcodec.decoders import VideoDecoder
+
+            self._decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=options.threads,
+                                         dimension_order="NHWC")
+        except ImportError:
+            raise VideoReadError("torchcodec is not installed (pip install torchcodec; it needs system FFmpeg)") from None
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(_short(exc)) from None
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._decoder.get_frames_at(list(map(int, indices))).data.numpy()
+        except Exception as exc:  # noqa: BLE001
+            raise VideoReadError(f"decoding failed: {_short(exc)}") from None
+
+    def close(self) -> None:
+        self._decoder = None
+
+
 class DecordReader:
+    """decord 0.6 (optional extra, unmaintained since 2021): refuses files it is known to decode wrongly."""
+
     name = "decord"
 
-    def __init__(self, path: str, num_threads: int = 0) -> None:
+    def __init__(self, path: str, options: DecodeOptions = DecodeOptions()) -> None:
         import decord
 
         if _is_mpeg_ts(path):
             # decord 0.6 opens H.264 in MPEG-TS but decodes none of it, and returns MPEG-2 in MPEG-TS one frame off
             raise VideoReadError("MPEG transport stream, which decord decodes wrongly (no frames, or frames off "
                                  "by one); read it with --decoder pyav (auto does)")
+        _probe_size(path, options.max_pixels)
         try:
-            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=options.threads)
             n = len(self._reader)
             if n == 0:
                 raise VideoReadError("no video frames")
             ts = self._reader.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+            keyframes = np.asarray(self._reader.get_key_indices(), dtype=np.int64)
         except VideoReadError:
             raise
         except Exception as exc:  # decord raises RuntimeError / DECORDError with C++ context
@@ -78,6 +315,7 @@ class DecordReader:
             raise VideoReadError("container has no presentation timestamps (e.g. AVI), which decord cannot "
                                  "seek reliably; read it with --decoder pyav (auto does)")
         self.timestamps = _relative(ts)
+        self.keyframes = keyframes if len(keyframes) and keyframes[0] == 0 else np.concatenate([[0], keyframes])
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         try:
@@ -89,89 +327,15 @@ class DecordReader:
         del self._reader
 
 
-class PyAVReader:
-    name = "pyav"
-
-    def __init__(self, path: str, threads: str = "AUTO") -> None:
-        import av
-
-        self._path = path
-        self._threads = threads
-        try:
-            container = av.open(path)
-        except Exception as exc:  # noqa: BLE001 - av raises many error types for bad input
-            raise VideoReadError(_short(exc)) from None
-        try:
-            if not container.streams.video:
-                raise VideoReadError("no video stream (audio-only or not a video)")
-            stream = container.streams.video[0]
-            pts = []
-            demuxed = 0
-            for packet in container.demux(stream):
-                if packet.pts is not None or packet.dts is not None:
-                    demuxed += 1  # every packet but the final flush packets
-                if packet.size == 0:
-                    continue
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is None:
-                    raise VideoReadError("packets without timestamps")
-                pts.append(stamp)
-            if not pts:
-                raise VideoReadError("no video frames")
-            if stream.frames and demuxed < stream.frames:
-                raise VideoReadError(
-                    f"truncated video: the container declares {stream.frames} frames but only {demuxed} are present"
-                )
-            self.timestamps = _relative(np.sort(np.asarray(pts, dtype=np.float64)) * float(stream.time_base))
-        except VideoReadError:
-            container.close()
-            raise
-        except Exception as exc:  # noqa: BLE001
-            container.close()
-            raise VideoReadError(_short(exc)) from None
+def _probe_size(path: str, max_pixels: int) -> None:
+    """Check the frame size from the container header (PyAV, no decoding) before another library decodes."""
+    container = _open_container(path)
+    try:
+        if container.streams.video:
+            ctx = container.streams.video[0].codec_context
+            _check_size(ctx.width, ctx.height, max_pixels)
+    finally:
         container.close()
-        self._container = None
-        self._frames = None
-        self._next = 0
-
-    def _restart(self) -> None:
-        import av
-
-        if self._container is not None:
-            self._container.close()
-        self._container = av.open(self._path)
-        stream = self._container.streams.video[0]
-        stream.thread_type = self._threads
-        self._frames = self._container.decode(stream)
-        self._next = 0
-
-    def get(self, indices: np.ndarray) -> np.ndarray:
-        if self._frames is None or int(indices[0]) < self._next:
-            self._restart()
-        wanted = iter(map(int, indices))
-        target = next(wanted)
-        out = []
-        try:
-            for frame in self._frames:
-                index = self._next
-                self._next += 1
-                if index == target:
-                    out.append(frame.to_ndarray(format="rgb24"))
-                    target = next(wanted, None)
-                    if target is None:
-                        break
-        except Exception as exc:  # noqa: BLE001
-            raise VideoReadError(f"decoding failed at frame {self._next}: {_short(exc)}") from None
-        if len(out) < len(indices):
-            raise VideoReadError(
-                f"decoded only {self._next} frames of {len(self.timestamps)} (truncated or corrupt video)"
-            )
-        return np.stack(out)
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
 
 
 def decord_available() -> bool:
@@ -182,24 +346,26 @@ def decord_available() -> bool:
     return True
 
 
-def open_video(path: str, decoder: str = "auto") -> FrameReader:
-    """Open a video with the chosen decoder; `auto` tries decord, then PyAV, and reports both reasons."""
-    if decoder not in DECODERS:
+def _decord(path: str, options: DecodeOptions) -> DecordReader:
+    if not decord_available():
+        raise VideoReadError("decord is not installed (pip install 'freezeframe[decord]', or use --decoder pyav)")
+    return DecordReader(path, options)
+
+
+READERS: dict[str, Callable[[str, DecodeOptions], FrameReader]] = {
+    "auto": PyAVReader,  # chosen by measurement: see benchmarks/decode.py and the README
+    "pyav": PyAVReader,
+    "torchcodec": TorchCodecReader,
+    "decord": _decord,
+}
+
+
+def open_video(path: str, decoder: str = "auto", options: DecodeOptions = DecodeOptions()) -> FrameReader:
+    """Open a plain local video file with the chosen decoder (VideoReadError with a one-line reason)."""
+    if decoder not in READERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     _check_path(path)
-    if decoder == "pyav" or (decoder == "auto" and not decord_available()):
-        return PyAVReader(path)
-    if decoder == "decord":
-        if not decord_available():
-            raise VideoReadError("decord is not installed (use --decoder pyav)")
-        return DecordReader(path)
-    try:
-        return DecordReader(path)
-    except VideoReadError as decord_error:
-        try:
-            return PyAVReader(path)
-        except VideoReadError as pyav_error:
-            raise VideoReadError(f"decord: {decord_error}; pyav: {pyav_error}") from None
+    return READERS[decoder](path, options)
 
 
 def iter_windows(

@@ -1,8 +1,6 @@
-"""Decode workers: a torch IterableDataset that turns shard specs into frame windows, in worker processes.
-
-Each worker owns whole shards and yields, in order, for every video: its windows of frames
-(preprocessed already in exact mode), a failure if the video cannot be read, and a shard end.
-The main process batches frames across videos and never decodes.
+"""Decoding shards into frame windows: for every video, its windows of frames (preprocessed already in exact
+mode) or a failure if it cannot be read, then a shard end. Run by decode workers (extract/workers.py), or in
+the main process with --workers 0.
 """
 
 from __future__ import annotations
@@ -12,11 +10,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
-from freezeframe.extract.decode import PyAVReader, VideoReadError, iter_windows, open_video
+from freezeframe.extract.decode import DecodeOptions, VideoReadError, iter_windows, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
-from freezeframe.extract.sampling import SamplingConfig, sample_indices
+from freezeframe.extract.sampling import SamplingConfig, sample_indices, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource
 from freezeframe.store.claims import Claims
 
@@ -66,10 +63,13 @@ class DecodeSpec:
     preprocess: PreprocessConfig
     decoder: str = "auto"
     max_window_bytes: int = 64 * 1024 * 1024
+    seek: str = "exact"  # "keyframe": each sampled frame snapped to its nearest keyframe
+    options: DecodeOptions = DecodeOptions()
 
 
-class WindowStream(IterableDataset):
-    """Shards of videos in, items out; with `claims`, each shard's videos are claimed just before it is decoded."""
+class WindowStream:
+    """Shards of videos in, items out, in this process (decode workers run it video by video: extract/workers.py);
+    with `claims`, each shard's videos are claimed just before it is decoded."""
 
     def __init__(self, shards: list[list[VideoSource]], spec: DecodeSpec, claims: Claims | None = None) -> None:
         self.shards = shards
@@ -77,24 +77,25 @@ class WindowStream(IterableDataset):
         self.claims = claims
 
     def __iter__(self) -> Iterator[Item]:
-        worker = get_worker_info()
-        wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
-        if worker is not None:
-            torch.set_num_threads(1)  # many decode workers share the cores; one thread each avoids oversubscription
-        preprocess = ExactPreprocessor(self.spec.preprocess) if self.spec.preprocess.mode == "exact" else None
-        for shard_index in range(wid, len(self.shards), nworkers):
+        preprocess = self.preprocessor()
+        for shard_index in range(len(self.shards)):
             sources = self.shards[shard_index]
             if self.claims is not None:
                 held = set(self.claims.claim([source.video_id for source in sources]))
                 yield from (Skipped(shard_index, s.video_id) for s in sources if s.video_id not in held)
                 sources = [source for source in sources if source.video_id in held]
             for source in sources:
-                yield from self._video(shard_index, source, preprocess)
+                yield from self.video_items(shard_index, source, preprocess)
             yield ShardEnd(shard_index)
 
-    def _video(self, shard: int, source: VideoSource, preprocess) -> Iterator[Item]:
+    def preprocessor(self) -> ExactPreprocessor | None:
+        """The exact-mode transform decode workers apply (None in fast mode: the main process resizes)."""
+        return ExactPreprocessor(self.spec.preprocess) if self.spec.preprocess.mode == "exact" else None
+
+    def video_items(self, shard: int, source: VideoSource, preprocess) -> Iterator[Item]:
+        """The windows of one video, or its failure."""
         try:
-            reader = open_video(source.path, self.spec.decoder)
+            reader = open_video(source.path, self.spec.decoder, self.spec.options)
         except VideoReadError as exc:
             yield Failure(shard, source.video_id, source.path, str(exc))
             return
@@ -102,25 +103,17 @@ class WindowStream(IterableDataset):
             yield Failure(shard, source.video_id, source.path, f"{type(exc).__name__}: {exc}")
             return
         failure = yield from self._windows(shard, source, reader, preprocess)
-        if failure is not None and failure[1] and self.spec.decoder == "auto" and reader.name == "decord":
-            # decord opened the file but cannot decode it (e.g. H.264 in MPEG-TS), and nothing of it was
-            # yielded yet: `auto` promises PyAV for files decord cannot read.
-            try:
-                fallback = PyAVReader(source.path)
-            except VideoReadError as exc:
-                failure = (f"decord: {failure[0]}; pyav: {exc}", False)
-            else:
-                retry = yield from self._windows(shard, source, fallback, preprocess)
-                failure = None if retry is None else (f"decord: {failure[0]}; pyav: {retry[0]}", False)
         if failure is not None:
-            yield Failure(shard, source.video_id, source.path, failure[0])
+            yield Failure(shard, source.video_id, source.path, failure)
 
     def _windows(self, shard: int, source: VideoSource, reader, preprocess):
-        """Yield the windows of one video; return None, or (reason, whether a decoder retry is safe)."""
+        """Yield the windows of one video; return None, or the reason it failed."""
         done = 0
         try:
             ts = reader.timestamps
             indices = sample_indices(ts, self.spec.sampling)
+            if self.spec.seek == "keyframe":
+                indices = snap_to_keyframes(indices, ts, reader.keyframes)
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
                     "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
             per_row = self.spec.sampling.frames_per_row
@@ -133,9 +126,9 @@ class WindowStream(IterableDataset):
                 starts = chunk if per_row == 1 else chunk[:, 0]
                 yield Window(shard, source.video_id, pixels, chunk, ts[starts], last, info if last else {})
         except VideoReadError as exc:
-            return str(exc), done == 0
+            return str(exc)
         except Exception as exc:  # noqa: BLE001
-            return f"{type(exc).__name__}: {exc}", False
+            return f"{type(exc).__name__}: {exc}"
         finally:
             reader.close()
         return None

@@ -11,14 +11,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from freezeframe.errors import InputError, StoreError
 from freezeframe.extract.backbones.base import Backbone
 from freezeframe.extract.batching import FrameBatcher
-from freezeframe.extract.decode import DECODERS
+from freezeframe.extract.decode import DECODERS, DEFAULT_MAX_PIXELS, DecodeOptions
 from freezeframe.extract.loader import DecodeSpec, Failure, Skipped, Window, WindowStream
+from freezeframe.extract.sampling import SEEK_MODES
+from freezeframe.extract.workers import IDLE, DecodePool
 from freezeframe.extract.preprocess import check_fast_supported, fast_preprocess
 from freezeframe.extract.sampling import SamplingConfig
 from freezeframe.extract.sources import VideoSource, check_unique
@@ -51,6 +52,9 @@ class ExtractConfig:
     max_window_bytes: int = 64 * 1024 * 1024
     progress: bool = True
     claim_lease: float = DEFAULT_LEASE  # seconds a silent writer's claims stay valid (many writers on one store)
+    seek: str = "exact"  # "keyframe": sampled frames snapped to their nearest keyframes
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger frames fail before decoding
+    decode_timeout: float = 300.0  # seconds a decode worker may deliver nothing before it is killed (0: never)
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -60,6 +64,15 @@ class ExtractConfig:
         for key in ("batch_size", "shard_size"):
             if getattr(self, key) < 1:
                 raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
+        if self.seek not in SEEK_MODES:
+            raise InputError(f"unknown --seek {self.seek!r}; choose exact or keyframe.")
+        if self.seek == "keyframe" and self.sampling.strategy not in ("num_frames", "fps"):
+            raise InputError("--seek keyframe snaps sparse samples (--num-frames, --fps); clips and windows need "
+                             "consecutive frames: use --seek exact.")
+        if self.max_pixels < 1:
+            raise InputError("--max-pixels must be at least 1.")
+        if self.decode_timeout < 0:
+            raise InputError("--decode-timeout must be 0 (no limit) or a positive number of seconds.")
         if self.workers < 0:
             raise InputError("--workers must be 0 (decode in the main process) or more.")
         if not self.claim_lease > 0:
@@ -104,10 +117,10 @@ def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
     provenance = {
         **backbone.provenance(),
         "preprocess": preprocess.describe(),
-        "sampling": {**config.sampling.describe(), "decoder": config.decoder},
+        "sampling": {**config.sampling.describe(), "decoder": config.decoder, "seek": config.seek},
         "frames_per_view": config.sampling.rows_per_view,
     }
-    return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "decord", "av")
+    return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "av", "torchcodec", "decord")
 
 
 class _ShardSink(threading.Thread):
@@ -174,10 +187,6 @@ class _ShardSink(threading.Thread):
         for sink in self._open.values():
             sink.abort()
         self._open.clear()
-
-
-def _identity(item):
-    return item
 
 
 def run_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: ExtractConfig,
@@ -273,10 +282,12 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
     `report`. Both engines run this: locally over all shards, on Ray once per shard inside an actor."""
     todo = [source for shard in shards for source in shard]
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
-    spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes)
+    spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes, config.seek,
+                      DecodeOptions(max_pixels=config.max_pixels))
     workers = min(config.workers, len(shards))
-    loader = DataLoader(WindowStream(shards, spec, claims), batch_size=None, num_workers=workers, collate_fn=_identity,
-                        prefetch_factor=4 if workers else None, in_order=False)  # a slow video stalls no other
+    # decode workers: a stalled or dead worker costs only its video; --workers 0 decodes here, unguarded
+    loader = DecodePool(shards, spec, claims, workers, config.decode_timeout) if workers else \
+        WindowStream(shards, spec, claims)
     device = backbone.device
     batcher = FrameBatcher(config.batch_size, backbone)
     sink = _ShardSink(writer, claims)
@@ -309,6 +320,10 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
         for item in loader:
             if sink.error is not None:
                 raise sink.error
+            if item is IDLE:  # decoders are slow right now: compute what waits, so finished videos commit
+                for finished, arrays in batcher.flush():
+                    dispatch(finished, arrays)
+                continue
             pixels = None
             if isinstance(item, Window):
                 pixels = item.frames

@@ -103,3 +103,18 @@ def _clips(n: int, clips: int, frames_per_clip: int, stride: int) -> np.ndarray:
         starts = np.round(np.linspace(0, max(0, n - span), clips)).astype(np.int64)
     offsets = np.arange(frames_per_clip) * stride
     return np.minimum(starts[:, None] + offsets[None, :], n - 1).reshape(-1).astype(np.int64)
+
+
+SEEK_MODES = ("exact", "keyframe")
+
+
+def snap_to_keyframes(indices: np.ndarray, timestamps: np.ndarray, keyframes: np.ndarray) -> np.ndarray:
+    """`--seek keyframe`: each sampled index replaced by the keyframe nearest to it in time (ties: the earlier).
+
+    A keyframe decodes alone, so a sparse sample costs one decoded frame instead of the walk from its keyframe.
+    """
+    key_times = timestamps[keyframes]
+    after = np.clip(np.searchsorted(key_times, timestamps[indices], side="left"), 0, len(keyframes) - 1)
+    before = np.maximum(after - 1, 0)
+    closer_before = np.abs(timestamps[indices] - key_times[before]) <= np.abs(key_times[after] - timestamps[indices])
+    return keyframes[np.where(closer_before, before, after)].astype(np.int64)
