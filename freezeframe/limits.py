@@ -3,7 +3,12 @@ sentence instead of exhausting memory.
 
 Single JSON documents (store schema, provenance, commit markers, claims, run.json) may hold up to 64 MiB; files
 that grow with the corpus (index.json, failures.jsonl, metrics.jsonl, input lists, label and caption files) up
-to 2 GiB. `FREEZEFRAME_MAX_FILE_MB=N` raises (or lowers) both limits to N MiB.
+to 2 GiB. `FREEZEFRAME_MAX_FILE_MB=N` raises (or lowers) both limits to N MiB. Files are read in blocks, so
+a limit is never allocated up front.
+
+One read of a store array (one video's frames, one block of a check) may return at most 4 GiB;
+`FREEZEFRAME_MAX_READ_MB=N` sets that cap. Shapes are checked against the commit marker and the cap before any
+buffer is allocated, so a tiny hostile file cannot make a read allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -16,16 +21,36 @@ from freezeframe.errors import FreezeframeError
 MIB = 1024 * 1024
 DOCUMENT_BYTES = 64 * MIB
 LIST_BYTES = 2048 * MIB
+READ_BYTES = 4096 * MIB
+READ_BLOCK = MIB
 
 
 class OversizeFileError(FreezeframeError, ValueError):
     """A metadata or list file larger than freezeframe will parse (a ValueError: a damaged cache is rebuilt)."""
 
 
-def limit(default: int) -> int:
-    """`default`, unless FREEZEFRAME_MAX_FILE_MB sets every limit."""
-    override = os.environ.get("FREEZEFRAME_MAX_FILE_MB", "")
+class OversizeReadError(FreezeframeError, ValueError):
+    """A read of a store array larger than the per-read cap."""
+
+
+def limit(default: int, variable: str = "FREEZEFRAME_MAX_FILE_MB") -> int:
+    """`default`, unless the environment variable (MiB) sets every limit of its kind."""
+    override = os.environ.get(variable, "")
     return int(float(override) * MIB) if override else default
+
+
+def read_cap() -> int:
+    """Bytes one array read may return (FREEZEFRAME_MAX_READ_MB)."""
+    return limit(READ_BYTES, "FREEZEFRAME_MAX_READ_MB")
+
+
+def check_read(nbytes: int, where: object) -> None:
+    """Refuse a read of `nbytes` past the per-read cap, before anything is allocated."""
+    cap = read_cap()
+    if nbytes > cap:
+        raise OversizeReadError(f"{where}: a read of {nbytes / MIB:.0f} MiB is over the {cap / MIB:g} MiB cap "
+                                "on one read; the store declares more data than expected, or raise the cap "
+                                "with FREEZEFRAME_MAX_READ_MB=N.")
 
 
 def _too_large(path, max_bytes: int, what: str) -> OversizeFileError:
@@ -38,11 +63,17 @@ def _too_large(path, max_bytes: int, what: str) -> OversizeFileError:
 def read_limited(path, max_bytes: int, what: str) -> bytes:
     """The bytes of `path` (a local Path or a UPath), or an OversizeFileError past `max_bytes`."""
     max_bytes = limit(max_bytes)
+    parts, total = [], 0
     with path.open("rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        while total <= max_bytes:  # in blocks: an 8-byte file never allocates the limit
+            part = handle.read(min(READ_BLOCK, max_bytes + 1 - total))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+    if total > max_bytes:
         raise _too_large(path, max_bytes, what)
-    return data
+    return b"".join(parts)
 
 
 def check_size(path: str | Path, max_bytes: int, what: str) -> None:

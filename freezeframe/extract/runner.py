@@ -257,7 +257,8 @@ def _unfinished(todo: Sequence[VideoSource], claims: Claims, writer: FeatureSetW
             chosen = set(takeable)
             return [s for s in left if s.video_id in chosen]
         if progress and not waiting_shown:
-            tqdm.write(f"waiting for {len(held_by_others)} videos that other writers are extracting")
+            tqdm.write(f"waiting for {len(held_by_others)} videos that other writers are extracting "
+                       f"({claims.describe_holders(held_by_others)})")
             waiting_shown = True
         time.sleep(min(2.0, claims.lease / 4))
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 from freezeframe.errors import InputError
-from freezeframe.limits import LIST_BYTES, read_limited
+from freezeframe.userfiles import csv_header, csv_rows, read_user_text
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".gif"}
@@ -51,17 +50,20 @@ def _scan_folder(folder: Path) -> list[VideoSource]:
 
 def _read_list(list_file: Path) -> list[VideoSource]:
     base = list_file.parent
-    text = read_limited(list_file, LIST_BYTES, "an input list").decode("utf-8-sig")
+    text = read_user_text(list_file, "an input list")
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         return []
     if list_file.suffix.lower() == ".csv":
-        reader = csv.DictReader(lines)
-        if "path" not in {name.strip() for name in reader.fieldnames or []}:
+        text = "\n".join(line if line.strip() and not line.lstrip().startswith("#") else "" for line in
+                         text.splitlines())  # comments blanked, so line numbers stay the file's
+        if "path" not in csv_header(text, list_file):
             raise InputError(f"{list_file}: a CSV list needs a 'path' column (and optionally 'video_id').")
         out = []
-        for row in reader:
-            row = {key.strip(): (value or "").strip() for key, value in row.items() if key}
+        for line, row in csv_rows(text, list_file):
+            row = {key: value.strip() for key, value in row.items() if key}
+            if not row.get("path"):
+                raise InputError(f"{list_file}:{line}: the row has no path.")
             raw = Path(row["path"])
             path = raw if raw.is_absolute() else base / raw
             out.append(VideoSource(row.get("video_id") or _id_from(raw, None), str(path)))

@@ -10,7 +10,9 @@ exists, so exactly one writer gets each generation. A claim is stale when its ow
 when its owner's heartbeat (the claim's own mtime once the owner file is gone) is older than the lease; a
 stale generation g is taken over by linking generation g + 1, so again exactly one taker wins. Ages compare
 two mtimes set by the same filesystem (the owner file against this writer's freshly touched one), so
-clocks of different machines need not agree. Claims are removed when their video is committed or given back.
+clocks of different machines need not agree. A heartbeat more than CLOCK_SKEW seconds in the future (an mtime
+set to 2100 by hand or by a broken clock) counts as none, so such a claim goes stale like any other instead of
+holding its video forever. Claims are removed when their video is committed or given back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from freezeframe.store.location import StorePath, is_remote
 CLAIMS_DIR = "claims"
 OWNERS_DIR = "owners"
 DEFAULT_LEASE = 120.0  # seconds without a heartbeat after which another writer takes a claim over
+CLOCK_SKEW = 60.0  # a heartbeat further than this in the future is no heartbeat (a planted or broken mtime)
 _CLAIM_NAME = re.compile(r"^([0-9a-f]{32})\.(\d+)\.json$")
 
 
@@ -184,7 +187,8 @@ class Claims:
 
     def _stale(self, record: dict, path: Path, now: float) -> bool:
         # pids are checked on the machine this runs on, which for a Ray actor is not always the owner's
-        if record.get("host") == socket.gethostname() and not process_alive(int(record.get("pid", -1))):
+        pid = record.get("pid", -1)
+        if record.get("host") == socket.gethostname() and not process_alive(pid if isinstance(pid, int) else -1):
             return True
         try:
             heartbeat = self._owner_file(str(record.get("owner"))).stat().st_mtime
@@ -193,7 +197,22 @@ class Claims:
                 heartbeat = path.stat().st_mtime
             except FileNotFoundError:
                 return False
+        if heartbeat > now + CLOCK_SKEW:
+            return True  # from the future: not a heartbeat anyone alive could have made
         return now - heartbeat > self.lease
+
+    def describe_holders(self, video_ids: Sequence[str]) -> str:
+        """Who holds these videos' claims, e.g. 'held by host-a pid 12 (3), host-b pid 9 (1)'."""
+        listing = self._listing()
+        counts: dict[str, int] = {}
+        for video_id in video_ids:
+            key = claim_key(video_id)
+            record = self._read(key, max(listing[key])) if key in listing else None
+            if record is not None:
+                holder = f"{record.get('host', '?')} pid {record.get('pid', '?')}"
+                counts[holder] = counts.get(holder, 0) + 1
+        shown = ", ".join(f"{holder} ({n})" for holder, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+        return f"held by {shown}" if shown else "claims just given back"
 
     def _read(self, key: str, generation: int) -> dict | None:
         try:

@@ -8,6 +8,11 @@ first, then its file) and reported. Provenance, failures and the frozen-weights 
 copied too. A rerun skips shards whose videos are all committed in the destination already,
 and compares those videos with the source again, so a run that died between a commit and its
 check is still checked.
+
+The source is verified first (`freezeframe verify`'s checks: hashes, confinement, provenance, frozen weights);
+a source with any problem is refused before anything is written, so damaged or foreign bytes are never copied
+into a fresh store that would then verify. A write that fails (a full disk) is one sentence; the shard in
+flight is removed, and a rerun removes temporaries that dead writers left.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from freezeframe.errors import StoreError
 from freezeframe.store.backends import get_backend
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, dumps, fsync_dir, read_jsonl
-from freezeframe.store.index import committed_shard_ids, read_marker
+from freezeframe.store.index import committed_shard_ids, read_marker, shard_file
 from freezeframe.store.layout import FAILURES_FILE, SHARDS_DIR, marker_path
 from freezeframe.store.location import is_remote, store_path
 from freezeframe.store.shard import remove_bundle
@@ -73,10 +78,22 @@ def convert_store(
     missing = [name for name in chosen if name not in available]
     if missing:
         raise StoreError(f"store {src} has no feature set {missing[0]!r}; it has: {', '.join(available) or 'none'}.")
-    report = ConvertReport()
+    from freezeframe.store.verify import VerifyReport, verify_feature_set
+
+    checked = VerifyReport()
     for name in chosen:
-        report.feature_sets[name] = _convert_set(src_store[name], dst, name, format, compression, report.problems,
-                                                 log or (lambda _line: None))
+        verify_feature_set(src_store.path / name, name, checked)
+    if checked.problems:
+        raise StoreError(f"store {src} fails verification, so it is not converted ({len(checked.problems)} "
+                         f"problems; the first: {checked.problems[0]}); run freezeframe verify {src}.")
+    report = ConvertReport()
+    try:
+        for name in chosen:
+            report.feature_sets[name] = _convert_set(src_store[name], dst, name, format, compression,
+                                                     report.problems, log or (lambda _line: None))
+    except OSError as exc:
+        raise StoreError(f"convert into {dst} failed: {exc.strerror or exc}; the shard in flight was removed "
+                         "and a rerun continues where this one stopped.") from None
     return report
 
 
@@ -98,7 +115,7 @@ def _convert_set(src_fs: FeatureSet, dst: Path, name: str, format: str, compress
         if not todo:
             out.skipped_shards += 1
             continue
-        reader = get_backend(marker["format"]).reader(src_shards / marker["file"])
+        reader = get_backend(marker["format"]).reader(src_shards / shard_file(shard_id, marker["format"]))
         try:
             new_marker = _copy_shard(writer, reader, marker, todo, shard_id)
             shard_problems = _check_shard(writer, new_marker, reader, marker, f"{name}/{SHARDS_DIR}/{shard_id}")
@@ -164,7 +181,7 @@ def _check_shard(writer: FeatureSetWriter, new: dict, src_reader, src: dict, whe
     if sorted(new["arrays"]) != sorted(src["arrays"]):
         problems.append(f"{where}: the copy has arrays {sorted(new['arrays'])}, the source {sorted(src['arrays'])}")
     src_videos = {v["id"]: v for v in src["videos"]}
-    dst_reader = get_backend(new["format"]).reader(writer.shards_dir / new["file"])
+    dst_reader = get_backend(new["format"]).reader(writer.shards_dir / shard_file(new["shard_id"], new["format"]))
     try:
         for video in new["videos"]:
             video_id, theirs = video["id"], src_videos[video["id"]]
@@ -236,4 +253,4 @@ def _retract(shards_dir: Path, marker: dict) -> None:
     """Un-commit a shard: its marker goes first (readers stop seeing it), then its file."""
     marker_path(shards_dir, marker["shard_id"]).unlink(missing_ok=True)
     fsync_dir(shards_dir)
-    remove_bundle(shards_dir / marker["file"])
+    remove_bundle(shards_dir / shard_file(marker["shard_id"], marker["format"]))

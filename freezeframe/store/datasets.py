@@ -12,7 +12,6 @@ maps instead of the shards; otherwise it reads the shards. Both give identical i
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +22,6 @@ from torch.utils.data import Dataset
 
 from freezeframe.errors import InputError, StoreError
 from freezeframe.frames import segment_middles
-from freezeframe.limits import LIST_BYTES, check_size
 from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
 
@@ -70,15 +68,18 @@ class FrameSelection:
 
 
 def read_labels(path: str | Path) -> list[tuple[str, str]]:
-    """A CSV of `video_id,label` (header required); labels are strings."""
-    check_size(path, LIST_BYTES, "a label file")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        fields = {name.strip() for name in reader.fieldnames or []}
-        if not {"video_id", "label"} <= fields:
-            raise InputError(f"{path}: a label file needs the columns video_id,label.")
-        rows = [({k.strip(): v for k, v in row.items()}) for row in reader]
-    return [(row["video_id"], row["label"].strip()) for row in rows]
+    """A CSV of `video_id,label` (header required, UTF-8); labels are strings. Errors name the file and line."""
+    from freezeframe.userfiles import csv_header, csv_rows, read_user_text
+
+    text = read_user_text(path, "a label file")
+    if not {"video_id", "label"} <= set(csv_header(text, path)):
+        raise InputError(f"{path}: a label file needs the columns video_id,label.")
+    labels = []
+    for line, row in csv_rows(text, path):
+        if not row.get("video_id") or not row.get("label", "").strip():
+            raise InputError(f"{path}:{line}: a row needs both a video_id and a label.")
+        labels.append((row["video_id"], row["label"].strip()))
+    return labels
 
 
 class FeatureDataset(Dataset):

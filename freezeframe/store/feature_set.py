@@ -9,7 +9,10 @@ import numpy as np
 from freezeframe.errors import StoreError
 from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.files import read_json, read_jsonl
-from freezeframe.store.index import load_index
+from freezeframe.limits import check_read
+from freezeframe.store.confine import UnsafeStoreError
+from freezeframe.store.index import load_index, shard_file
+from freezeframe.store.location import is_remote
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SHARDS_DIR
 from freezeframe.store.location import store_path as store_path_of
 
@@ -50,11 +53,15 @@ class FeatureSet:
     def __init__(self, store_path: Path, name: str) -> None:
         self.name = name
         self.path = store_path_of(store_path) / name
+        if not is_remote(self.path) and (self.path.is_symlink() or (self.path / SHARDS_DIR).is_symlink()):
+            raise UnsafeStoreError(f"{self.path} (or its {SHARDS_DIR} folder) is a symbolic link; a feature set "
+                                   "is read only inside its store.")
         provenance_path = self.path / PROVENANCE_FILE
         if not provenance_path.exists():
             raise StoreError(f"{self.path} is not a feature set (no {PROVENANCE_FILE}).")
-        self.provenance: dict = read_json(provenance_path)
+        self.provenance: dict = read_json(provenance_path, kind=dict)
         self._readers: dict[str, object] = {}
+        self._checked: set[tuple[str, str]] = set()  # (shard, array) whose stored shape matched the marker
         self.refresh()
 
     def refresh(self) -> None:
@@ -115,7 +122,7 @@ class FeatureSet:
         reader = self._readers.get(shard_id)
         if reader is None:
             shard = self._index.shards[shard_id]
-            reader = get_backend(shard["format"]).reader(self.path / SHARDS_DIR / shard["file"])
+            reader = get_backend(shard["format"]).reader(self.path / SHARDS_DIR / shard_file(shard_id, shard["format"]))
             self._readers[shard_id] = reader
         return reader
 
@@ -128,8 +135,24 @@ class FeatureSet:
                 f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard['arrays']))}"
             )
         reader = self._reader(info["shard"])
-        return read_frames(lambda lo, hi: reader.read(array, lo, hi), info["row_start"], info["n_frames"], frames,
-                           video_id)
+        meta = shard["arrays"][array]
+        if (info["shard"], array) not in self._checked:
+            self._check_stored(reader, info["shard"], array, meta, shard["num_frames"])
+        row_bytes = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
+
+        def read_rows(lo: int, hi: int) -> np.ndarray:
+            check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{info['shard']} array {array!r}")
+            return reader.read(array, lo, hi)
+        return read_frames(read_rows, info["row_start"], info["n_frames"], frames, video_id)
+
+    def _check_stored(self, reader, shard_id: str, array: str, meta: dict, rows: int) -> None:
+        """The stored array must have the shape and dtype its commit marker declares, before anything is read."""
+        where = self.path / SHARDS_DIR / shard_file(shard_id, self._index.shards[shard_id]["format"])
+        shape, dtype = reader.shape(array), reader.dtype(array)
+        if shape != (rows, *meta["shape"]) or dtype != np.dtype(meta["dtype"]):
+            raise StoreError(f"{where}: array {array!r} is stored as {shape} {dtype}, but its commit marker says "
+                             f"{(rows, *meta['shape'])} {meta['dtype']}; run freezeframe verify.")
+        self._checked.add((shard_id, array))
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
         """Frozen backbone weights stored once per feature set (e.g. the blocks' norm and q/k projections)."""
@@ -137,6 +160,9 @@ class FeatureSet:
         if path is not None:
             reader = backend.reader(path)
             try:
+                for name in reader.array_names():
+                    nbytes = int(np.prod(reader.shape(name), dtype=np.int64)) * reader.dtype(name).itemsize
+                    check_read(nbytes, f"{path} array {name!r}")
                 return {name: reader.read(name) for name in reader.array_names()}
             finally:
                 reader.close()

@@ -6,15 +6,23 @@ name; create-once checks and appends are read-then-write there (one writer per f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
+from freezeframe.errors import StoreError
 from freezeframe.faults import fault_point
-from freezeframe.limits import DOCUMENT_BYTES, LIST_BYTES, read_limited
+from freezeframe.limits import DOCUMENT_BYTES, LIST_BYTES, _too_large, limit, read_limited
+from freezeframe.store.confine import WRITE_FLAGS, read_regular
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.location import StorePath, is_remote
+
+
+class MalformedFileError(StoreError, ValueError):
+    """A store file that cannot be parsed (bad JSON, bad UTF-8, nested too deeply, wrong type)."""
 
 
 def fsync_dir(path: StorePath) -> None:
@@ -35,7 +43,10 @@ def fsync_dir(path: StorePath) -> None:
 
 def _write_temp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f"{TEMP_PREFIX}{temp_owner_tag()}-{path.name}")
-    with open(tmp, "wb") as handle:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a crashed writer with this pid (or a planted link): never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | WRITE_FLAGS, 0o644)
+    with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -76,9 +87,36 @@ def create_json_once(path: StorePath, obj: Any) -> bool:
     return created
 
 
-def read_json(path: StorePath, max_bytes: int = DOCUMENT_BYTES) -> Any:
-    """Parse a JSON file no larger than `max_bytes` (see freezeframe.limits)."""
-    return json.loads(read_limited(path, max_bytes, "a JSON metadata file"))
+def read_store_bytes(path: StorePath, max_bytes: int, what: str) -> bytes:
+    """A store file's bytes: a local one only when it is a regular file (no symlink, no FIFO), read in blocks."""
+    if is_remote(path):
+        return read_limited(path, max_bytes, what)
+    max_bytes = limit(max_bytes)
+    data = read_regular(path, max_bytes)
+    if data is None:
+        raise _too_large(path, max_bytes, what)
+    return data
+
+
+def parse_json(data: bytes, where: object) -> Any:
+    """JSON from bytes, or one MalformedFileError naming `where` (and the line) for any malformed document."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MalformedFileError(f"{where} is not UTF-8 text (byte {exc.start}); the file is damaged.") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedFileError(f"{where}:{exc.lineno}: not valid JSON ({exc.msg}).") from None
+    except RecursionError:  # the parser's depth limit: a document nested thousands deep
+        raise MalformedFileError(f"{where}: JSON nested too deeply to be a freezeframe file.") from None
+
+
+def read_json(path: StorePath, max_bytes: int = DOCUMENT_BYTES, kind: type | None = None) -> Any:
+    """Parse a JSON store file no larger than `max_bytes` (see freezeframe.limits); `kind` its top-level type."""
+    value = parse_json(read_store_bytes(path, max_bytes, "a JSON metadata file"), path)
+    if kind is not None and not isinstance(value, kind):
+        raise MalformedFileError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__}, "
+                                 f"found {type(value).__name__}.")
+    return value
 
 
 def append_jsonl(path: StorePath, record: dict) -> None:
@@ -87,7 +125,15 @@ def append_jsonl(path: StorePath, record: dict) -> None:
     if is_remote(path):  # objects cannot be appended to: rewrite the whole (small) file
         path.write_bytes((path.read_bytes() if path.exists() else b"") + line)
         return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # never through a symlink (one planted in a store would append outside it)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | WRITE_FLAGS, 0o644)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise StoreError(f"{path} is a symbolic link; freezeframe never writes through one.") from None
+        raise exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file; freezeframe does not append to it.")
     try:
         os.write(fd, line)
         os.fsync(fd)
@@ -99,12 +145,14 @@ def read_jsonl(path: StorePath) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for line in read_limited(path, LIST_BYTES, "a JSON-lines file").decode("utf-8", errors="replace").splitlines():
+    for line in read_store_bytes(path, LIST_BYTES, "a JSON-lines file").decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash: skip it, keep the rest
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a line cut by a crash (or garbage): skip it, keep the rest
+        if isinstance(record, dict):
+            records.append(record)
     return records

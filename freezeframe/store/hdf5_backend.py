@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from freezeframe.errors import StoreError
+from freezeframe.store.confine import UnsafeStoreError, check_regular
 from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, rows_per_chunk
 
 EXTENSION = ".h5"
@@ -135,6 +136,29 @@ def _native(value: object) -> bool:
     return isinstance(value, int) and -(2**63) <= value < 2**63
 
 
+def _check_confined(file, path: Path) -> None:
+    """Refuse an HDF5 file whose data could come from elsewhere: external or soft links, datasets with
+    external raw storage, virtual datasets (all of which a reader would otherwise follow)."""
+    import h5py
+
+    problems: list[str] = []
+
+    def visit(name: str, link) -> None:  # each link once; external and soft ones are never followed
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            problems.append(f"{name!r} is a {type(link).__name__}")
+            return
+        node = file.get(name)
+        if isinstance(node, h5py.Dataset):
+            if node.is_virtual:
+                problems.append(f"{name!r} is a virtual dataset")
+            elif node.external:
+                problems.append(f"{name!r} keeps its data in external files")
+
+    file.visititems_links(visit)
+    if problems:
+        raise UnsafeStoreError(f"{path}: {problems[0]}; store files hold their own data, so it is not read.")
+
+
 class Hdf5BundleReader:
     """Read-only access to a file written by `Hdf5BundleWriter`, opened lazily on first use.
 
@@ -144,8 +168,11 @@ class Hdf5BundleReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        if not self.path.is_file():
+        if not self.path.is_file() and not self.path.is_symlink():
             raise FileNotFoundError(f"no such shard file: {self.path}")
+        check_regular(self.path)  # a symlink or FIFO is refused before HDF5 opens (or waits on) it
+        self.disk_bytes = self.path.stat().st_size
+        self._checked = False
         self._file = None
         self._pid: int | None = None
         self._cache: dict[str, Any] = {}
@@ -158,10 +185,19 @@ class Hdf5BundleReader:
                 _load_plugins(required=False)
             self._file = _open(self.path, "r")
             self._pid = os.getpid()
+            if not self._checked:
+                try:
+                    _check_confined(self._file, self.path)
+                except BaseException:
+                    self._file.close()
+                    self._file = None
+                    raise
+                self._checked = True
         return self._file
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_file": None, "_pid": None, "_cache": {}}
+        return {"path": self.path, "disk_bytes": self.disk_bytes, "_checked": self._checked, "_file": None,
+                "_pid": None, "_cache": {}}
 
     def array_names(self) -> list[str]:
         import h5py

@@ -33,6 +33,14 @@ def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def provenance_sha256(provenance: dict) -> str:
+    """sha256 of a provenance dict in canonical JSON: recorded in every commit marker, so `verify` sees an edit."""
+    import json
+
+    text = json.dumps(provenance, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def stamp(provenance: dict, *packages: str) -> dict:
     """Add the volatile part (time, software versions) to a provenance dict."""
     return {**provenance, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -53,6 +53,7 @@ class ShardWriter:
     backend: Backend
     shard_id: str = field(default_factory=new_shard_id)
     compression: str = "none"  # a storage detail recorded in the marker, not part of provenance
+    marker_extra: dict = field(default_factory=dict)  # e.g. provenance and frozen-bundle hashes, for verify
 
     def __post_init__(self) -> None:
         self.final_path = self.shards_dir / f"{self.shard_id}{self.backend.extension}"
@@ -176,6 +177,7 @@ class ShardWriter:
             "arrays": arrays,
             "committed": time.time(),
             "writer": temp_owner_tag(),
+            **self.marker_extra,
             **(extra or {}),
         }
         write_json_atomic(marker_path(self.shards_dir, self.shard_id), marker)

@@ -15,7 +15,7 @@ def check_schema(path: Path) -> None:
     schema_path = path / SCHEMA_FILE
     if not schema_path.exists():
         raise StoreError(f"{path} is not a freezeframe store (no {SCHEMA_FILE}).")
-    version = read_json(schema_path).get("schema_version")
+    version = read_json(schema_path, kind=dict).get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path} has store schema version {version}; this freezeframe reads version {SCHEMA_VERSION}.")
 

@@ -55,6 +55,8 @@ class FeatureSetWriter:
         if frozen:
             self._write_frozen_once(frozen)
         self.remove_stale_temps()
+        self.marker_extra = {"provenance_sha256": prov.provenance_sha256(self.provenance),
+                             **frozen_hashes(self.path)}
 
     def _claim_provenance(self, provenance: dict) -> dict:
         path = self.path / PROVENANCE_FILE
@@ -111,7 +113,8 @@ class FeatureSetWriter:
         return set(FeatureSet(self.store_path, self.name).video_ids())
 
     def new_shard(self) -> ShardWriter:
-        return ShardWriter(self.shards_dir, self.backend, compression=self.compression)
+        return ShardWriter(self.shards_dir, self.backend, compression=self.compression,
+                           marker_extra=self.marker_extra)
 
     @property
     def failures_path(self) -> Path:
@@ -122,6 +125,21 @@ class FeatureSetWriter:
 
     def write_index(self) -> Index:
         return write_index(self.path, self.shards_dir)
+
+
+def frozen_hashes(fs_path) -> dict:
+    """{"frozen_sha256": {array: sha256}} of the feature set's frozen-weights bundle (a few MB), or {} without one."""
+    from freezeframe.store.shard import array_sha256
+
+    for backend in BACKENDS.values():
+        path = fs_path / f"{FROZEN_NAME}{backend.extension}"
+        if path.exists():
+            reader = backend.reader(path)
+            try:
+                return {"frozen_sha256": {name: array_sha256(reader, name) for name in reader.array_names()}}
+            finally:
+                reader.close()
+    return {}
 
 
 def _pid_alive(pid: int) -> bool:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_tree, read_regular
 from freezeframe.store.location import is_remote
+
+METADATA_BYTES = 1024 * 1024  # an array's zarr.json is a few hundred bytes
 
 EXTENSION = ".zarr"
 CHUNK_BYTES = 2 * 1024 * 1024  # ~2 MiB chunks along the frame axis: small random reads stay cheap
@@ -105,7 +109,10 @@ class _RawChunks:
     @classmethod
     def open(cls, directory: Path) -> "_RawChunks | None":
         try:
-            meta = json.loads((directory / "zarr.json").read_text(encoding="utf-8"))
+            data = read_regular(directory / "zarr.json", METADATA_BYTES)
+            if data is None:
+                return None
+            meta = json.loads(data)
             shape = tuple(meta["shape"])
             chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
             codecs = meta["codecs"]
@@ -115,7 +122,7 @@ class _RawChunks:
                      and codecs[0].get("configuration", {}).get("endian", "little") == "little"
                      and not meta.get("storage_transformers") and len(shape) >= 1 and chunks[1:] == shape[1:])
             dtype = np.dtype(meta["data_type"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
         if not plain or dtype.byteorder == ">" or dtype.hasobject:
             return None
@@ -134,11 +141,13 @@ class _RawChunks:
             target = flat[row - start:row - start + take]
             path = self.directory.joinpath("c", str(number), *["0"] * (len(self.shape) - 1))
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, READ_FLAGS)  # never through a symlink; a FIFO is refused below, not waited on
             except FileNotFoundError:  # a chunk that was all fill value is never written
                 out[row - start:row - start + take] = self.fill
             else:
                 try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise UnsafeStoreError(f"chunk {path} is not a regular file; it is not read.")
                     got = os.preadv(fd, [target.reshape(-1)], offset * self.row_bytes)
                 finally:
                     os.close(fd)
@@ -153,6 +162,8 @@ class ZarrBundleReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # one lstat per entry, once per reader: no symlink (to a file or a folder) or FIFO is ever opened
+        self.disk_bytes = None if is_remote(path) else check_tree(path)
         self._group = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
         self._cache: dict[str, Any] = {}
         self._raw: dict[str, _RawChunks | None] = {}

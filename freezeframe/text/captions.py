@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from freezeframe.errors import InputError
-from freezeframe.limits import LIST_BYTES, check_size
+from freezeframe.userfiles import csv_header, csv_rows, read_user_text
 
 FIELDS = ("video_id", "caption_id", "start", "end", "text")
 
@@ -34,11 +33,10 @@ def read_captions(path: str | Path) -> list[Caption]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"captions file {path} does not exist")
-    check_size(path, LIST_BYTES, "a captions file")
     if path.suffix.lower() == ".csv":
-        rows = _csv_rows(path)
+        rows = _csv_rows(path, read_user_text(path, "a captions file"))
     elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        rows = _jsonl_rows(path)
+        rows = _jsonl_rows(path, read_user_text(path, "a captions file"))
     else:
         raise InputError(f"captions file {path}: expected a .jsonl or .csv file")
     captions: list[Caption] = []
@@ -56,29 +54,29 @@ def read_captions(path: str | Path) -> list[Caption]:
     return captions
 
 
-def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line}: not a JSON object ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-            yield line, row
+def _jsonl_rows(path: Path, content: str):
+    for line, text in enumerate(content.splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{line}: not a JSON object ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}:{line}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+        yield line, row
 
 
-def _csv_rows(path: Path):
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"video_id", "text"} - set(reader.fieldnames or ())
-        if missing:
-            raise InputError(f"{path}: the header row needs columns {', '.join(sorted(missing))} "
-                             f"(has {', '.join(reader.fieldnames or ()) or 'none'})")
-        for row in reader:
-            yield reader.line_num, {key: value for key, value in row.items() if value not in (None, "")}
+def _csv_rows(path: Path, content: str):
+    header = csv_header(content, path)
+    missing = {"video_id", "text"} - set(header)
+    if missing:
+        raise InputError(f"{path}: the header row needs columns {', '.join(sorted(missing))} "
+                         f"(has {', '.join(header) or 'none'})")
+    for line, row in csv_rows(content, path):
+        yield line, {key: value for key, value in row.items() if value != ""}
 
 
 def _caption(row: dict, per_video: dict[str, int], where: str) -> Caption:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from freezeframe.errors import InputError
 from freezeframe.heads.zeroshot import ZeroShotClassifier
-from freezeframe.limits import LIST_BYTES, check_size
+from freezeframe.userfiles import read_user_text
 from freezeframe.store.datasets import read_labels
 from freezeframe.store.store import Store
 from freezeframe.text.encoders import ClipTextEncoder, TextConfig
@@ -20,11 +20,22 @@ DEFAULT_TEMPLATES = ("a video of {}.", "a photo of {}.")
 
 def read_lines(path: str | Path, what: str) -> list[str]:
     """Non-empty stripped lines of a small text file (classes, templates), read with the list-file size limit."""
-    check_size(path, LIST_BYTES, f"a {what} file")
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_user_text(path, f"a {what} file").splitlines() if line.strip()]
     if not lines:
         raise InputError(f"{what} file {path} is empty.")
     return lines
+
+
+REMOTE_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+def check_local_model(name: object, what: str, feature_set: str) -> None:
+    """A model name taken from a store's provenance may only name something local: a store never makes this
+    run fetch a model (an `hf-hub:` name would contact the hub) or read a folder it names (`local-dir:`)."""
+    if isinstance(name, str) and name.startswith(REMOTE_PREFIXES):
+        raise InputError(f"feature set {feature_set!r} names the {what} {name!r} in its provenance; models named "
+                         f"by a store are not fetched or opened from where it says, so pass --{what} yourself "
+                         "(the same name, if you trust it).")
 
 
 def class_embeddings(encoder: ClipTextEncoder, classes: list[str], templates: tuple[str, ...]) -> torch.Tensor:
@@ -54,9 +65,15 @@ def run_zeroshot(store: str | Path, feature_set: str, classes: list[str], labels
     if "embed" not in fs.arrays():
         raise InputError(f"feature set {feature_set!r} has no `embed` array; extract with --features embed.")
     backbone = fs.provenance.get("backbone", {})
+    if not isinstance(backbone, dict):
+        raise InputError(f"feature set {feature_set!r} has a malformed provenance (backbone is not an object).")
+    if not model:
+        check_local_model(backbone.get("model"), "model", feature_set)
+    if not pretrained:
+        check_local_model(backbone.get("pretrained"), "pretrained", feature_set)
     model = model or backbone.get("model")
     pretrained = pretrained or backbone.get("pretrained")
-    if not model or not pretrained:
+    if not isinstance(model, str) or not isinstance(pretrained, str) or not model or not pretrained:
         raise InputError(f"feature set {feature_set!r} was not made by an open_clip model; pass --model and "
                          "--pretrained for the text tower.")
     if len(set(classes)) != len(classes):
