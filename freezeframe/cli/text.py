@@ -36,7 +36,8 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
                         max_length=max_length, trust_checkpoint=trust_checkpoint)
     report = extract_text(read_captions(captions), store, config, name=name, batch_size=batch_size,
                           device=resolve_device(device), progress=not no_progress)
-    click.echo(f"{report.feature_set}: stored {report.stored} captions in {report.seconds:.1f}s; "
+    changed = f" ({report.changed} of them re-encoded: their text changed)" if report.changed else ""
+    click.echo(f"{report.feature_set}: stored {report.stored} captions{changed} in {report.seconds:.1f}s; "
                f"{report.skipped} already committed; store {report.store}")
 
 

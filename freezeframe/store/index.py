@@ -11,7 +11,7 @@ from pathlib import Path
 
 from freezeframe.limits import LIST_BYTES
 from freezeframe.store.files import read_json, write_json_atomic
-from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, TEMP_PREFIX, shard_id_of_marker
+from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, REPLACES_KEY, TEMP_PREFIX, shard_id_of_marker
 
 
 @dataclass
@@ -38,9 +38,10 @@ def read_marker(shards_dir: Path, shard_id: str) -> dict:
 
 
 def index_from_markers(markers: dict[str, dict]) -> Index:
-    """On a video committed twice, keep the earliest shard and note the other."""
+    """On a video committed twice, keep the earliest shard and note the other; a replaced shard is not served."""
     index = Index()
-    for shard_id in sorted(markers):
+    replaced = {old for marker in markers.values() for old in marker.get(REPLACES_KEY, ())}
+    for shard_id in sorted(set(markers) - replaced):
         marker = markers[shard_id]
         index.shards[shard_id] = {key: marker[key] for key in ("file", "format", "arrays", "num_frames")}
         index.shards[shard_id]["compression"] = marker.get("compression", "none")
@@ -63,7 +64,7 @@ def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:
     if cache.exists():
         try:
             cached = read_json(cache, LIST_BYTES)
-            if sorted(cached["shards"]) == shard_ids:
+            if sorted(cached["shards"]) == shard_ids:  # (after a crashed removal, rebuilt until it is cleared)
                 return Index(shards=cached["shards"], videos=cached["videos"])
         except (ValueError, KeyError, TypeError, OSError):
             pass  # a damaged cache is rebuilt below

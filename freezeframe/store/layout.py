@@ -17,6 +17,7 @@ FAILURES_FILE = "failures.jsonl"
 FROZEN_NAME = "frozen"
 MARKER_SUFFIX = ".done.json"
 TEMP_PREFIX = ".tmp-"
+REPLACES_KEY = "replaces"  # marker field: shard ids this shard supersedes (a removal kept the rest of their videos)
 
 
 def new_shard_id() -> str:
