@@ -44,7 +44,7 @@ def extract(inputs: Path, store: Path, python_code: str | None = None) -> subpro
 
 def summary_line(stdout: str) -> tuple[int, int]:
     """(stored, already committed) from the extract command's last line."""
-    match = re.search(r"stored (\d+) videos \(\d+ frames\) in [\d.]+s; (\d+) already committed", stdout)
+    match = re.search(r"stored (\d+) videos? \(\d+ frames?\) in [\d.]+s; (\d+) already committed", stdout)
     assert match, stdout
     return int(match.group(1)), int(match.group(2))
 

@@ -140,7 +140,7 @@ def test_changed_caption_text_is_re_encoded_and_old_rows_are_not_served(tmp_path
     result = run_cli("extract-text", captions, *args)
     assert result.exit_code == 0, result.output
     # the trap: "stored 0 captions; 2 already committed", old features served for the new text
-    assert "stored 1 captions (1 of them re-encoded: their text changed)" in result.output
+    assert "stored 1 caption (1 of them re-encoded: their text changed)" in result.output
     assert "1 already committed" in result.output
     fs = open_store(store)["m"]
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
@@ -157,7 +157,7 @@ def test_default_caption_ids_do_not_collide_across_files(tmp_path, run_cli):
     _write_captions(test, [{"video_id": "v1", "text": "a cat sleeps"}])
     assert run_cli("extract-text", train, *args).exit_code == 0
     result = run_cli("extract-text", test, *args)  # before: v1#0 again, "0 stored; 1 already committed"
-    assert result.exit_code == 0 and "stored 1 captions" in result.output, result.output
+    assert result.exit_code == 0 and "stored 1 caption in" in result.output, result.output
     fs = open_store(store)["m"]
     dog, cat = default_caption_id("v1", "a dog runs"), default_caption_id("v1", "a cat sleeps")
     assert fs.video_ids() == sorted([dog, f"{dog}.1", cat])

@@ -53,11 +53,12 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
     Resumable: a rerun skips shards already committed in DST (and checks them again). Exit 1 on any mismatch.
     """
     from freezeframe.store.convert import convert_store
+    from freezeframe.summary import plural
 
     report = convert_store(src, dst, format=store_format, compression=compression, names=names,
                            log=None if quiet else click.echo)
     for name, done in report.feature_sets.items():
-        click.echo(f"{name}: copied {done.copied_shards} shards ({done.copied_videos} videos), "
+        click.echo(f"{name}: copied {plural(done.copied_shards, 'shard')} ({plural(done.copied_videos, 'video')}), "
                    f"skipped {done.skipped_shards} already in {dst}; {done.verified_videos} videos verified equal; "
                    f"{done.failures_copied} failure records copied")
     for problem in report.problems:

@@ -1,0 +1,154 @@
+"""What a new user meets at the command line: no silent no-ops, cheap checks first, dry runs, Ctrl-C, help."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+from freezeframe.cli import main
+from freezeframe.store import open_store
+from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR
+from freezeframe.store.writer import FeatureSetWriter
+from freezeframe.summary import format_summary, natural_key, store_summary
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "ff-tiny-vit", "--pretrained", "none", "--num-frames", "2", "--batch-size", "4", "--workers", "0",
+        "--no-progress"]
+FEATURE_SET = "clip-ff-tiny-vit-random"
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def test_empty_input_folder_is_an_error_that_creates_nothing(tmp_path, run_cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    store = tmp_path / "store"
+    result = run_cli("extract", empty, "--store", store, *TINY)
+    assert result.exit_code == 2, result.output  # before: exit 0 and an empty, provenance-locked feature set
+    assert result.output.startswith("error: no videos to extract") and result.output.count("\n") == 1
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "-1"], "--layers chooses the token maps of --features tokens"),
+    (["--features", "embed", "--layers", "0,1"], "--layers chooses the token maps of --features tokens"),
+    (["--frames-per-clip", "4"], "--frames-per-clip is for --clips sampling"),
+    (["--image-size", "112"], "--image-size is for the S3D backbones"),
+])
+def test_options_that_would_be_ignored_are_refused_before_anything_runs(tmp_path, run_cli, sample_videos, args,
+                                                                         message):
+    store = tmp_path / "store"
+    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", store, *TINY, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "would ignore it" in result.output
+    assert not store.exists()
+
+
+def test_extract_text_refuses_options_of_the_other_backbone(tmp_path, run_cli):
+    captions = tmp_path / "c.jsonl"
+    captions.write_text('{"video_id": "v", "text": "a dog"}\n', encoding="utf-8")
+    result = run_cli("extract-text", captions, "--store", tmp_path / "s", "--backbone", "clip-text",
+                     "--model", "ff-tiny-vit", "--layers", "3", "--no-progress")
+    assert result.exit_code == 2 and "--layers is for --backbone bert" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_store_of_another_schema_is_refused_before_the_model_loads(tmp_path, run_cli, sample_videos):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "freezeframe.json").write_text('{"format": "freezeframe", "schema_version": 99}')
+    (tmp_path / "file").write_text("x")
+    for target, message in ((store, "schema version 99"), (tmp_path / "file", "is a file, not a store directory")):
+        # a model that cannot be built: only a check made before building it can give this error
+        result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", target, *TINY[:2],
+                         "--pretrained", tmp_path / "missing.pt", "--no-progress")
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+
+
+def test_dash_h_is_help_everywhere(run_cli):
+    paths = [()] + list(_commands(main))
+    assert len(paths) > 10
+    for path in paths:
+        result = run_cli(*path, "-h")
+        assert result.exit_code == 0 and "Usage:" in result.output and "-h, --help" in result.output, path
+
+
+def _small_set(store: Path, arrays: dict[str, tuple[int, ...]], videos: int) -> None:
+    writer = FeatureSetWriter(store, "s", {"kind": "test"})
+    shard = writer.new_shard()
+    for v in range(videos):
+        shard.append(f"v{v}", {name: np.zeros((2, *shape), np.float16) for name, shape in arrays.items()})
+        shard.end_video(f"v{v}")
+    shard.commit()
+    writer.write_index()
+
+
+def test_inspect_lists_arrays_in_natural_order_with_correct_plurals(tmp_path, run_cli):
+    _small_set(tmp_path / "store", {f"tokens/{b}": (3, 4) for b in (8, 9, 10, 11)} | {"embed": (4,)}, videos=1)
+    summary = store_summary(open_store(tmp_path / "store"))
+    assert list(summary["feature_sets"]["s"]["arrays"]) == ["embed", "tokens/8", "tokens/9", "tokens/10", "tokens/11"]
+    text = format_summary(summary)
+    assert "s: 1 video, 2 frames in 1 shard" in text and "zarr/none (1 shard)" in text  # before: "1 shards"
+    assert text.index("tokens/9 ") < text.index("tokens/10 ")
+    assert sorted(["b10", "b9", "a"], key=natural_key) == ["a", "b9", "b10"]
+
+
+def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, run_cli, sample_videos):
+    store = tmp_path / "store"
+    first = sample_videos["short_32frames.mp4"]
+    options = [*TINY, "--features", "embed,tokens", "--layers", "-1"]
+    assert run_cli("extract", first, "--store", store, *options).exit_code == 0
+    before = tree(store)
+    result = run_cli("extract", first, sample_videos["lowfps_6fps.mp4"], sample_videos["archery_demo.mp4"],
+                     "--store", store, *options, "--shard-size", "1", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert tree(store) == before
+    out = result.output
+    assert "3 given: 2 to extract, 1 already committed" in out and "2 shards of 1 videos" in out
+    assert "no video decoded, nothing written" in out and "to do     lowfps_6fps" in out
+    stored = open_store(store)[FEATURE_SET].arrays()
+    for array in ("embed", "tokens/3", "timestamps", "frame_indices"):
+        meta = stored[array]
+        assert f"{array:<18} {meta['dtype']:<8} per row {tuple(meta['shape'])}" in out, array
+    changed = run_cli("extract", first, "--store", store, *options, "--num-frames", "3", "--dry-run")
+    assert changed.exit_code == 0 and "refused   the feature set was made differently" in changed.output
+    assert "num_frames: store has 2, this run has 3" in changed.output
+
+
+def test_ctrl_c_in_extract_exits_130_and_says_how_to_resume(tmp_path, sample_videos):
+    store = tmp_path / "store"
+    videos = [str(sample_videos[name]) for name in sorted(sample_videos)]
+    command = [sys.executable, "-m", "freezeframe.cli", "extract", *videos, "--store", str(store), *TINY,
+               "--shard-size", "1", "--num-frames", "16"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    shards = store / FEATURE_SET / SHARDS_DIR
+    deadline = time.monotonic() + 120
+    while not list(shards.glob(f"*{MARKER_SUFFIX}")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (out, err)  # before: "Aborted!" and exit 1, as when videos fail
+    committed = len(open_store(store)[FEATURE_SET])
+    assert 1 <= committed < len(videos)
+    assert f"interrupted: {committed} of {len(videos)} videos are committed" in err
+    assert "Run the same command again to resume" in err and "Traceback" not in err
