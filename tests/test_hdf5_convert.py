@@ -109,7 +109,8 @@ def assert_same_store(got: Path, want: Path, copy: bool = True) -> None:
 
 def test_hdf5_extraction_equals_zarr_and_reads_the_same(stores, run_cli):
     zarr_store, h5_store = stores
-    shard_files = sorted(p.name for p in (h5_store / NAME / SHARDS_DIR).iterdir() if not p.name.endswith(MARKER_SUFFIX))
+    shard_files = sorted(p.name for p in (h5_store / NAME / SHARDS_DIR).iterdir()
+                         if not p.name.endswith(MARKER_SUFFIX) and p.name != "zarr.json")  # (shards/ is a Zarr group)
     assert len(shard_files) == 3 and all(name.endswith(".h5") for name in shard_files)
     assert all((h5_store / NAME / SHARDS_DIR / f).is_file() for f in shard_files)  # one file per shard
     assert (h5_store / NAME / "frozen.h5").is_file() and not (h5_store / NAME / "frozen.zarr").exists()

@@ -231,8 +231,8 @@ def _crash_run(inputs: Path, store: Path, point: str, fail_at: int) -> None:
 
 def _only_committed_shards(store: Path) -> None:
     """The shards folder holds committed shards and their markers, nothing else."""
-    assert sorted(p.name for p in shards_dir(store).iterdir()) == sorted(
-        name for shard_id in markers(store) for name in (f"{shard_id}.zarr", f"{shard_id}{MARKER_SUFFIX}"))
+    assert sorted(p.name for p in shards_dir(store).iterdir()) == sorted(["zarr.json"] + [  # shards/ is a Zarr group
+        name for shard_id in markers(store) for name in (f"{shard_id}.zarr", f"{shard_id}{MARKER_SUFFIX}")])
 
 
 def test_writer_crash_leaves_no_partial_shard(reference, corpus, tmp_path):

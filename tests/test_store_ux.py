@@ -152,3 +152,98 @@ def test_ctrl_c_in_extract_exits_130_and_says_how_to_resume(tmp_path, sample_vid
     assert 1 <= committed < len(videos)
     assert f"interrupted: {committed} of {len(videos)} videos are committed" in err
     assert "Run the same command again to resume" in err and "Traceback" not in err
+
+
+# ---- self-describing stores ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def described_store(tmp_path_factory, sample_videos):
+    """Two videos with embed, cls and tokens of blocks 2 and 3, in Zarr; one in HDF5 under another name."""
+    from click.testing import CliRunner
+
+    store = tmp_path_factory.mktemp("described") / "store"
+    videos = [str(sample_videos["short_32frames.mp4"]), str(sample_videos["lowfps_6fps.mp4"])]
+    for extra in ([], ["--format", "hdf5", "--name", "h5", "--shard-size", "2"]):
+        result = CliRunner().invoke(main, ["extract", *videos, "--store", str(store), *TINY, "--features",
+                                           "embed,cls,tokens", "--layers", "2,3", *extra])
+        assert result.exit_code == 0, result.output
+    return store
+
+
+def test_plain_zarr_lists_feature_sets_shards_and_arrays_with_dimension_names(described_store):
+    import zarr
+
+    fs = open_store(described_store)[FEATURE_SET]
+    root = zarr.open_group(str(described_store), mode="r")  # before: not a Zarr group at all
+    assert root.attrs["freezeframe"]["schema_version"] == 1
+    assert {FEATURE_SET, "h5"} <= set(dict(root.groups()))
+    group = root[FEATURE_SET]
+    about = group.attrs["freezeframe"]
+    assert about["provenance"] == fs.provenance and about["committed_shards"] == fs.shard_ids
+    assert about["num_videos"] == 2 and about["rows"].startswith("frame")
+    assert "token 0 is CLS" in about["arrays"]["tokens/3"]["description"]
+    assert about["arrays"]["tokens/3"]["dimension_names"] == ["frame", "token", "width"]
+    assert sorted(name for name, _ in group["shards"].groups()) == sorted(f"{s}.zarr" for s in fs.shard_ids)
+    shard = group["shards"][f"{fs.shard_ids[0]}.zarr"]
+    tokens = shard["tokens/3"]
+    assert tokens.metadata.dimension_names == ("frame", "token", "width")
+    assert "token 0 is CLS" in tokens.attrs["description"]
+    assert shard["embed"].metadata.dimension_names == ("frame", "embed_dim")
+    assert shard["timestamps"].metadata.dimension_names == ("frame",)
+    video = shard.attrs["videos"][0]
+    np.testing.assert_array_equal(tokens[video["row_start"]:video["row_start"] + video["n_frames"]],
+                                  fs.read(video["id"], "tokens/3"))
+    assert "commit marker" in shard.attrs["committed_by"]
+
+
+def test_xarray_opens_a_shard_with_named_dimensions(described_store):
+    xr = pytest.importorskip("xarray")
+    fs = open_store(described_store)[FEATURE_SET]
+    ds = xr.open_zarr(str(fs.path / SHARDS_DIR / f"{fs.shard_ids[0]}.zarr"), consolidated=False, zarr_format=3)
+    assert ds["embed"].dims == ("frame", "embed_dim") and ds["cls"].dims == ("frame", "width")
+
+
+def test_h5py_sees_dimension_labels_and_descriptions(described_store):
+    import h5py
+
+    fs = open_store(described_store)["h5"]
+    (shard_id,) = fs.shard_ids
+    with h5py.File(fs.path / SHARDS_DIR / f"{shard_id}.h5", "r") as handle:
+        tokens = handle["tokens/2"]
+        assert [d.label for d in tokens.dims] == ["frame", "token", "width"]
+        assert "token 0 is CLS" in tokens.attrs["description"]
+        assert [d.label for d in handle["embed"].dims] == ["frame", "embed_dim"]
+        assert "commit marker" in handle.attrs["committed_by"]
+
+
+def test_stores_without_group_metadata_still_read_and_verify(described_store, tmp_path, run_cli):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(described_store, old)
+    for path in [old / "zarr.json", *old.glob("*/zarr.json"), *old.glob(f"*/{SHARDS_DIR}/zarr.json")]:
+        path.unlink()  # as written before stores described themselves
+    fs = open_store(old)[FEATURE_SET]
+    np.testing.assert_array_equal(fs.read("short_32frames", "embed"),
+                                  open_store(described_store)[FEATURE_SET].read("short_32frames", "embed"))
+    assert run_cli("verify", old).exit_code == 0
+    result = run_cli("verify", described_store)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+@pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
+def test_a_shard_slightly_over_one_chunk_is_not_padded_to_two(tmp_path, store_format):
+    from freezeframe.store.zarr_backend import CHUNK_BYTES
+
+    row = (17, 64)  # a tiny ViT's token map: 2176 bytes a row
+    rows = CHUNK_BYTES // (17 * 64 * 2) + 40  # 1.04 chunks: before, stored as 2 whole chunks (1.9x the data)
+    writer = FeatureSetWriter(tmp_path / "s", "s", {"kind": "test"}, format=store_format)
+    shard = writer.new_shard()
+    shard.append("v", {"tokens/0": np.ones((rows, *row), np.float16)})
+    shard.end_video("v")
+    marker = shard.commit()
+    path = writer.shards_dir / marker["file"]
+    data = rows * 17 * 64 * 2
+    stored = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
+              if path.is_dir() else path.stat().st_size)
+    assert data <= stored < 1.01 * data + 64 * 1024, (stored, data)

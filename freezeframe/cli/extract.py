@@ -166,11 +166,10 @@ def refuse_ignored_options(backbone: str, features: str) -> None:
     """A usage error (exit 2) for an option given that this run would silently ignore."""
     clip, chosen = backbone == "clip", {f.strip() for f in features.split(",")}
     refuse_ignored({
-        "layers": ("--layers chooses the token maps of --features tokens", clip and "tokens" in chosen),
+        "layers": ("--layers chooses the token maps of --features tokens", "tokens" in chosen),
         "frames_per_clip": ("--frames-per-clip is for --clips sampling", option_given("clips")),
         "stride": ("--stride is for --clips sampling", option_given("clips")),
         "image_size": ("--image-size is for the S3D backbones (CLIP uses its model's own size)", not clip),
-        "model": ("--model is for --backbone clip", clip),
         "features": ("--features is for --backbone clip (S3D backbones store all theirs)", clip),
     })
 

@@ -11,6 +11,7 @@ from pathlib import Path
 SCHEMA_FILE = "freezeframe.json"
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "provenance.json"
+ZARR_GROUP_FILE = "zarr.json"  # makes the store root, a feature set and its shards/ Zarr groups (store/schema.py)
 SHARDS_DIR = "shards"
 INDEX_FILE = "index.json"
 FAILURES_FILE = "failures.jsonl"

@@ -10,7 +10,7 @@ from freezeframe.store.backends import get_backend
 from freezeframe.store.claims import claimed_videos
 from freezeframe.store.files import read_json
 from freezeframe.store.index import committed_shard_ids, index_from_markers, read_marker
-from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX
+from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE
 from freezeframe.store.shard import array_sha256
 from freezeframe.store.store import Store
 
@@ -98,7 +98,7 @@ def _verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
         report.warnings.append(f"{name}: {claimed} videos are claimed by writers that are running or crashed "
                                "(a rerun takes over the claims of crashed ones)")
     for entry in shards_dir.iterdir() if shards_dir.is_dir() else []:
-        if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX):
+        if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX) or entry.name == ZARR_GROUP_FILE:
             continue
         if entry.name not in committed_files:
             report.warnings.append(f"{name}: shard {entry.name} has no commit marker and is ignored")
