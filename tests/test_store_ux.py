@@ -247,3 +247,111 @@ def test_a_shard_slightly_over_one_chunk_is_not_padded_to_two(tmp_path, store_fo
     stored = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
               if path.is_dir() else path.stat().st_size)
     assert data <= stored < 1.01 * data + 64 * 1024, (stored, data)
+
+
+# ---- rm and export-npy -----------------------------------------------------------------------------------------
+
+ODD_IDS = ["v0", "dir/v1", "..", "v3 ✓"]
+
+
+def _two_shards(store: Path, store_format: str = "zarr") -> dict[str, dict[str, np.ndarray]]:
+    """Shard one holds v0, dir/v1 and '..'; shard two holds 'v3 ✓'. Returns id -> array -> rows."""
+    writer = FeatureSetWriter(store, "s", {"kind": "test"}, format=store_format)
+    rng = np.random.default_rng(0)
+    data = {}
+    for ids in (ODD_IDS[:3], ODD_IDS[3:]):
+        shard = writer.new_shard()
+        for number, video_id in enumerate(ids):
+            rows = 3 + number
+            data[video_id] = {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
+                              "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
+                              "timestamps": np.arange(rows) / 2.0}
+            shard.append(video_id, data[video_id])
+            shard.end_video(video_id, {"source": f"{video_id}.mp4"})
+        shard.commit()
+    writer.write_index()
+    return data
+
+
+def _assert_holds(store: Path, data: dict, ids: list[str]) -> None:
+    fs = open_store(store)["s"]
+    assert fs.video_ids() == sorted(ids)
+    for video_id in ids:
+        for array, rows in data[video_id].items():
+            np.testing.assert_array_equal(fs.read(video_id, array), rows)
+        assert fs.video_info(video_id)["source"] == f"{video_id}.mp4"
+
+
+@pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
+def test_rm_videos_rewrites_their_shards_and_verifies(tmp_path, run_cli, store_format):
+    store = tmp_path / "store"
+    data = _two_shards(store, store_format)
+    result = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "v3 ✓", "--videos", "nope", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "removed 2 videos (1 shard dropped, 1 rewritten without them)" in result.output and "nope" in result.output
+    _assert_holds(store, data, ["v0", ".."])
+    assert len(open_store(store)["s"].shard_ids) == 1
+    check = run_cli("verify", store)
+    assert check.exit_code == 0 and "warning" not in check.output, check.output
+
+
+def test_a_crash_after_the_rewritten_shard_commits_serves_the_new_state(tmp_path, run_cli):
+    from freezeframe.store.remove import _copy_videos
+    from freezeframe.store.index import committed_shard_ids, read_marker
+
+    store = tmp_path / "store"
+    data = _two_shards(store)
+    writer = FeatureSetWriter(store, "s", {"kind": "test"})
+    first = read_marker(writer.shards_dir, committed_shard_ids(writer.shards_dir)[0])
+    _copy_videos(writer, first, [v for v in first["videos"] if v["id"] != "dir/v1"])  # then the process "dies"
+    _assert_holds(store, data, ["v0", "..", "v3 ✓"])  # the replaced shard is not served: no duplicates
+    assert run_cli("verify", store).exit_code == 0
+    assert run_cli("rm", store, "s", "--videos", "v0", "--yes").exit_code == 0  # finishes the cleanup too
+    _assert_holds(store, data, ["..", "v3 ✓"])
+    assert len(committed_shard_ids(writer.shards_dir)) == 2
+
+
+def test_a_crash_before_the_rewritten_shard_commits_changes_nothing(tmp_path):
+    store = tmp_path / "store"
+    data = _two_shards(store)
+    result = subprocess.run([sys.executable, "-m", "freezeframe.cli", "rm", str(store), "s", "--videos", "v0",
+                             "--yes"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "FREEZEFRAME_FAULT": "shard.marker:1"})
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    _assert_holds(store, data, ODD_IDS)
+    from freezeframe.store import verify_store
+
+    assert verify_store(store).ok
+
+
+def test_rm_a_feature_set(tmp_path, run_cli):
+    store = tmp_path / "store"
+    _two_shards(store)
+    assert run_cli("rm", store, "s").exit_code == 1  # asks first; no answer: aborted
+    assert "s" in open_store(store)
+    result = run_cli("rm", store, "s", "--yes")
+    assert result.exit_code == 0 and "removed feature set s (4 videos)" in result.output
+    assert open_store(store).names() == [] and [p.name for p in store.iterdir() if p.is_dir()] == []
+    result = run_cli("rm", store, "s", "--yes")
+    assert result.exit_code == 2 and "has no feature set 's'" in result.output
+
+
+def test_export_npy_writes_one_file_per_video_and_array(tmp_path, run_cli):
+    store, out = tmp_path / "store", tmp_path / "out"
+    data = _two_shards(store)
+    result = run_cli("export-npy", store, "--set", "s", out)
+    assert result.exit_code == 0 and "wrote 16 files for 4 videos" in result.output, result.output
+    manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["videos"]) == sorted(ODD_IDS)
+    assert manifest["videos"]["v0"] == {"embed": "v0_embed.npy", "tokens/10": "v0_tokens-10.npy",
+                                        "timestamps": "v0_timestamps.npy", "timestamps_ms": "v0_timestamps_ms.npy"}
+    assert manifest["videos"][".."]["embed"] == "%2E._embed.npy" and manifest["videos"]["dir/v1"]["embed"] == \
+        "dir%2Fv1_embed.npy"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # no id became a folder or left OUT
+    for video_id, arrays in data.items():
+        files = manifest["videos"][video_id]
+        for array, rows in arrays.items():
+            np.testing.assert_array_equal(np.load(out / files[array]), rows)
+        np.testing.assert_array_equal(np.load(out / files["timestamps_ms"]), arrays["timestamps"] * 1000)
+    result = run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed,nope")
+    assert result.exit_code == 2 and "has no array 'nope'" in result.output
