@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 from freezeframe.store import Store
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs as numbers: tokens/8, tokens/9, tokens/10 (not tokens/10, tokens/8)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 shard`, `2 shards`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def store_summary(store: Store, names: list[str] | None = None) -> dict:
@@ -15,7 +27,7 @@ def store_summary(store: Store, names: list[str] | None = None) -> dict:
             "num_videos": len(fs),
             "num_frames": fs.num_frames,
             "num_shards": len(fs.shard_ids),
-            "arrays": fs.arrays(),
+            "arrays": dict(sorted(fs.arrays().items(), key=lambda item: natural_key(item[0]))),
             "storage": fs.storage(),
             "failures": fs.failures(),
         }
@@ -32,8 +44,9 @@ def format_summary(summary: dict) -> str:
         sampling = ", ".join(f"{k}={v}" for k, v in p.get("sampling", {}).items())
         text = p.get("kind") == "text"
         windows = p.get("sampling", {}).get("strategy") == "windows"
-        items, row = ("captions", "token row") if text else ("videos", "window" if windows else "frame")
-        lines.append(f"  {name}: {fs['num_videos']} {items}, {fs['num_frames']} {row}s in {fs['num_shards']} shards")
+        items, row = ("caption", "token row") if text else ("video", "window" if windows else "frame")
+        lines.append(f"  {name}: {plural(fs['num_videos'], items)}, {plural(fs['num_frames'], row)} in "
+                     f"{plural(fs['num_shards'], 'shard')}")
         lines.append(f"    backbone  {backbone.get('name', '')} {backbone.get('library', '?')} {backbone.get('model', '?')} "
                      f"weights={backbone.get('pretrained', backbone.get('weights_sha256', '?')[:12])}"
                      + ("" if text else f" compute={p.get('compute_dtype', '?')}"))
@@ -41,10 +54,11 @@ def format_summary(summary: dict) -> str:
             lines.append(f"    text      layers={p.get('layers')} max_length={p.get('max_length')}")
         else:
             lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
-        storage = ", ".join(f"{s['format']}/{s['compression']} ({s['shards']} shards)" for s in fs.get("storage", []))
+        storage = ", ".join(f"{s['format']}/{s['compression']} ({plural(s['shards'], 'shard')})"
+                            for s in fs.get("storage", []))
         lines.append(f"    storage   {storage or 'no shards'}")
         for array, meta in fs["arrays"].items():
             lines.append(f"    {array:<18} {meta['dtype']:<8} per {row} {tuple(meta['shape'])}")
         if fs["failures"]:
-            lines.append(f"    failures  {len(fs['failures'])} videos (see failures.jsonl)")
+            lines.append(f"    failures  {plural(len(fs['failures']), 'video')} (see failures.jsonl)")
     return "\n".join(lines)

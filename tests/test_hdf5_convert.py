@@ -109,7 +109,8 @@ def assert_same_store(got: Path, want: Path, copy: bool = True) -> None:
 
 def test_hdf5_extraction_equals_zarr_and_reads_the_same(stores, run_cli):
     zarr_store, h5_store = stores
-    shard_files = sorted(p.name for p in (h5_store / NAME / SHARDS_DIR).iterdir() if not p.name.endswith(MARKER_SUFFIX))
+    shard_files = sorted(p.name for p in (h5_store / NAME / SHARDS_DIR).iterdir()
+                         if not p.name.endswith(MARKER_SUFFIX) and p.name != "zarr.json")  # (shards/ is a Zarr group)
     assert len(shard_files) == 3 and all(name.endswith(".h5") for name in shard_files)
     assert all((h5_store / NAME / SHARDS_DIR / f).is_file() for f in shard_files)  # one file per shard
     assert (h5_store / NAME / "frozen.h5").is_file() and not (h5_store / NAME / "frozen.zarr").exists()
@@ -302,7 +303,7 @@ def test_convert_round_trips_zarr_hdf5_zarr_and_resumes(stores, tmp_path, run_cl
     (h5 / NAME / SHARDS_DIR / lost["file"]).unlink()
     result = run_cli("convert", zarr_store, h5, "--format", "hdf5", "--compression", "blosc")
     assert result.exit_code == 0, result.output
-    assert "copied 1 shards (3 videos), skipped 2" in result.output
+    assert "copied 1 shard (3 videos), skipped 2" in result.output
     assert sorted(m["compression"] for m in markers(h5)) == ["blosc", "zstd", "zstd"]
     assert_same_store(h5, zarr_store)
     summary = json.loads(run_cli("inspect", h5, "--json").output)["feature_sets"][NAME]
@@ -375,7 +376,7 @@ def test_convert_reports_mismatches_and_retracts_the_bad_shard(stores, tmp_path,
     monkeypatch.undo()
     result = run_cli("convert", zarr_store, dst, "--format", "hdf5")  # the rerun redoes just that shard
     assert result.exit_code == 0, result.output
-    assert "copied 1 shards" in result.output
+    assert "copied 1 shard" in result.output
     assert_same_store(dst, zarr_store)
 
     # a destination whose committed copy of a video differs (same provenance, other numbers) is caught too

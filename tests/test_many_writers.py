@@ -36,7 +36,7 @@ def extract_here(args: list[str]):
 
 def summary(stdout: str) -> tuple[int, int, int]:
     """(stored, already committed, committed by other writers) from the extract command's last line."""
-    match = re.search(r"stored (\d+) videos \(\d+ frames\) in [\d.]+s; (\d+) already committed; "
+    match = re.search(r"stored (\d+) videos? \(\d+ frames?\) in [\d.]+s; (\d+) already committed; "
                       r"(?:(\d+) by other writers; )?store", stdout)
     assert match, stdout
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)

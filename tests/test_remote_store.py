@@ -121,7 +121,7 @@ def test_rerun_skips_committed_videos_and_refresh_sees_new_shards(s3):
     before = fs.shard_ids
     done = freezeframe("extract", *[VIDEOS / f for f in FILES], "--store", url, *EXTRACT, env=s3)
     assert done.returncode == 0, done.stderr
-    assert "stored 1 videos" in done.stdout and "2 already committed" in done.stdout
+    assert "stored 1 video" in done.stdout and "2 already committed" in done.stdout
     assert fs.shard_ids == before  # an open reader keeps its view ...
     fs.refresh()  # ... until it refreshes (listings are never cached)
     assert len(fs.shard_ids) == len(before) + 1 and fs.video_ids() == sorted(f.rsplit(".", 1)[0] for f in FILES)

@@ -44,7 +44,7 @@ def extract(inputs: Path, store: Path, python_code: str | None = None) -> subpro
 
 def summary_line(stdout: str) -> tuple[int, int]:
     """(stored, already committed) from the extract command's last line."""
-    match = re.search(r"stored (\d+) videos \(\d+ frames\) in [\d.]+s; (\d+) already committed", stdout)
+    match = re.search(r"stored (\d+) videos? \(\d+ frames?\) in [\d.]+s; (\d+) already committed", stdout)
     assert match, stdout
     return int(match.group(1)), int(match.group(2))
 
@@ -231,8 +231,8 @@ def _crash_run(inputs: Path, store: Path, point: str, fail_at: int) -> None:
 
 def _only_committed_shards(store: Path) -> None:
     """The shards folder holds committed shards and their markers, nothing else."""
-    assert sorted(p.name for p in shards_dir(store).iterdir()) == sorted(
-        name for shard_id in markers(store) for name in (f"{shard_id}.zarr", f"{shard_id}{MARKER_SUFFIX}"))
+    assert sorted(p.name for p in shards_dir(store).iterdir()) == sorted(["zarr.json"] + [  # shards/ is a Zarr group
+        name for shard_id in markers(store) for name in (f"{shard_id}.zarr", f"{shard_id}{MARKER_SUFFIX}")])
 
 
 def test_writer_crash_leaves_no_partial_shard(reference, corpus, tmp_path):

@@ -455,7 +455,7 @@ def extracted(tmp_path_factory):
 def test_inspect_json_matches_the_extraction(extracted):
     store, extract = extracted
     assert extract.returncode == 1, extract.stdout + extract.stderr  # one input failed
-    match = re.search(r"(\S+): stored (\d+) videos \((\d+) frames\) .*; (\d+) already committed", extract.stdout)
+    match = re.search(r"(\S+): stored (\d+) videos? \((\d+) frames?\) .*; (\d+) already committed", extract.stdout)
     assert match, extract.stdout
     name, stored, frames, skipped = match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4))
     assert (stored, frames, skipped) == (3, 9, 0)

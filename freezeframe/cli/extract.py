@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from freezeframe.cli.group import main
+from freezeframe.cli.group import main, option_given, refuse_ignored
 from freezeframe.extract.backbones.click_options import given_backbone_options, with_backbone_options
 from freezeframe.extract.backbones.registry import backbone_names, get_entry
 
@@ -55,17 +55,22 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
 @click.option("--ray-workers", type=int, default=None,
               help="Ray actors, each loading the backbone once [default: GPUs / --gpus-per-worker; CPUs / 2].")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--dry-run", is_flag=True,
+              help="List what the extraction would do (videos to do and already committed, shards, arrays and "
+                   "shapes) and exit: builds the backbone (loads its weights) but decodes and writes nothing.")
 def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
             window_stride, decoder, seek, max_pixels, decode_timeout, preprocess, batch_size, workers, shard_size,
-            device, store_format, compression, claim_lease, no_progress, engine, address, gpus_per_worker, ray_workers, **backbone_flags) -> None:
+            device, store_format, compression, claim_lease, no_progress, engine, address, gpus_per_worker,
+            ray_workers, dry_run, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
     from freezeframe.extract import ExtractConfig, collect_sources
-    from freezeframe.extract.backbones import build_backbone, config_from_options, get_entry
-    from freezeframe.extract.runner import default_workers, resolve_device, run_extraction
+    from freezeframe.extract.backbones import config_from_options
+    from freezeframe.extract.runner import default_workers
 
     sampling = _sampling(get_entry(backbone), num_frames, fps, clips, frames_per_clip, stride, window_frames,
                          window_stride)
     backbone_config = config_from_options(backbone, given_backbone_options(backbone_flags))
+    refuse_ignored_options(backbone_config)
     if batch_size is None:
         batch_size = 64 if sampling.frames_per_row == 1 else 8
     config = ExtractConfig(store=store, name=name, sampling=sampling, decoder=decoder, preprocess=preprocess,
@@ -73,27 +78,58 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
                            shard_size=shard_size, device=device, format=store_format, compression=compression,
                            progress=not no_progress, claim_lease=claim_lease, seek=seek, max_pixels=max_pixels,
                            decode_timeout=decode_timeout)
-    sources = collect_sources(inputs)
     ray_flags = [flag for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker),
                                           ("--ray-workers", ray_workers)) if value is not None]
     if engine != "ray" and ray_flags:
         raise click.UsageError(f"{' and '.join(ray_flags)} need --engine ray.")
+    if engine == "ray" and device != "auto":
+        raise click.UsageError("--device is for --engine local; Ray actors use a GPU each when --gpus-per-worker "
+                               "is above 0.")
+    sources = collect_sources(inputs)
+    # ---- cheap checks before the model loads; dry run ----
+    from freezeframe.extract.runner import check_inputs, check_store
+
+    check_inputs(sources)
+    check_store(store)
+    if dry_run:
+        from freezeframe.extract.backbones import build_backbone
+        from freezeframe.extract.runner import plan_extraction, resolve_device
+
+        if engine == "ray":
+            raise click.UsageError("--dry-run plans a local run; drop --engine ray (the plan is the same).")
+        click.echo(format_plan(plan_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)),
+                                               config)))
+        return
+    try:
+        report = _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers)
+    except KeyboardInterrupt:
+        _interrupted(sources, config.store, config.name or backbone_config.default_name())
+    _print_report(report, store)
+
+
+def _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers):
+    """Run the extraction on the chosen engine; returns its ExtractionReport."""
+    from freezeframe.extract.backbones import build_backbone
+    from freezeframe.extract.runner import resolve_device, run_extraction
+
     if engine == "ray":  # actors pick their device from --gpus-per-worker
         from freezeframe.extract.ray_engine import RayConfig, run_ray_extraction
 
-        if device != "auto":
-            raise click.UsageError("--device is for --engine local; Ray actors use a GPU each when --gpus-per-worker "
-                                   "is above 0.")
         ray_config = RayConfig(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker)
         report = run_ray_extraction(sources, backbone_config, config, ray_config)
     else:
         report = run_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
+    return report
+
+
+def _print_report(report, store) -> None:
     from freezeframe.store import open_store
-    from freezeframe.summary import format_summary, store_summary
+    from freezeframe.summary import format_summary, plural, store_summary
 
     click.echo(format_summary(store_summary(open_store(store), [report.feature_set])))
     click.echo(
-        f"{report.feature_set}: stored {report.stored} videos ({report.frames} frames) in {report.seconds:.1f}s; "
+        f"{report.feature_set}: stored {plural(report.stored, 'video')} ({plural(report.frames, 'frame')}) in "
+        f"{report.seconds:.1f}s; "
         f"{report.skipped} already committed; "
         f"{f'{report.by_others} by other writers; ' if report.by_others else ''}store {report.store}"
     )
@@ -102,6 +138,67 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
             click.echo(f"failed: {failure['video_id']} ({failure['path']}): {failure['reason']}", err=True)
         click.echo(f"{len(report.failures)} of {report.total} videos failed; see {report.failures_path}")
         sys.exit(1)
+
+
+# ---- usage: options that would be ignored, dry-run plans, Ctrl-C ----
+# ---- usage: options that would be ignored, dry-run plans, Ctrl-C ----
+
+def refuse_ignored_options(backbone_config) -> None:
+    """A usage error (exit 2) for an option given that this run would silently ignore."""
+    features = getattr(backbone_config, "features", ())
+    refuse_ignored({
+        "layers": ("--layers chooses the token maps of --features tokens", "tokens" in features),
+        "frames_per_clip": ("--frames-per-clip is for --clips sampling", option_given("clips")),
+        "stride": ("--stride is for --clips sampling", option_given("clips")),
+    })
+
+
+def format_plan(plan) -> str:
+    """The dry-run listing of an ExtractionPlan."""
+    lines = [f"dry run: feature set {plan.feature_set} in store {plan.store} (backbone built, weights loaded; "
+             "no video decoded, nothing written)",
+             f"  videos    {plan.total} given: {len(plan.todo)} to extract, {len(plan.committed)} already committed",
+             f"  shards    {plan_count(len(plan.shards), 'shard')} of {', '.join(map(str, sorted(set(plan.shards))))} "
+             f"videos" if plan.shards else "  shards    none (nothing to do)",
+             f"  rows      per video: {plan.rows_per_video}"]
+    for array, meta in natural_sorted(plan.arrays):
+        lines.append(f"  {array:<18} {meta['dtype']:<8} per row {tuple(meta['shape'])}")
+    if plan.provenance_problem:
+        lines.append(f"  refused   the feature set was made differently ({plan.provenance_problem}); pass --name")
+    lines += [f"  to do     {video_id}" for video_id in plan.todo[:20]]
+    if len(plan.todo) > 20:
+        lines.append(f"  ...       and {len(plan.todo) - 20} more")
+    return "\n".join(lines)
+
+
+def plan_count(n: int, noun: str) -> str:
+    from freezeframe.summary import plural
+
+    return plural(n, noun)
+
+
+def natural_sorted(arrays: dict) -> list:
+    from freezeframe.summary import natural_key
+
+    return sorted(arrays.items(), key=lambda item: natural_key(item[0]))
+
+
+def _interrupted(sources, store: str, name: str) -> None:
+    """Ctrl-C: say what is committed and how to resume; exit 130 (128 + SIGINT), never 1 ("some videos failed")."""
+    from freezeframe.store import open_store
+
+    committed = 0
+    try:
+        st = open_store(store)
+        if name in st:
+            done = set(st[name].video_ids())
+            committed = sum(source.video_id in done for source in sources)
+    except Exception:  # noqa: BLE001 - the store may not exist yet; the message below still holds
+        pass
+    click.echo(f"\ninterrupted: {committed} of {len(sources)} videos are committed in feature set {name} of {store}; "
+               "shards in flight were discarded. Run the same command again to resume: committed videos are "
+               "skipped.", err=True)
+    sys.exit(130)
 
 
 def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride):

@@ -17,8 +17,24 @@ def int_list(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
+def option_given(param: str) -> bool:
+    """True when the user set option `param` of the running command (command line or environment), not its default."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(param)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def refuse_ignored(rules: dict[str, tuple[str, bool]]) -> None:
+    """Usage error for the first option given that this run would silently ignore: {param: (why, used)}."""
+    for param, (why, used) in rules.items():
+        if option_given(param) and not used:
+            flag = "--" + param.replace("_", "-")
+            raise click.UsageError(f"{why}; this run would ignore it: drop {flag} or add what it needs.")
+
+
 class _Group(click.Group):
-    """Turns freezeframe's own errors into one line on stderr and exit status 2."""
+    """Turns freezeframe's own errors into one line on stderr and exit status 2, and Ctrl-C into exit 130."""
 
     def invoke(self, ctx):
         try:
@@ -26,9 +42,12 @@ class _Group(click.Group):
         except FreezeframeError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # commands that commit work say what was kept; this is the plain fallback
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="freezeframe")
 def main() -> None:
     """Run frozen video and text backbones once; cache multi-layer features; train light heads on the cache."""

@@ -1,4 +1,4 @@
-"""Store commands: inspect, verify, convert, export-memmap."""
+"""Store commands: inspect, verify, convert, export-memmap, export-npy, rm."""
 
 from __future__ import annotations
 
@@ -53,11 +53,12 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
     Resumable: a rerun skips shards already committed in DST (and checks them again). Exit 1 on any mismatch.
     """
     from freezeframe.store.convert import convert_store
+    from freezeframe.summary import plural
 
     report = convert_store(src, dst, format=store_format, compression=compression, names=names,
                            log=None if quiet else click.echo)
     for name, done in report.feature_sets.items():
-        click.echo(f"{name}: copied {done.copied_shards} shards ({done.copied_videos} videos), "
+        click.echo(f"{name}: copied {plural(done.copied_shards, 'shard')} ({plural(done.copied_videos, 'video')}), "
                    f"skipped {done.skipped_shards} already in {dst}; {done.verified_videos} videos verified equal; "
                    f"{done.failures_copied} failure records copied")
     for problem in report.problems:
@@ -91,3 +92,72 @@ def export_memmap_command(store, feature_set, arrays) -> None:
                f"{index['num_frames']} frames from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
 
 
+@main.command("export-npy")
+@click.argument("store")
+@click.option("--set", "feature_set", required=True, help="Feature-set name inside the store.")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--arrays", default=None, help="Comma list of arrays to export [default: all stored arrays].")
+def export_npy_command(store, feature_set, out, arrays) -> None:
+    """Write OUT/<video>_<array>.npy for every committed video of SET (video_features' save_numpy layout).
+
+    Array names become keys with '/' as '-' (tokens/11 -> <video>_tokens-11.npy); timestamps also as
+    <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
+    """
+    from freezeframe.store.export_npy import export_npy
+    from freezeframe.summary import plural
+
+    fs = _feature_set(store, feature_set)
+    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
+    report = export_npy(fs, out, names)
+    click.echo(f"{feature_set}: wrote {plural(report.files, 'file')} for {plural(report.videos, 'video')} "
+               f"({report.bytes / 1e6:.1f} MB) to {out}")
+
+
+@main.command("rm")
+@click.argument("store")
+@click.argument("name")
+@click.option("--videos", "videos", multiple=True, help="A video id to delete (repeatable) [default: the whole set].")
+@click.option("--videos-from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file of video ids to delete, one a line.")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting.")
+def rm_command(store, name, videos, videos_from, yes) -> None:
+    """Delete feature set NAME of STORE, or only some of its videos; each step is committed atomically.
+
+    A crash part-way leaves every shard either as it was or as its rewritten copy, never half of one. Run it
+    while no extraction writes to NAME.
+    """
+    from freezeframe.store.remove import remove_feature_set, remove_videos
+
+    ids = list(videos)
+    if videos_from:
+        from freezeframe.limits import LIST_BYTES, read_limited
+
+        from pathlib import Path
+
+        ids += [line.strip() for line in read_limited(Path(videos_from), LIST_BYTES, "a video list").decode("utf-8")
+                .splitlines() if line.strip()]
+        if not ids:
+            raise click.UsageError(f"--videos-from {videos_from} lists no video ids.")
+    fs = _feature_set(store, name)
+    from freezeframe.summary import plural
+
+    what = f"{plural(len(set(ids)), 'video')} of feature set {name}" if ids else f"feature set {name} ({plural(len(fs), 'video')})"
+    if not yes:
+        click.confirm(f"delete {what} from {store}?", abort=True)
+    if not ids:
+        remove_feature_set(store, name)
+        click.echo(f"removed feature set {name} ({plural(len(fs), 'video')}) from {store}")
+        return
+    report = remove_videos(store, name, ids)
+    missing = f"; not committed, so nothing to do: {', '.join(report.missing[:5])}" if report.missing else ""
+    click.echo(f"{name}: removed {plural(len(report.removed_videos), 'video')} ({plural(report.dropped_shards, 'shard')} "
+               f"dropped, {report.rewritten_shards} rewritten without them){missing}")
+
+
+def _feature_set(store: str, name: str):
+    from freezeframe.store import open_store
+
+    st = open_store(store)
+    if name not in st:
+        raise click.UsageError(f"store {store} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    return st[name]

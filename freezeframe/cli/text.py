@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from freezeframe.cli.group import int_list, main
+from freezeframe.cli.group import int_list, main, refuse_ignored
 
 
 @main.command("extract-text")
@@ -27,6 +27,10 @@ from freezeframe.cli.group import int_list, main
 def extract_text_command(captions, store, backbone, model, pretrained, layers, max_length, name, batch_size, device,
                          trust_checkpoint, no_progress) -> None:
     """Encode the captions of CAPTIONS (.jsonl or .csv) with a frozen text encoder; one row set per caption id."""
+    bert = backbone == "bert"
+    refuse_ignored({"layers": ("--layers is for --backbone bert (clip-text stores one embedding)", bert),
+                    "max_length": ("--max-length is for --backbone bert", bert),
+                    "pretrained": ("--pretrained is for --backbone clip-text (bert loads --model)", not bert)})
     from freezeframe.extract.runner import resolve_device
     from freezeframe.text import read_captions
     from freezeframe.text.encoders import TextConfig
@@ -36,7 +40,10 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
                         max_length=max_length, trust_checkpoint=trust_checkpoint)
     report = extract_text(read_captions(captions), store, config, name=name, batch_size=batch_size,
                           device=resolve_device(device), progress=not no_progress)
-    click.echo(f"{report.feature_set}: stored {report.stored} captions in {report.seconds:.1f}s; "
+    changed = f" ({report.changed} of them re-encoded: their text changed)" if report.changed else ""
+    from freezeframe.summary import plural
+
+    click.echo(f"{report.feature_set}: stored {plural(report.stored, 'caption')}{changed} in {report.seconds:.1f}s; "
                f"{report.skipped} already committed; store {report.store}")
 
 

@@ -198,7 +198,7 @@ def run_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: E
     `extract_pass` does one pass over the videos left (default: in this process; the Ray engine fans out).
     """
     extract_pass = extract_pass or _extract_pass
-    check_unique(sources)
+    check_inputs(sources)
     windows = config.sampling.strategy == "windows"
     if windows != backbone.takes_windows:
         raise InputError(f"the {backbone.kind} backbone takes " + (
@@ -238,6 +238,96 @@ def run_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: E
                          "rerun finishes the rest once the cause (disk space, quota, file size limit) is fixed.") from exc
     report.seconds = time.perf_counter() - start
     return report
+
+
+# ---- input and usage checks: cheap, before any model loads or anything is written ---------------------------
+
+def check_inputs(sources: Sequence[VideoSource]) -> None:
+    """No videos is an error (a run that would create and lock an empty feature set); ids must be unique."""
+    if not sources:
+        raise InputError("no videos to extract: the inputs name no video files (an empty folder or list?); "
+                         "nothing was created.")
+    check_unique(sources)
+
+
+def check_store(store: str) -> None:
+    """Fail before the model loads when STORE cannot take a feature set: a file, or another store schema."""
+    from freezeframe.store.location import is_remote, store_path
+    from freezeframe.store.store import check_schema
+
+    path = store_path(store)
+    if is_remote(path):
+        return  # checked when the writer opens it
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--store {store} is a file, not a store directory.")
+    if path.is_dir() and any(path.iterdir()):
+        check_schema(path)
+
+
+@dataclass
+class ExtractionPlan:
+    """What `run_extraction` would do (`extract --dry-run`): nothing is decoded or written to find it out."""
+
+    store: str
+    feature_set: str
+    total: int
+    todo: list[str]
+    committed: list[str]
+    shards: list[int]  # videos per shard to write
+    arrays: dict[str, dict]  # name -> {"shape": per-row dims, "dtype"}
+    rows_per_video: str  # e.g. "8 frames" or "1 row per 0.5 s of video"
+    provenance_problem: str | None = None  # why appending would be refused, or None
+
+
+def plan_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: ExtractConfig) -> ExtractionPlan:
+    """The extraction `run_extraction` would run, found by reading the store and one forward of a blank input."""
+    from freezeframe.store.feature_set import FeatureSet
+    from freezeframe.store.files import read_json
+    from freezeframe.store.layout import PROVENANCE_FILE
+    from freezeframe.store.location import store_path
+
+    check_inputs(sources)
+    check_store(config.store)
+    name = config.name or backbone.config.default_name()
+    fs_dir = store_path(config.store) / name
+    committed: set[str] = set()
+    problem = None
+    if (fs_dir / PROVENANCE_FILE).is_file():
+        committed = set(FeatureSet(store_path(config.store), name).video_ids())
+        diffs = prov.differences(prov.identity(read_json(fs_dir / PROVENANCE_FILE)),
+                                 prov.identity(feature_set_provenance(backbone, config)))
+        problem = "; ".join(diffs[:4]) or None
+    todo = [s for s in sources if s.video_id not in committed]
+    shards = [len(shard) for shard in split_shards(todo, config.shard_size, config.workers)]
+    return ExtractionPlan(config.store, name, len(sources), [s.video_id for s in todo],
+                          sorted(s.video_id for s in sources if s.video_id in committed), shards,
+                          _array_shapes(backbone, config), _rows_per_video(config.sampling), problem)
+
+
+def _array_shapes(backbone: Backbone, config: ExtractConfig) -> dict[str, dict]:
+    """Per-row shapes of every stored array, from one forward of a blank input."""
+    height, width = backbone.preprocess.size
+    window = (config.sampling.window_frames,) if backbone.takes_windows else ()
+    blank = torch.zeros((1, *window, 3, height, width), device=backbone.device)
+    with torch.no_grad():
+        outputs = backbone(blank)
+    arrays = {key: {"shape": list(value.shape[1:]), "dtype": "float16"} for key, value in outputs.items()}
+    arrays["timestamps"] = {"shape": [], "dtype": "float64"}
+    arrays["frame_indices"] = {"shape": [config.sampling.frames_per_row] if backbone.takes_windows else [],
+                               "dtype": "int64"}
+    return arrays
+
+
+def _rows_per_video(sampling: SamplingConfig) -> str:
+    strategy = sampling.strategy
+    if strategy == "num_frames":
+        return f"{sampling.num_frames} frames"
+    if strategy == "clips":
+        return f"{sampling.clips * sampling.frames_per_clip} frames ({sampling.clips} clips of {sampling.frames_per_clip})"
+    if strategy == "windows":
+        return (f"one row per window of {sampling.window_frames} frames every {sampling.window_stride} "
+                f"at {sampling.fps:g} fps (depends on its length)")
+    return f"{sampling.fps:g} frames per second of video (depends on its length)"
 
 
 def _unfinished(todo: Sequence[VideoSource], claims: Claims, writer: FeatureSetWriter, report: ExtractionReport,

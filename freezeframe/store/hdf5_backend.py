@@ -22,7 +22,7 @@ import numpy as np
 
 from freezeframe.errors import StoreError
 from freezeframe.store.confine import UnsafeStoreError, check_regular
-from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, rows_per_chunk
+from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, chunk_rows
 
 EXTENSION = ".h5"
 JSON_ATTRS = "__json_attrs__"  # root attribute naming the attrs stored as JSON strings
@@ -79,9 +79,10 @@ def _open(path: Path, mode: str):
 class Hdf5BundleWriter:
     """Appends rows to named datasets of a new HDF5 file; datasets are created on first append."""
 
-    def __init__(self, path: Path, compression: str = "none") -> None:
+    def __init__(self, path: Path, compression: str = "none", row_axis: str | None = "frame") -> None:
         self.path = path
         self.compression = compression
+        self.row_axis = row_axis
         self._file = _open(self.path, "w")
         self._arrays: dict[str, Any] = {}
 
@@ -91,7 +92,7 @@ class Hdf5BundleWriter:
         if dataset is None:
             row_shape = tuple(block.shape[1:])
             # The first block is either a whole (small) shard or a large flush: never pad chunks past it.
-            rows = max(1, min(rows_per_chunk(row_shape, block.dtype), len(block)))
+            rows = chunk_rows(row_shape, block.dtype, len(block))
             dataset = self._file.create_dataset(
                 name,
                 shape=(0, *row_shape),
@@ -101,10 +102,21 @@ class Hdf5BundleWriter:
                 **_filter_options(self.compression),
             )
             self._arrays[name] = dataset
+            self._describe(dataset, name, block.shape)
         start = dataset.shape[0]
         dataset.resize(start + len(block), axis=0)
         if len(block):
             dataset[start:] = block
+
+    def _describe(self, dataset, name: str, shape: tuple[int, ...]) -> None:
+        """Dimension labels and a description, for h5py users browsing a shard without freezeframe."""
+        from freezeframe.store.schema import describe_array
+
+        dims, description = describe_array(name, shape, self.row_axis)
+        for axis, label in enumerate(dims):
+            dataset.dims[axis].label = label
+        if description:
+            dataset.attrs["description"] = description
 
     def truncate(self, rows: int) -> None:
         for dataset in self._arrays.values():

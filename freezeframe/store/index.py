@@ -16,7 +16,7 @@ import numpy as np
 from freezeframe.limits import LIST_BYTES
 from freezeframe.store.confine import plain_name
 from freezeframe.store.files import MalformedFileError, read_json, write_json_atomic
-from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, TEMP_PREFIX, shard_id_of_marker
+from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, REPLACES_KEY, TEMP_PREFIX, shard_id_of_marker
 
 
 @dataclass
@@ -131,9 +131,10 @@ def _check_cache(cached: object, shard_ids: list[str], where: object) -> Index:
 
 
 def index_from_markers(markers: dict[str, dict]) -> Index:
-    """On a video committed twice, keep the earliest shard and note the other."""
+    """On a video committed twice, keep the earliest shard and note the other; a replaced shard is not served."""
     index = Index()
-    for shard_id in sorted(markers):
+    replaced = {old for marker in markers.values() for old in marker.get(REPLACES_KEY, ())}
+    for shard_id in sorted(set(markers) - replaced):
         marker = markers[shard_id]
         index.shards[shard_id] = {key: marker[key] for key in ("file", "format", "arrays", "num_frames")}
         index.shards[shard_id]["compression"] = marker.get("compression", "none")
@@ -155,6 +156,7 @@ def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:
     cache = feature_set_dir / INDEX_FILE
     if cache.exists():
         try:
+            # (after a crashed removal the cache is stale, and rebuilt, until the replaced shard is cleared)
             return _check_cache(read_json(cache, LIST_BYTES), shard_ids, cache)
         except (ValueError, KeyError, TypeError, OSError):
             pass  # a stale, damaged or malformed cache is rebuilt below (verify reports one that disagrees)

@@ -11,12 +11,14 @@ from pathlib import Path
 SCHEMA_FILE = "freezeframe.json"
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "provenance.json"
+ZARR_GROUP_FILE = "zarr.json"  # makes the store root, a feature set and its shards/ Zarr groups (store/schema.py)
 SHARDS_DIR = "shards"
 INDEX_FILE = "index.json"
 FAILURES_FILE = "failures.jsonl"
 FROZEN_NAME = "frozen"
 MARKER_SUFFIX = ".done.json"
 TEMP_PREFIX = ".tmp-"
+REPLACES_KEY = "replaces"  # marker field: shard ids this shard supersedes (a removal kept the rest of their videos)
 
 
 def new_shard_id() -> str:

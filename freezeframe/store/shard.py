@@ -20,7 +20,7 @@ import numpy as np
 from freezeframe.faults import fault_point
 from freezeframe.store.backends import COMPRESSIONS, Backend
 from freezeframe.store.files import fsync_dir, write_json_atomic
-from freezeframe.store.layout import TEMP_PREFIX, marker_path, new_shard_id, temp_owner_tag
+from freezeframe.store.layout import MARKER_SUFFIX, TEMP_PREFIX, marker_path, new_shard_id, temp_owner_tag
 from freezeframe.store.location import StorePath, is_remote, remove_tree
 
 FLUSH_BYTES = 32 * 1024 * 1024
@@ -54,6 +54,7 @@ class ShardWriter:
     shard_id: str = field(default_factory=new_shard_id)
     compression: str = "none"  # a storage detail recorded in the marker, not part of provenance
     marker_extra: dict = field(default_factory=dict)  # e.g. provenance and frozen-bundle hashes, for verify
+    row_axis: str = "frame"  # the name of the arrays' first dimension (frame, window, or row for text)
 
     def __post_init__(self) -> None:
         self.final_path = self.shards_dir / f"{self.shard_id}{self.backend.extension}"
@@ -129,7 +130,7 @@ class ShardWriter:
         if not self._pending:
             return
         if self._bundle is None:
-            self._bundle = self.backend.writer(self.temp_path, compression=self.compression)
+            self._bundle = self.backend.writer(self.temp_path, compression=self.compression, row_axis=self.row_axis)
         rows = 0
         for name, blocks in self._pending.items():
             block = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
@@ -147,7 +148,9 @@ class ShardWriter:
         if not self.videos:
             raise RuntimeError("cannot commit an empty shard")
         self._flush()
-        self._bundle.set_attrs({"shard_id": self.shard_id, "videos": self.videos})
+        self._bundle.set_attrs({"shard_id": self.shard_id, "videos": self.videos,
+                                "committed_by": f"the commit marker {self.shard_id}{MARKER_SUFFIX} beside this shard; "
+                                                "without it the shard is not part of the store"})
         self._bundle.close()
         reader = self.backend.reader(self.temp_path)
         arrays = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from freezeframe.errors import StoreError
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import read_json
-from freezeframe.store.layout import PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION
+from freezeframe.store.layout import PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, TEMP_PREFIX
 from freezeframe.store.location import store_path
 
 
@@ -31,7 +31,9 @@ class Store:
         self._open: dict[str, FeatureSet] = {}
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.path.iterdir() if (p / PROVENANCE_FILE).is_file())
+        # a set being removed sits under a temporary name first: no longer listed
+        return sorted(p.name for p in self.path.iterdir()
+                      if not p.name.startswith(TEMP_PREFIX) and (p / PROVENANCE_FILE).is_file())
 
     def __getitem__(self, name: str) -> FeatureSet:
         if name not in self._open:

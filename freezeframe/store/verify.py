@@ -21,7 +21,8 @@ from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.claims import claimed_videos
 from freezeframe.store.files import read_json
 from freezeframe.store.index import committed_shard_ids, index_from_markers, read_marker, shard_file
-from freezeframe.store.layout import FROZEN_NAME, INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE, SHARDS_DIR, TEMP_PREFIX
+from freezeframe.store.layout import (FROZEN_NAME, INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE, SHARDS_DIR, TEMP_PREFIX,
+                                      ZARR_GROUP_FILE)
 from freezeframe.store.provenance import provenance_sha256
 from freezeframe.store.shard import array_sha256
 from freezeframe.store.store import Store
@@ -134,7 +135,7 @@ def verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
                                "(a rerun takes over the claims of crashed ones)")
     committed_files = {shard_file(shard_id, marker["format"]) for shard_id, marker in markers.items()}
     for entry in shards_dir.iterdir() if shards_dir.is_dir() else []:
-        if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX):
+        if entry.name.startswith(TEMP_PREFIX) or entry.name.endswith(MARKER_SUFFIX) or entry.name == ZARR_GROUP_FILE:
             continue
         if entry.name not in committed_files:
             report.warnings.append(f"{name}: shard {entry.name} has no commit marker and is ignored")

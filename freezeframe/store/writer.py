@@ -11,12 +11,14 @@ import numpy as np
 
 from freezeframe.errors import StoreError
 from freezeframe.store import provenance as prov
+from freezeframe.store import schema
 from freezeframe.store.backends import BACKENDS, check_compression, get_backend
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json
 from freezeframe.store.index import Index, write_index
 from freezeframe.store.layout import (
-    FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, temp_owner_tag,
+    FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE,
+    temp_owner_tag,
 )
 from freezeframe.store.location import is_remote
 from freezeframe.store.location import store_path as store_path_of
@@ -52,6 +54,11 @@ class FeatureSetWriter:
         self.shards_dir = self.path / SHARDS_DIR
         self.shards_dir.mkdir(parents=True, exist_ok=True)
         self.provenance = self._claim_provenance(provenance)
+        self.row_axis = schema.row_axis(self.provenance)
+        schema.describe_store(self.store_path)
+        schema.describe_shards_dir(self.path)
+        if not (self.path / ZARR_GROUP_FILE).exists():
+            schema.describe_feature_set(self.path, self.name, self.provenance, {}, 0)
         if frozen:
             self._write_frozen_once(frozen)
         self.remove_stale_temps()
@@ -93,7 +100,7 @@ class FeatureSetWriter:
         fsync_dir(self.path)
 
     def _write_bundle(self, path, arrays: dict[str, np.ndarray]) -> None:
-        bundle = self.backend.writer(path)
+        bundle = self.backend.writer(path, row_axis=None)  # frozen weights: no rows
         for key, value in sorted(arrays.items()):
             bundle.append(key, np.ascontiguousarray(value))
         bundle.close()
@@ -114,7 +121,7 @@ class FeatureSetWriter:
 
     def new_shard(self) -> ShardWriter:
         return ShardWriter(self.shards_dir, self.backend, compression=self.compression,
-                           marker_extra=self.marker_extra)
+                           marker_extra=self.marker_extra, row_axis=self.row_axis)
 
     @property
     def failures_path(self) -> Path:
@@ -124,7 +131,10 @@ class FeatureSetWriter:
         append_jsonl(self.failures_path, {"video_id": video_id, "path": path, "reason": reason, "time": time.time()})
 
     def write_index(self) -> Index:
-        return write_index(self.path, self.shards_dir)
+        """Rebuild index.json from the commit markers, and the feature set's self-description with it."""
+        index = write_index(self.path, self.shards_dir)
+        schema.describe_feature_set(self.path, self.name, self.provenance, index.shards, len(index.videos))
+        return index
 
 
 def frozen_hashes(fs_path) -> dict:

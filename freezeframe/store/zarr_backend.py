@@ -57,11 +57,23 @@ def rows_per_chunk(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
     return max(1, CHUNK_BYTES // row_bytes)
 
 
+def chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype, first_rows: int) -> int:
+    """Rows per chunk for an array whose first block has `first_rows` rows (a whole small shard, or a big flush).
+
+    At most ~CHUNK_BYTES, and the first block split into equal chunks: a stored chunk is always whole, so a shard
+    of 1.1 chunks would otherwise take 2 chunks on disk (padding small shards by up to half their size).
+    """
+    limit = rows_per_chunk(row_shape, dtype)
+    chunks = max(1, -(-first_rows // limit))
+    return max(1, -(-first_rows // chunks))
+
+
 class ZarrBundleWriter:
     """Appends rows to named arrays of a new Zarr group; arrays are created on first append."""
 
-    def __init__(self, path: Path, compression: str = "none") -> None:
+    def __init__(self, path: Path, compression: str = "none", row_axis: str | None = "frame") -> None:
         self.path = path
+        self.row_axis = row_axis
         self._compressors = compressors(compression)
         self._group = zarr.open_group(_zarr_store(path), mode="w")
         self._arrays: dict[str, Any] = {}
@@ -69,15 +81,20 @@ class ZarrBundleWriter:
     def append(self, name: str, block: np.ndarray) -> None:
         array = self._arrays.get(name)
         if array is None:
+            from freezeframe.store.schema import describe_array
+
             row_shape = tuple(block.shape[1:])
+            dims, description = describe_array(name, block.shape, self.row_axis)
             array = self._group.create_array(
                 name,
                 shape=(0, *row_shape),
                 # The first block is either a whole (small) shard or a large flush: never pad chunks past it.
-                chunks=(max(1, min(rows_per_chunk(row_shape, block.dtype), len(block))), *row_shape),
+                chunks=(chunk_rows(row_shape, block.dtype, len(block)), *row_shape),
                 dtype=block.dtype,
                 compressors=self._compressors,
                 fill_value=0,
+                dimension_names=dims,
+                attributes={"description": description} if description else None,
             )
             self._arrays[name] = array
         array.append(block, axis=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ class Caption:
 def read_captions(path: str | Path) -> list[Caption]:
     """Read a `.jsonl` (one object a line) or `.csv` (header row) captions file.
 
-    Fields: video_id and text (required), caption_id (default `<video_id>#<n>`, n counting that video's captions
-    from 0), start and end in seconds (optional). Caption ids must be unique.
+    Fields: video_id and text (required), caption_id (default `<video_id>#<text hash>`, see `default_caption_id`),
+    start and end in seconds (optional). Caption ids must be unique.
     """
     path = Path(path)
     if not path.is_file():
@@ -41,7 +42,7 @@ def read_captions(path: str | Path) -> list[Caption]:
         raise InputError(f"captions file {path}: expected a .jsonl or .csv file")
     captions: list[Caption] = []
     seen: dict[str, int] = {}
-    per_video: dict[str, int] = {}
+    per_video: dict[tuple[str, str], int] = {}
     for line, row in rows:
         caption = _caption(row, per_video, f"{path}:{line}")
         if caption.caption_id in seen:
@@ -89,13 +90,30 @@ def _caption(row: dict, per_video: dict[str, int], where: str) -> Caption:
         raise InputError(f"{where}: video_id is missing")
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{where}: text is missing or empty")
-    number = per_video.get(video_id, 0)
-    per_video[video_id] = number + 1
-    caption_id = str(row.get("caption_id", f"{video_id}#{number}"))
+    if "caption_id" in row:
+        caption_id = str(row["caption_id"])
+    else:
+        repeat = per_video.get((video_id, text), 0)  # the same text twice for one video: #hash, #hash.1, ...
+        per_video[(video_id, text)] = repeat + 1
+        caption_id = default_caption_id(video_id, text, repeat)
     start, end = _seconds(row.get("start"), "start", where), _seconds(row.get("end"), "end", where)
     if start is not None and end is not None and end <= start:
         raise InputError(f"{where}: end ({end}) must be after start ({start})")
     return Caption(video_id=video_id, caption_id=caption_id, text=text, start=start, end=end)
+
+
+def text_sha256(text: str) -> str:
+    """sha256 of a caption's exact text (UTF-8): recorded with its stored rows, so changed text is re-extracted."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def default_caption_id(video_id: str, text: str, repeat: int = 0) -> str:
+    """`<video_id>#<first 12 hex of the text's sha256>` (`.<n>` for the n-th repeat of that text for that video).
+
+    Derived from the text, not the line number, so the same caption gets the same id in every file (train and test
+    files of the same videos never collide) and a caption whose text changes gets a new id.
+    """
+    return f"{video_id}#{text_sha256(text)[:12]}" + (f".{repeat}" if repeat else "")
 
 
 def _seconds(value, name: str, where: str) -> float | None:

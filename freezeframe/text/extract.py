@@ -13,8 +13,11 @@ from tqdm import tqdm
 
 from freezeframe.errors import InputError
 from freezeframe.store import provenance as prov
+from freezeframe.store.feature_set import FeatureSet
+from freezeframe.store.location import store_path
+from freezeframe.store.remove import remove_videos
 from freezeframe.store.writer import FeatureSetWriter
-from freezeframe.text.captions import Caption
+from freezeframe.text.captions import Caption, text_sha256
 from freezeframe.text.encoders import TextConfig, build_text_encoder
 
 
@@ -27,6 +30,7 @@ class TextReport:
     total: int
     stored: int = 0
     skipped: int = 0
+    changed: int = 0  # captions whose id was committed with other text: their old rows were removed, then redone
     seconds: float = 0.0
 
 
@@ -40,10 +44,22 @@ def default_text_set_name(config: TextConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{config.backbone}-{model}{weights}").strip("-.").lower()
 
 
+def committed_text_hashes(store: str | Path, name: str) -> dict[str, str | None]:
+    """Caption id -> sha256 of the text its committed rows were made from (None for rows made before it was kept)."""
+    fs = FeatureSet(store_path(store), name)
+    return {caption_id: fs.video_info(caption_id).get("text_sha256") for caption_id in fs.video_ids()}
+
+
 def extract_text(captions: Sequence[Caption], store: str | Path, config: TextConfig, *, name: str | None = None,
                  batch_size: int = 64, shard_size: int = 4096, device: str | torch.device = "cpu",
                  progress: bool = True) -> TextReport:
-    """Encode every caption not yet in the set `name` and commit them in shards; a rerun resumes."""
+    """Encode every caption not yet in the set `name` and commit them in shards; a rerun resumes.
+
+    A caption counts as done only when its id was committed from the same text (sha256); an id committed from
+    other text has its old rows removed (atomically) and is encoded again.
+    """
+    if not captions:
+        raise InputError("no captions to encode.")
     if batch_size < 1 or shard_size < 1:
         raise InputError("--batch-size and --shard-size must be at least 1.")
     device = torch.device(device)
@@ -51,9 +67,13 @@ def extract_text(captions: Sequence[Caption], store: str | Path, config: TextCon
     provenance = prov.stamp({"kind": "text", **encoder.provenance()}, "torch", "transformers", "open_clip_torch")
     name = name or default_text_set_name(config)
     writer = FeatureSetWriter(store, name, provenance)
-    committed = writer.committed_ids()
-    todo = [c for c in captions if c.caption_id not in committed]
-    report = TextReport(str(store), name, total=len(captions), skipped=len(captions) - len(todo))
+    stored_texts = committed_text_hashes(store, name)
+    changed = [c.caption_id for c in captions
+               if c.caption_id in stored_texts and stored_texts[c.caption_id] != text_sha256(c.text)]
+    if changed:  # an id whose text changed: its old rows must never be served again
+        remove_videos(store, name, changed)
+    todo = [c for c in captions if stored_texts.get(c.caption_id) != text_sha256(c.text)]
+    report = TextReport(str(store), name, total=len(captions), skipped=len(captions) - len(todo), changed=len(changed))
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="caption", disable=not progress, dynamic_ncols=True) as bar:
         for first in range(0, len(todo), shard_size):
@@ -64,7 +84,8 @@ def extract_text(captions: Sequence[Caption], store: str | Path, config: TextCon
                     batch = part[lo:lo + batch_size]
                     for caption, arrays in zip(batch, encoder.encode([c.text for c in batch])):
                         shard.append(caption.caption_id, arrays)
-                        shard.end_video(caption.caption_id, {"video_id": caption.video_id})
+                        shard.end_video(caption.caption_id, {"video_id": caption.video_id,
+                                                             "text_sha256": text_sha256(caption.text)})
                     bar.update(len(batch))
                 shard.commit()
             except BaseException:

@@ -1,0 +1,357 @@
+"""What a new user meets at the command line: no silent no-ops, cheap checks first, dry runs, Ctrl-C, help."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+from freezeframe.cli import main
+from freezeframe.store import open_store
+from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR
+from freezeframe.store.writer import FeatureSetWriter
+from freezeframe.summary import format_summary, natural_key, store_summary
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "ff-tiny-vit", "--pretrained", "none", "--num-frames", "2", "--batch-size", "4", "--workers", "0",
+        "--no-progress"]
+FEATURE_SET = "clip-ff-tiny-vit-random"
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def test_empty_input_folder_is_an_error_that_creates_nothing(tmp_path, run_cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    store = tmp_path / "store"
+    result = run_cli("extract", empty, "--store", store, *TINY)
+    assert result.exit_code == 2, result.output  # before: exit 0 and an empty, provenance-locked feature set
+    assert result.output.startswith("error: no videos to extract") and result.output.count("\n") == 1
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "-1"], "--layers chooses the token maps of --features tokens"),
+    (["--features", "embed", "--layers", "0,1"], "--layers chooses the token maps of --features tokens"),
+    (["--frames-per-clip", "4"], "--frames-per-clip is for --clips sampling"),
+    (["--image-size", "112"], "--image-size is for the S3D backbones"),
+])
+def test_options_that_would_be_ignored_are_refused_before_anything_runs(tmp_path, run_cli, sample_videos, args,
+                                                                         message):
+    store = tmp_path / "store"
+    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", store, *TINY, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "would ignore it" in result.output
+    assert not store.exists()
+
+
+def test_extract_text_refuses_options_of_the_other_backbone(tmp_path, run_cli):
+    captions = tmp_path / "c.jsonl"
+    captions.write_text('{"video_id": "v", "text": "a dog"}\n', encoding="utf-8")
+    result = run_cli("extract-text", captions, "--store", tmp_path / "s", "--backbone", "clip-text",
+                     "--model", "ff-tiny-vit", "--layers", "3", "--no-progress")
+    assert result.exit_code == 2 and "--layers is for --backbone bert" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_store_of_another_schema_is_refused_before_the_model_loads(tmp_path, run_cli, sample_videos):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "freezeframe.json").write_text('{"format": "freezeframe", "schema_version": 99}')
+    (tmp_path / "file").write_text("x")
+    for target, message in ((store, "schema version 99"), (tmp_path / "file", "is a file, not a store directory")):
+        # a model that cannot be built: only a check made before building it can give this error
+        result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", target, *TINY[:2],
+                         "--pretrained", tmp_path / "missing.pt", "--no-progress")
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+
+
+def test_dash_h_is_help_everywhere(run_cli):
+    paths = [()] + list(_commands(main))
+    assert len(paths) > 10
+    for path in paths:
+        result = run_cli(*path, "-h")
+        assert result.exit_code == 0 and "Usage:" in result.output and "-h, --help" in result.output, path
+
+
+def _small_set(store: Path, arrays: dict[str, tuple[int, ...]], videos: int) -> None:
+    writer = FeatureSetWriter(store, "s", {"kind": "test"})
+    shard = writer.new_shard()
+    for v in range(videos):
+        shard.append(f"v{v}", {name: np.zeros((2, *shape), np.float16) for name, shape in arrays.items()})
+        shard.end_video(f"v{v}")
+    shard.commit()
+    writer.write_index()
+
+
+def test_inspect_lists_arrays_in_natural_order_with_correct_plurals(tmp_path, run_cli):
+    _small_set(tmp_path / "store", {f"tokens/{b}": (3, 4) for b in (8, 9, 10, 11)} | {"embed": (4,)}, videos=1)
+    summary = store_summary(open_store(tmp_path / "store"))
+    assert list(summary["feature_sets"]["s"]["arrays"]) == ["embed", "tokens/8", "tokens/9", "tokens/10", "tokens/11"]
+    text = format_summary(summary)
+    assert "s: 1 video, 2 frames in 1 shard" in text and "zarr/none (1 shard)" in text  # before: "1 shards"
+    assert text.index("tokens/9 ") < text.index("tokens/10 ")
+    assert sorted(["b10", "b9", "a"], key=natural_key) == ["a", "b9", "b10"]
+
+
+def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, run_cli, sample_videos):
+    store = tmp_path / "store"
+    first = sample_videos["short_32frames.mp4"]
+    options = [*TINY, "--features", "embed,tokens", "--layers", "-1"]
+    assert run_cli("extract", first, "--store", store, *options).exit_code == 0
+    before = tree(store)
+    result = run_cli("extract", first, sample_videos["lowfps_6fps.mp4"], sample_videos["archery_demo.mp4"],
+                     "--store", store, *options, "--shard-size", "1", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert tree(store) == before
+    out = result.output
+    assert "3 given: 2 to extract, 1 already committed" in out and "2 shards of 1 videos" in out
+    assert "no video decoded, nothing written" in out and "to do     lowfps_6fps" in out
+    stored = open_store(store)[FEATURE_SET].arrays()
+    for array in ("embed", "tokens/3", "timestamps", "frame_indices"):
+        meta = stored[array]
+        assert f"{array:<18} {meta['dtype']:<8} per row {tuple(meta['shape'])}" in out, array
+    changed = run_cli("extract", first, "--store", store, *options, "--num-frames", "3", "--dry-run")
+    assert changed.exit_code == 0 and "refused   the feature set was made differently" in changed.output
+    assert "num_frames: store has 2, this run has 3" in changed.output
+
+
+def test_ctrl_c_in_extract_exits_130_and_says_how_to_resume(tmp_path, sample_videos):
+    store = tmp_path / "store"
+    videos = [str(sample_videos[name]) for name in sorted(sample_videos)]
+    command = [sys.executable, "-m", "freezeframe.cli", "extract", *videos, "--store", str(store), *TINY,
+               "--shard-size", "1", "--num-frames", "16"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    shards = store / FEATURE_SET / SHARDS_DIR
+    deadline = time.monotonic() + 120
+    while not list(shards.glob(f"*{MARKER_SUFFIX}")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, (out, err)  # before: "Aborted!" and exit 1, as when videos fail
+    committed = len(open_store(store)[FEATURE_SET])
+    assert 1 <= committed < len(videos)
+    assert f"interrupted: {committed} of {len(videos)} videos are committed" in err
+    assert "Run the same command again to resume" in err and "Traceback" not in err
+
+
+# ---- self-describing stores ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def described_store(tmp_path_factory, sample_videos):
+    """Two videos with embed, cls and tokens of blocks 2 and 3, in Zarr; one in HDF5 under another name."""
+    from click.testing import CliRunner
+
+    store = tmp_path_factory.mktemp("described") / "store"
+    videos = [str(sample_videos["short_32frames.mp4"]), str(sample_videos["lowfps_6fps.mp4"])]
+    for extra in ([], ["--format", "hdf5", "--name", "h5", "--shard-size", "2"]):
+        result = CliRunner().invoke(main, ["extract", *videos, "--store", str(store), *TINY, "--features",
+                                           "embed,cls,tokens", "--layers", "2,3", *extra])
+        assert result.exit_code == 0, result.output
+    return store
+
+
+def test_plain_zarr_lists_feature_sets_shards_and_arrays_with_dimension_names(described_store):
+    import zarr
+
+    fs = open_store(described_store)[FEATURE_SET]
+    root = zarr.open_group(str(described_store), mode="r")  # before: not a Zarr group at all
+    assert root.attrs["freezeframe"]["schema_version"] == 1
+    assert {FEATURE_SET, "h5"} <= set(dict(root.groups()))
+    group = root[FEATURE_SET]
+    about = group.attrs["freezeframe"]
+    assert about["provenance"] == fs.provenance and about["committed_shards"] == fs.shard_ids
+    assert about["num_videos"] == 2 and about["rows"].startswith("frame")
+    assert "token 0 is CLS" in about["arrays"]["tokens/3"]["description"]
+    assert about["arrays"]["tokens/3"]["dimension_names"] == ["frame", "token", "width"]
+    assert sorted(name for name, _ in group["shards"].groups()) == sorted(f"{s}.zarr" for s in fs.shard_ids)
+    shard = group["shards"][f"{fs.shard_ids[0]}.zarr"]
+    tokens = shard["tokens/3"]
+    assert tokens.metadata.dimension_names == ("frame", "token", "width")
+    assert "token 0 is CLS" in tokens.attrs["description"]
+    assert shard["embed"].metadata.dimension_names == ("frame", "embed_dim")
+    assert shard["timestamps"].metadata.dimension_names == ("frame",)
+    video = shard.attrs["videos"][0]
+    np.testing.assert_array_equal(tokens[video["row_start"]:video["row_start"] + video["n_frames"]],
+                                  fs.read(video["id"], "tokens/3"))
+    assert "commit marker" in shard.attrs["committed_by"]
+
+
+def test_xarray_opens_a_shard_with_named_dimensions(described_store):
+    xr = pytest.importorskip("xarray")
+    fs = open_store(described_store)[FEATURE_SET]
+    ds = xr.open_zarr(str(fs.path / SHARDS_DIR / f"{fs.shard_ids[0]}.zarr"), consolidated=False, zarr_format=3)
+    assert ds["embed"].dims == ("frame", "embed_dim") and ds["cls"].dims == ("frame", "width")
+
+
+def test_h5py_sees_dimension_labels_and_descriptions(described_store):
+    import h5py
+
+    fs = open_store(described_store)["h5"]
+    (shard_id,) = fs.shard_ids
+    with h5py.File(fs.path / SHARDS_DIR / f"{shard_id}.h5", "r") as handle:
+        tokens = handle["tokens/2"]
+        assert [d.label for d in tokens.dims] == ["frame", "token", "width"]
+        assert "token 0 is CLS" in tokens.attrs["description"]
+        assert [d.label for d in handle["embed"].dims] == ["frame", "embed_dim"]
+        assert "commit marker" in handle.attrs["committed_by"]
+
+
+def test_stores_without_group_metadata_still_read_and_verify(described_store, tmp_path, run_cli):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(described_store, old)
+    for path in [old / "zarr.json", *old.glob("*/zarr.json"), *old.glob(f"*/{SHARDS_DIR}/zarr.json")]:
+        path.unlink()  # as written before stores described themselves
+    fs = open_store(old)[FEATURE_SET]
+    np.testing.assert_array_equal(fs.read("short_32frames", "embed"),
+                                  open_store(described_store)[FEATURE_SET].read("short_32frames", "embed"))
+    assert run_cli("verify", old).exit_code == 0
+    result = run_cli("verify", described_store)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+@pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
+def test_a_shard_slightly_over_one_chunk_is_not_padded_to_two(tmp_path, store_format):
+    from freezeframe.store.zarr_backend import CHUNK_BYTES
+
+    row = (17, 64)  # a tiny ViT's token map: 2176 bytes a row
+    rows = CHUNK_BYTES // (17 * 64 * 2) + 40  # 1.04 chunks: before, stored as 2 whole chunks (1.9x the data)
+    writer = FeatureSetWriter(tmp_path / "s", "s", {"kind": "test"}, format=store_format)
+    shard = writer.new_shard()
+    shard.append("v", {"tokens/0": np.ones((rows, *row), np.float16)})
+    shard.end_video("v")
+    marker = shard.commit()
+    path = writer.shards_dir / marker["file"]
+    data = rows * 17 * 64 * 2
+    stored = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
+              if path.is_dir() else path.stat().st_size)
+    assert data <= stored < 1.01 * data + 64 * 1024, (stored, data)
+
+
+# ---- rm and export-npy -----------------------------------------------------------------------------------------
+
+ODD_IDS = ["v0", "dir/v1", "..", "v3 ✓"]
+
+
+def _two_shards(store: Path, store_format: str = "zarr") -> dict[str, dict[str, np.ndarray]]:
+    """Shard one holds v0, dir/v1 and '..'; shard two holds 'v3 ✓'. Returns id -> array -> rows."""
+    writer = FeatureSetWriter(store, "s", {"kind": "test"}, format=store_format)
+    rng = np.random.default_rng(0)
+    data = {}
+    for ids in (ODD_IDS[:3], ODD_IDS[3:]):
+        shard = writer.new_shard()
+        for number, video_id in enumerate(ids):
+            rows = 3 + number
+            data[video_id] = {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
+                              "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
+                              "timestamps": np.arange(rows) / 2.0}
+            shard.append(video_id, data[video_id])
+            shard.end_video(video_id, {"source": f"{video_id}.mp4"})
+        shard.commit()
+    writer.write_index()
+    return data
+
+
+def _assert_holds(store: Path, data: dict, ids: list[str]) -> None:
+    fs = open_store(store)["s"]
+    assert fs.video_ids() == sorted(ids)
+    for video_id in ids:
+        for array, rows in data[video_id].items():
+            np.testing.assert_array_equal(fs.read(video_id, array), rows)
+        assert fs.video_info(video_id)["source"] == f"{video_id}.mp4"
+
+
+@pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
+def test_rm_videos_rewrites_their_shards_and_verifies(tmp_path, run_cli, store_format):
+    store = tmp_path / "store"
+    data = _two_shards(store, store_format)
+    result = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "v3 ✓", "--videos", "nope", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "removed 2 videos (1 shard dropped, 1 rewritten without them)" in result.output and "nope" in result.output
+    _assert_holds(store, data, ["v0", ".."])
+    assert len(open_store(store)["s"].shard_ids) == 1
+    check = run_cli("verify", store)
+    assert check.exit_code == 0 and "warning" not in check.output, check.output
+
+
+def test_a_crash_after_the_rewritten_shard_commits_serves_the_new_state(tmp_path, run_cli):
+    from freezeframe.store.remove import _copy_videos
+    from freezeframe.store.index import committed_shard_ids, read_marker
+
+    store = tmp_path / "store"
+    data = _two_shards(store)
+    writer = FeatureSetWriter(store, "s", {"kind": "test"})
+    first = read_marker(writer.shards_dir, committed_shard_ids(writer.shards_dir)[0])
+    _copy_videos(writer, first, [v for v in first["videos"] if v["id"] != "dir/v1"])  # then the process "dies"
+    _assert_holds(store, data, ["v0", "..", "v3 ✓"])  # the replaced shard is not served: no duplicates
+    assert run_cli("verify", store).exit_code == 0
+    assert run_cli("rm", store, "s", "--videos", "v0", "--yes").exit_code == 0  # finishes the cleanup too
+    _assert_holds(store, data, ["..", "v3 ✓"])
+    assert len(committed_shard_ids(writer.shards_dir)) == 2
+
+
+def test_a_crash_before_the_rewritten_shard_commits_changes_nothing(tmp_path):
+    store = tmp_path / "store"
+    data = _two_shards(store)
+    result = subprocess.run([sys.executable, "-m", "freezeframe.cli", "rm", str(store), "s", "--videos", "v0",
+                             "--yes"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "FREEZEFRAME_FAULT": "shard.marker:1"})
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    _assert_holds(store, data, ODD_IDS)
+    from freezeframe.store import verify_store
+
+    assert verify_store(store).ok
+
+
+def test_rm_a_feature_set(tmp_path, run_cli):
+    store = tmp_path / "store"
+    _two_shards(store)
+    assert run_cli("rm", store, "s").exit_code == 1  # asks first; no answer: aborted
+    assert "s" in open_store(store)
+    result = run_cli("rm", store, "s", "--yes")
+    assert result.exit_code == 0 and "removed feature set s (4 videos)" in result.output
+    assert open_store(store).names() == [] and [p.name for p in store.iterdir() if p.is_dir()] == []
+    result = run_cli("rm", store, "s", "--yes")
+    assert result.exit_code == 2 and "has no feature set 's'" in result.output
+
+
+def test_export_npy_writes_one_file_per_video_and_array(tmp_path, run_cli):
+    store, out = tmp_path / "store", tmp_path / "out"
+    data = _two_shards(store)
+    result = run_cli("export-npy", store, "--set", "s", out)
+    assert result.exit_code == 0 and "wrote 16 files for 4 videos" in result.output, result.output
+    manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["videos"]) == sorted(ODD_IDS)
+    assert manifest["videos"]["v0"] == {"embed": "v0_embed.npy", "tokens/10": "v0_tokens-10.npy",
+                                        "timestamps": "v0_timestamps.npy", "timestamps_ms": "v0_timestamps_ms.npy"}
+    assert manifest["videos"][".."]["embed"] == "%2E._embed.npy" and manifest["videos"]["dir/v1"]["embed"] == \
+        "dir%2Fv1_embed.npy"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []  # no id became a folder or left OUT
+    for video_id, arrays in data.items():
+        files = manifest["videos"][video_id]
+        for array, rows in arrays.items():
+            np.testing.assert_array_equal(np.load(out / files[array]), rows)
+        np.testing.assert_array_equal(np.load(out / files["timestamps_ms"]), arrays["timestamps"] * 1000)
+    result = run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed,nope")
+    assert result.exit_code == 2 and "has no array 'nope'" in result.output
