@@ -4,13 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 
-def plot_curves(history: list[dict], path: str | Path, x: str = "epoch") -> None:
-    """One panel per metric family: losses, and accuracies where present."""
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(counts, classes: list[str], path: str | Path) -> None:
+    """Confusion matrix (rows: true class, columns: predicted) as a PNG, counts written in the cells."""
+    plt = _pyplot()
+    n = len(classes)
+    size = min(20.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(counts, cmap="Blues")
+    ticks = range(n)
+    ax.set_xticks(ticks, classes, rotation=90 if n > 4 else 0)
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        top = counts.max() or 1
+        for (i, j), value in np.ndenumerate(counts):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: str | Path, x: str = "epoch") -> None:
+    """One panel per metric family: losses, and accuracies where present."""
+    plt = _pyplot()
 
     keys_loss = [k for k in ("train_loss", "val_loss") if any(k in h for h in history)]
     keys_acc = [k for k in ("train_top1", "val_top1", "val_top5", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")

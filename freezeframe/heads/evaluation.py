@@ -45,6 +45,11 @@ def evaluate(head: nn.Module, dataset: FeatureDataset, batch_size: int = 32, dev
              workers: int = 0) -> dict:
     """top-1, top-5 (or top-k with k = classes when fewer), mean negative log-likelihood, video count."""
     probs, labels = predict(head, dataset, batch_size, device, workers)
+    return scores(probs, labels)
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The metrics of `evaluate` from class probabilities (videos, classes) and labels (videos,)."""
     nll = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels))
     return {"top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5), "loss": nll,
             "num_videos": len(labels)}

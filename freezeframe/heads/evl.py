@@ -5,6 +5,11 @@ ViT blocks (one decoder layer per block). Before each layer the block's tokens g
 temporal modules, each switchable off: a depthwise temporal convolution, a temporal position
 embedding, and cross-frame attention built from the block's own frozen attention q/k
 (recomputed from the cached block input, see `freezeframe.store.qk`).
+
+Initialisation (`EVLConfig.init`): "reference" as EVL's code does it — Xavier-uniform q, k, v and
+output matrices (zero biases), Xavier-uniform MLP matrices with N(0, 1e-6) biases, PyTorch's default
+init for the temporal convolution, zero query, temporal position embedding and cross-frame weights.
+"identity" zero-initialises the temporal convolution as well (it then starts as an identity).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class EVLConfig:
     temporal_conv: bool = True
     temporal_pos_embed: bool = True
     cross_frame_attention: bool = True
+    init: str = "reference"  # a key of EVL_INITS
 
     @property
     def decoder_heads(self) -> int:
@@ -45,13 +51,11 @@ class EVLConfig:
 
 
 class TemporalConv(nn.Module):
-    """Depthwise convolution over time, per token and channel; zero-initialised so it starts as identity."""
+    """Depthwise convolution over time, per token and channel (PyTorch's default init, as EVL's reference)."""
 
     def __init__(self, width: int, kernel: int = 3) -> None:
         super().__init__()
         self.conv = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=width)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, L, C)
         b, t, l, c = x.shape
@@ -88,6 +92,35 @@ class CrossFrameAttention(nn.Module):
         return out
 
 
+def _xavier_attention_and_mlp(layer: CrossAttentionLayer) -> None:
+    """EVL's decoder-layer init: Xavier per q, k, v and output matrix, zero attention biases;
+    Xavier MLP matrices with N(0, 1e-6) biases."""
+    attn, width = layer.attn, layer.attn.embed_dim
+    for part in attn.in_proj_weight.data.split(width):  # (3C, C) -> q, k, v, each (C, C)
+        nn.init.xavier_uniform_(part)
+    nn.init.zeros_(attn.in_proj_bias)
+    nn.init.xavier_uniform_(attn.out_proj.weight)
+    nn.init.zeros_(attn.out_proj.bias)
+    for linear in (layer.mlp[0], layer.mlp[-1]):
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.normal_(linear.bias, std=1e-6)
+
+
+def _init_reference(decoder: "EVLDecoder") -> None:
+    for layer in decoder.layers:
+        _xavier_attention_and_mlp(layer)
+
+
+def _init_identity(decoder: "EVLDecoder") -> None:
+    _init_reference(decoder)
+    for conv in decoder.temporal_conv or ():
+        nn.init.zeros_(conv.conv.weight)
+        nn.init.zeros_(conv.conv.bias)
+
+
+EVL_INITS = {"reference": _init_reference, "identity": _init_identity}
+
+
 class EVLDecoder(nn.Module):
     """Logits from `inputs["tokens/<b>"]` (B, T, 1 + L, C) and, with cross-frame attention,
     `inputs["block_input/<b>"]` of the same shape, for every configured block b."""
@@ -112,6 +145,9 @@ class EVLDecoder(nn.Module):
                     shape = (width,) if key.startswith("norm") or key.endswith("bias") else (width, width)
                     self.register_buffer(f"qk_{b}_{key}", torch.zeros(shape))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Dropout(config.cls_dropout), nn.Linear(width, config.num_classes))
+        if config.init not in EVL_INITS:
+            raise ValueError(f"unknown EVL init {config.init!r}; choose one of {', '.join(EVL_INITS)}")
+        EVL_INITS[config.init](self)
 
     @property
     def required_arrays(self) -> list[str]:

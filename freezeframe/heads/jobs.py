@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from dataclasses import asdict
@@ -12,17 +13,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from freezeframe.errors import InputError
-from freezeframe.heads.curves import plot_curves
-from freezeframe.heads.evaluation import evaluate
+from freezeframe.errors import InputError, StoreError
+from freezeframe.heads.curves import plot_confusion, plot_curves
+from freezeframe.heads.evaluation import predict, scores
 from freezeframe.heads.probe import LinearProbe, pool_frames, sweep_l2
 from freezeframe.heads.registry import build_head, config_to_dict, head_config
 from freezeframe.heads.run import RunInfo, load_head
 from freezeframe.heads.training import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
                                         train_classifier)
 from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate, read_labels
-from freezeframe.store.feature_set import block_source
+from freezeframe.store.feature_set import FeatureSet, block_source
+from freezeframe.store.provenance import differences
 from freezeframe.store.store import Store
+
+# What a run records of its feature set's provenance, and what `eval` requires to match: the numbers of
+# another model, weights, preprocessing or frame sampling are not the features the head was trained on.
+MATCHED_PROVENANCE = ("backbone", "preprocess", "sampling", "compute_dtype", "frames_per_view")
+# Everything a training run writes into its directory (an --overwrite removes these and nothing else).
+RUN_FILES = ("run.json", LAST, BEST, METRICS_FILE, "curves.png")
 
 
 PRELOAD_LIMIT = 2 * 1024**3
@@ -35,6 +43,46 @@ def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
     row_bytes = sum(int(np.prod(stored[s]["shape"], dtype=np.int64)) * np.dtype(stored[s]["dtype"]).itemsize
                     for s in sources)
     return row_bytes * sum(fs.video_info(v)["n_frames"] for v in video_ids if v in fs)
+
+
+def open_feature_set(store: str | Path, feature_set: str) -> FeatureSet:
+    """The feature set, or a one-line error naming the sets the store has."""
+    try:
+        return Store(store)[feature_set]
+    except KeyError as exc:
+        raise StoreError(f"{exc.args[0]}.") from None
+
+
+def matched_provenance(fs: FeatureSet) -> dict:
+    return {key: fs.provenance.get(key) for key in MATCHED_PROVENANCE}
+
+
+def check_provenance(run_provenance: dict | None, fs: FeatureSet, allow_mismatch: bool = False) -> list[str]:
+    """Keys where the feature set was made differently from the run's training features.
+
+    Raises a one-line `StoreError` naming them unless `allow_mismatch` (then returns them)."""
+    if not run_provenance:
+        return []
+    found = differences(run_provenance, matched_provenance(fs))
+    if found and not allow_mismatch:
+        keys = ", ".join(line.split(":")[0] for line in found)
+        raise StoreError(f"feature set {fs.name!r} was not made like the run's training features (differs in: {keys}); "
+                         f"pass --allow-provenance-mismatch to evaluate anyway.")
+    return found
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a directory that holds a run unless told to continue it or replace it."""
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if resume and overwrite:
+        raise InputError("pass either --resume or --overwrite, not both.")
+    if not present or resume:
+        return
+    if not overwrite:
+        raise InputError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it "
+                         f"or --overwrite to replace it.")
+    for name in present:
+        (out / name).unlink()
 
 
 def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
@@ -78,14 +126,18 @@ def train_run(
     head_options: dict | None = None,
     config: TrainConfig = TrainConfig(),
     resume: bool = False,
+    overwrite: bool = False,
     preload: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train a head of `kind` on a feature set; returns the final metrics.
 
     `preload=None` reads the head's arrays into memory once when they fit in `PRELOAD_LIMIT` bytes.
+    An `out` that already holds a run needs `resume` or `overwrite`; a start that fails leaves nothing behind.
     """
-    fs = Store(store)[feature_set]
+    out = Path(out)
+    prepare_run_dir(out, resume, overwrite)
+    fs = open_feature_set(store, feature_set)
     train_frames = train_frames or default_frames(kind, store, feature_set, train=True)
     eval_frames = eval_frames or default_frames(kind, store, feature_set, train=False)
     train_sel, eval_sel = FrameSelection.parse(train_frames), FrameSelection.parse(eval_frames)
@@ -97,9 +149,6 @@ def train_run(
     if kind == "evl" and head_cfg.cross_frame_attention:
         head.load_frozen_qk(fs.frozen_weights())
     arrays = head.required_arrays
-    run = RunInfo(kind, config_to_dict(head_cfg), str(store), feature_set, classes, str(train_sel), str(eval_sel),
-                  asdict(config))
-    run.save(out)
     if preload is None:
         preload = preload_bytes(fs, ids, arrays) <= PRELOAD_LIMIT
     train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed)
@@ -109,10 +158,26 @@ def train_run(
         val_set = FeatureDataset(store, feature_set, val_ids, arrays, eval_sel, val_y, preload, config.seed)
     if kind == "temporal":
         head.set_input_stats(*channel_stats(train_set, head.config.array))
-    if kind == "probe":
-        return _train_probe(head, train_set, val_set, config, Path(out), log)
-    history = train_classifier(head, train_set, val_set, config, out, resume=resume, log=log)
+    run = RunInfo(kind, config_to_dict(head_cfg), str(store), feature_set, classes, str(train_sel), str(eval_sel),
+                  asdict(config), extra={"provenance": matched_provenance(fs)})
+    existed = out.exists()
+    run.save(out)
+    try:
+        if kind == "probe":
+            return _train_probe(head, train_set, val_set, config, out, log)
+        history = train_classifier(head, train_set, val_set, config, out, resume=resume, log=log)
+    except Exception:
+        if not (out / LAST).exists():  # nothing trained yet: leave no half-made run behind
+            _remove_run(out, existed)
+        raise
     return history[-1] if history else {}
+
+
+def _remove_run(out: Path, keep_dir: bool) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    if not keep_dir and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def channel_stats(dataset: FeatureDataset, array: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,12 +227,48 @@ def _train_probe(probe: LinearProbe, train_set, val_set, config: TrainConfig, ou
 
 
 def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None = None, frames: str | None = None,
-             batch_size: int = 32, device: str = "auto", workers: int = 0, trust_checkpoint: bool = False) -> dict:
-    """top-1/top-5 of a run's best checkpoint on a labelled set (views averaged)."""
+             batch_size: int = 32, device: str = "auto", workers: int = 0, trust_checkpoint: bool = False,
+             allow_provenance_mismatch: bool = False, predictions: str | Path | None = None,
+             confusion: str | Path | None = None) -> dict:
+    """top-1/top-5 of a run's best checkpoint on a labelled set (views averaged).
+
+    The feature set must have been made like the run's training features (`MATCHED_PROVENANCE`);
+    `predictions` writes per-video scores (CSV, or JSON lines for a .jsonl name), `confusion` a PNG."""
     head, info = load_head(run_dir, trust_checkpoint=trust_checkpoint)
     store = store or info.store
+    fs = open_feature_set(store, info.feature_set)
+    mismatched = check_provenance(info.extra.get("provenance"), fs, allow_provenance_mismatch)
     ids, y, _ = labelled_ids(labels, info.classes)
     selection = FrameSelection.parse(frames or info.eval_frames)
     dataset = FeatureDataset(store, info.feature_set, ids, head.required_arrays, selection, y)
-    result = evaluate(head, dataset, batch_size, resolve_device(device), workers)
-    return {**result, "head": info.head, "feature_set": info.feature_set, "frames": str(selection)}
+    probs, _ = predict(head, dataset, batch_size, resolve_device(device), workers)
+    result = scores(probs, torch.as_tensor(y))
+    if predictions is not None:
+        write_predictions(predictions, ids, probs, y, info.classes)
+    if confusion is not None:
+        plot_confusion(confusion_matrix(probs.argmax(1), torch.as_tensor(y), len(info.classes)), info.classes, confusion)
+    return {**result, "head": info.head, "feature_set": info.feature_set, "frames": str(selection),
+            **({"provenance_mismatch": mismatched} if mismatched else {})}
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(true class, predicted class) -> count."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels.numpy(), predicted.numpy()), 1)
+    return counts
+
+
+def write_predictions(path: str | Path, ids: list[str], probs: torch.Tensor, labels: list[int], classes: list[str]) -> None:
+    """One row per video: video_id, label, prediction, score (its probability), then every class's probability."""
+    path = Path(path)
+    predicted = probs.argmax(1).tolist()
+    rows = [{"video_id": v, "label": classes[t], "prediction": classes[p], "score": float(probs[i, p]),
+             **{f"p:{c}": float(probs[i, j]) for j, c in enumerate(classes)}}
+            for i, (v, t, p) in enumerate(zip(ids, labels, predicted))]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        if path.suffix.lower() in (".jsonl", ".json"):
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        else:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["video_id"])
+            writer.writeheader()
+            writer.writerows(rows)

@@ -1,5 +1,10 @@
 """The training loop shared by gradient-trained heads: AdamW + cosine schedule, AMP on CUDA,
-a checkpoint every epoch, exact resume, metrics as JSON lines, best checkpoint kept, PNG curves."""
+a checkpoint every epoch, exact resume, metrics as JSON lines, best checkpoint kept, PNG curves.
+
+Training length is counted in optimisation steps as well as epochs: a small training set gets
+more epochs so that training takes at least `min_steps` steps (50 videos in batches of 32 would
+otherwise get 20 steps from 10 epochs, too few for any head to learn).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ LAST, BEST = "last.pt", "best.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # raised to reach min_steps, unless min_steps is 0
+    steps: int = 0  # when > 0: train for this many steps (rounded up to whole epochs); epochs is ignored
+    min_steps: int = 200
     batch_size: int = 32
     lr: float = 4e-4
     weight_decay: float = 0.05
@@ -43,6 +50,22 @@ class TrainConfig:
     amp: bool = True  # fp16 autocast with loss scaling, on CUDA only
     progress: bool = True
     trust_checkpoint: bool = False  # resume from a last.pt that is a full pickle (it can run code)
+
+
+def planned_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
+    """Epochs to run: enough for `steps` when given, else `epochs` raised to at least `min_steps` steps."""
+    steps_per_epoch = max(1, steps_per_epoch)
+    if config.steps > 0:
+        return math.ceil(config.steps / steps_per_epoch)
+    return max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: `message` says which epoch last.pt holds and how to resume."""
+
+    def __init__(self, message: str, epochs_done: int) -> None:
+        super().__init__(message)
+        self.epochs_done = epochs_done
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -126,10 +149,15 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
     return start_epoch, best_score, history
 
 
+CURVE_INTERVAL_S = 20.0  # curves.png is redrawn at most this often (and after the last epoch): matplotlib is slow
+
+
 def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict, score: float, best_score: float,
-                 config: TrainConfig, shown: Sequence[str], log: Callable[[str], None] = print) -> float:
+                 config: TrainConfig, shown: Sequence[str], log: Callable[[str], None] = print,
+                 total_epochs: int | None = None) -> float:
     """Append `metrics` to `history` and checkpoint the epoch: best.pt (head only) when `score` beats `best_score`,
     last.pt, its metrics line, curves; log the `shown` metrics. Returns the new best score."""
+    total_epochs = config.epochs if total_epochs is None else total_epochs
     improved = score > best_score
     best_score = max(best_score, score)
     history.append(metrics)
@@ -141,9 +169,11 @@ def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict,
     save_atomic(state, run_dir / LAST)
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
-    plot_curves(history, run_dir / "curves.png")
+    curves = run_dir / "curves.png"
+    if epoch + 1 >= total_epochs or not curves.exists() or time.time() - curves.stat().st_mtime > CURVE_INTERVAL_S:
+        plot_curves(history, curves)
     values = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
-    log(f"epoch {epoch + 1}/{config.epochs}: {values}{' (best)' if improved else ''}")
+    log(f"epoch {epoch + 1}/{total_epochs}: {values}{' (best)' if improved else ''}")
     return best_score
 
 
@@ -156,7 +186,9 @@ def train_classifier(
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Train `head` on `train_set`; one checkpoint per epoch in `run_dir`. Returns the metrics history."""
+    """Train `head` on `train_set`; one checkpoint per epoch in `run_dir`. Returns the metrics history.
+
+    Ctrl-C raises `TrainingInterrupted` once last.pt holds the last finished epoch (curves redrawn)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -165,15 +197,34 @@ def train_classifier(
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    schedule = cosine_schedule(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+    epochs = planned_epochs(config, steps_per_epoch)
+    schedule = cosine_schedule(epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     parts = {"head": head, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     start_epoch, best_score, history = restore_last(run_dir, parts, config, device, resume, log)
     write_metrics(run_dir, history)
+    if start_epoch == 0:
+        log(f"training {epochs} epochs of {steps_per_epoch} steps ({epochs * steps_per_epoch} steps, "
+            f"{len(train_set)} videos, batch {config.batch_size})")
+    try:
+        _run_epochs(head, train_set, val_set, config, run_dir, parts, history, best_score, range(start_epoch, epochs),
+                    epochs, device, use_amp, log)
+    except KeyboardInterrupt:
+        done = len(history)
+        if history:
+            plot_curves(history, run_dir / "curves.png")
+        held = f"last.pt holds epoch {done}/{epochs}" if done else "no epoch had finished"
+        raise TrainingInterrupted(f"interrupted during epoch {done + 1}/{epochs}; {held} in {run_dir}", done) from None
+    return history
 
-    for epoch in range(start_epoch, config.epochs):
+
+def _run_epochs(head, train_set, val_set, config: TrainConfig, run_dir: Path, parts: dict, history: list[dict],
+                best_score: float, epoch_range: range, epochs: int, device: torch.device, use_amp: bool,
+                log: Callable[[str], None]) -> None:
+    optimizer, scheduler, scaler = parts["optimizer"], parts["scheduler"], parts["scaler"]
+    for epoch in epoch_range:
         started = time.perf_counter()
         train_set.set_epoch(epoch)
         order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
@@ -181,7 +232,7 @@ def train_classifier(
                             collate_fn=collate, num_workers=config.workers, pin_memory=device.type == "cuda")
         head.train()
         total, correct, loss_sum = 0, 0, 0.0
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress):
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not config.progress):
             inputs, labels = to_device(batch["inputs"], device), batch["label"].to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = head(inputs)
@@ -202,5 +253,4 @@ def train_classifier(
         metrics["seconds"] = time.perf_counter() - started
         score = metrics.get("val_top1", -metrics["train_loss"])
         shown = [k for k in metrics if k not in ("epoch", "lr", "seconds")]
-        best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, shown, log)
-    return history
+        best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, shown, log, epochs)
