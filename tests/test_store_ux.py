@@ -44,14 +44,14 @@ def test_empty_input_folder_is_an_error_that_creates_nothing(tmp_path, run_cli):
     (["--layers", "-1"], "--layers chooses the token maps of --features tokens"),
     (["--features", "embed", "--layers", "0,1"], "--layers chooses the token maps of --features tokens"),
     (["--frames-per-clip", "4"], "--frames-per-clip is for --clips sampling"),
-    (["--image-size", "112"], "--image-size is for the S3D backbones"),
+    (["--image-size", "112"], "--image-size is not an option of --backbone clip"),
 ])
 def test_options_that_would_be_ignored_are_refused_before_anything_runs(tmp_path, run_cli, sample_videos, args,
                                                                          message):
     store = tmp_path / "store"
     result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", store, *TINY, *args)
     assert result.exit_code == 2, result.output
-    assert message in result.output and "would ignore it" in result.output
+    assert message in result.output
     assert not store.exists()
 
 
