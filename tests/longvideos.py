@@ -29,7 +29,7 @@ def write_video(path: Path, frames: list[np.ndarray], *, gop: int = 25, b_frames
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = b_frames
-        stream.options = {"preset": "ultrafast" if b_frames == 0 else "veryfast", "sc_threshold": "0",
+        stream.options = {"preset": "ultrafast" if b_frames == 0 else "superfast", "sc_threshold": "0",
                           "keyint_min": str(gop), "threads": "1"}
         if durations_ms is not None:
             stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)

@@ -172,7 +172,7 @@ def test_auto_falls_back_to_pyav_when_decord_cannot_open(tmp_path):
     np.testing.assert_allclose(frames.reshape(len(colors), -1, 3).mean(axis=1), np.array(colors), atol=5)  # 3-3-2 bit palette
 
 
-def test_auto_reports_both_reasons_on_a_bad_file(tmp_path):
+def test_auto_is_pyav_and_reports_its_reason_on_a_bad_file(tmp_path):
     path = tmp_path / "text.mp4"
     path.write_text("this is not a video\n" * 20)
     with pytest.raises(VideoReadError) as decord_error:
@@ -182,7 +182,7 @@ def test_auto_reports_both_reasons_on_a_bad_file(tmp_path):
     with pytest.raises(VideoReadError) as auto_error:
         open_video(str(path), "auto")
     assert str(decord_error.value) and str(pyav_error.value)
-    assert str(auto_error.value) == f"decord: {decord_error.value}; pyav: {pyav_error.value}"
+    assert str(auto_error.value) == str(pyav_error.value)
     assert "\n" not in str(auto_error.value)
 
 
@@ -194,8 +194,8 @@ def test_truncated_faststart_mp4_fails_in_both_decoders(tmp_path, sample_videos)
     path.write_bytes(data[: int(len(data) * 0.4)])
     with pytest.raises(VideoReadError, match="truncated video: the container declares 355 frames"):
         open_video(str(path), "pyav")
-    with pytest.raises(VideoReadError, match=r"^decord: .+; pyav: truncated video"):
-        open_video(str(path), "auto")
+    with pytest.raises(VideoReadError):
+        open_video(str(path), "decord")
 
 
 @pytest.mark.parametrize("decoder", ["auto", "decord", "pyav"])

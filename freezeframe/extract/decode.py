@@ -291,6 +291,7 @@ class DecordReader:
     def __init__(self, path: str, options: DecodeOptions = DecodeOptions()) -> None:
         import decord
 
+        decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's notices would land in the progress bar
         if _is_mpeg_ts(path):
             # decord 0.6 opens H.264 in MPEG-TS but decodes none of it, and returns MPEG-2 in MPEG-TS one frame off
             raise VideoReadError("MPEG transport stream, which decord decodes wrongly (no frames, or frames off "

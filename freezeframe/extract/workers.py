@@ -151,8 +151,9 @@ class DecodePool:
         task, video = worker.task, worker.video
         if reason is None:
             code = worker.process.exitcode
-            how = f"killed by signal {-code}" + (" (SIGKILL: out of memory?)" if code == -signal.SIGKILL else "") \
-                if code is not None and code < 0 else f"exit status {code}"
+            how = f"exit status {code}" if code is None or code >= 0 else \
+                "killed by SIGKILL, e.g. by the out-of-memory killer" if code == -signal.SIGKILL else \
+                f"killed by signal {-code}"
             reason = f"the decode worker died while decoding this video ({how})"
         self._workers[self._workers.index(worker)] = self._start_worker()
         self.replaced += 1

@@ -1,0 +1,84 @@
+"""A decode stage that survives its inputs: a hanging input, a giant-resolution input and a killed decode worker
+each end as one line in failures.jsonl, every good video is committed, and a rerun finishes.
+
+The hang and the kill are real `freezeframe extract` subprocesses armed at the `decode` fault site (a decode
+worker hangs, or SIGKILLs itself, as it opens a video; one-shot across processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from faults import REPO, VIDEOS
+from freezeframe.cli import main
+from freezeframe.store import open_store
+
+NAMES = ("archery_demo.mp4", "lowfps_6fps.mp4", "short_32frames.mp4", "v_GGSY1Qvo990.mp4")
+IDS = sorted(Path(name).stem for name in NAMES)
+FEATURE_SET = "clip-ff-tiny-vit-random"
+
+
+def _args(store: Path, *extra: str) -> list[str]:
+    # two workers, shards of two: a worker lost at the first video of its shard leaves one video to redo
+    return [*(str(VIDEOS / name) for name in NAMES), "--store", str(store), "--model", "ff-tiny-vit",
+            "--pretrained", "none", "--num-frames", "2", "--workers", "2", "--shard-size", "2", "--no-progress", *extra]
+
+
+def _failures(store: Path) -> list[dict]:
+    path = store / FEATURE_SET / "failures.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _run_armed(args: list[str], fault: str, once: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FREEZEFRAME_FAULT": fault, "FREEZEFRAME_FAULT_ONCE": str(once)}
+    return subprocess.run([sys.executable, "-m", "freezeframe.cli", "extract", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+
+
+def _rerun_finishes(store: Path) -> None:
+    result = CliRunner().invoke(main, ["extract", *_args(store)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert open_store(store)[FEATURE_SET].video_ids() == IDS
+
+
+@pytest.mark.parametrize("fault, extra, reason", [
+    ("decode:1", (), "the decode worker died while decoding this video (killed by SIGKILL, e.g. by the "
+                     "out-of-memory killer)"),
+    ("decode.hang:1", ("--decode-timeout", "3"), "decoding stalled: nothing decoded for 3 s (--decode-timeout); "
+                                                 "the decode worker was killed"),
+])
+def test_a_lost_decode_worker_costs_one_video(fault, extra, reason, tmp_path):
+    store = tmp_path / "store"
+    result = _run_armed(_args(store, *extra), fault, tmp_path / "fired")
+    assert result.returncode == 1, result.stderr[-2000:]  # some videos failed, the run went on
+    assert "Traceback" not in result.stderr
+    failures = _failures(store)
+    assert [f["reason"] for f in failures] == [reason]
+    assert sorted(open_store(store)[FEATURE_SET].video_ids()) == sorted(set(IDS) - {failures[0]["video_id"]})
+    _rerun_finishes(store)
+
+
+def test_a_giant_resolution_input_fails_before_decoding(tmp_path):
+    import av
+    import numpy as np
+
+    giant = tmp_path / "giant.mov"  # 2400x2400 PNG frames: over a --max-pixels of 4 MP
+    with av.open(str(giant), "w") as container:
+        stream = container.add_stream("png", rate=1)
+        stream.width = stream.height = 2400
+        stream.pix_fmt = "rgb24"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.zeros((2400, 2400, 3), np.uint8))),
+                       *stream.encode(None)]:
+            container.mux(packet)
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["extract", *_args(store, "--max-pixels", "4000000"), str(giant)])
+    assert result.exit_code == 1, result.output
+    assert [(f["video_id"], f["reason"]) for f in _failures(store)] == [
+        ("giant", "frame size 2400x2400 (5.8 MP) is over --max-pixels 4000000 (4.0 MP)")]
+    assert open_store(store)[FEATURE_SET].video_ids() == IDS
