@@ -122,7 +122,9 @@ def test_hdf5_extraction_equals_zarr_and_reads_the_same(stores, run_cli):
         assert isinstance(f.attrs["shard_id"], str) and isinstance(json.loads(f.attrs["videos"]), list)
     reader = hdf5_backend.Hdf5BundleReader(h5_store / NAME / SHARDS_DIR / shard_files[0])
     marker = next(m for m in markers(h5_store) if m["file"] == shard_files[0])
-    assert reader.attrs() == {"shard_id": marker["shard_id"], "videos": marker["videos"]}
+    attrs = reader.attrs()
+    assert attrs.pop("committed_by").startswith(f"the commit marker {marker['shard_id']}.done.json")
+    assert attrs == {"shard_id": marker["shard_id"], "videos": marker["videos"]}
     assert reader.array_names() == sorted(marker["arrays"])
     reader.close()
 

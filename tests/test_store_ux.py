@@ -76,6 +76,20 @@ def test_a_store_of_another_schema_is_refused_before_the_model_loads(tmp_path, r
         assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_a_sampling_mismatch_is_refused_before_the_model_loads(tmp_path, run_cli, sample_videos):
+    store, video = tmp_path / "store", sample_videos["short_32frames.mp4"]
+    assert run_cli("extract", video, "--store", store, *TINY).exit_code == 0
+    (store / FEATURE_SET / "provenance.json").rename(tmp_path / "p.json")  # as if made with --pretrained broken.pt
+    (store / "clip-ff-tiny-vit-broken").mkdir()
+    (tmp_path / "p.json").rename(store / "clip-ff-tiny-vit-broken" / "provenance.json")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    result = run_cli("extract", video, "--store", store, *TINY[:2], "--pretrained", tmp_path / "broken.pt",
+                     *TINY[4:], "--num-frames", "3", "--preprocess", "fast")
+    assert result.exit_code == 2, result.output  # the model cannot be built: this error comes before it
+    assert "was made differently" in result.output and "num_frames: store has 2, this run has 3" in result.output
+    assert "mode: store has 'exact', this run has 'fast'" in result.output
+
+
 def _commands(group: click.Group, prefix=()):
     for name, command in group.commands.items():
         yield (*prefix, name)

@@ -91,6 +91,8 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
 
     check_inputs(sources)
     check_store(store)
+    if not dry_run:  # (a dry run reports a provenance mismatch instead)
+        check_store(store, _name_or_none(config, backbone_config), config)
     if dry_run:
         from freezeframe.extract.backbones import build_backbone
         from freezeframe.extract.runner import plan_extraction, resolve_device
@@ -105,6 +107,16 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
     except KeyboardInterrupt:
         _interrupted(sources, config.store, config.name or backbone_config.default_name())
     _print_report(report, store)
+
+
+def _name_or_none(config, backbone_config) -> str | None:
+    """The feature-set name, or None when deriving it needs what only the model build checks (e.g. weights)."""
+    from freezeframe.errors import FreezeframeError
+
+    try:
+        return config.name or backbone_config.default_name()
+    except FreezeframeError:
+        return None
 
 
 def _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers):

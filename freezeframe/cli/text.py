@@ -38,8 +38,15 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
 
     config = TextConfig(backbone=backbone, model=model, pretrained=pretrained, layers=int_list(layers),
                         max_length=max_length, trust_checkpoint=trust_checkpoint)
-    report = extract_text(read_captions(captions), store, config, name=name, batch_size=batch_size,
-                          device=resolve_device(device), progress=not no_progress)
+    try:
+        report = extract_text(read_captions(captions), store, config, name=name, batch_size=batch_size,
+                              device=resolve_device(device), progress=not no_progress)
+    except KeyboardInterrupt:
+        import sys
+
+        click.echo("\ninterrupted: the shards of captions committed so far are kept, the one in flight was "
+                   "discarded. Run the same command again to resume: committed captions are skipped.", err=True)
+        sys.exit(130)
     changed = f" ({report.changed} of them re-encoded: their text changed)" if report.changed else ""
     from freezeframe.summary import plural
 

@@ -250,8 +250,11 @@ def check_inputs(sources: Sequence[VideoSource]) -> None:
     check_unique(sources)
 
 
-def check_store(store: str) -> None:
-    """Fail before the model loads when STORE cannot take a feature set: a file, or another store schema."""
+def check_store(store: str, name: str | None = None, config: ExtractConfig | None = None) -> None:
+    """Fail before the model loads when STORE cannot take this run: a file, another store schema, or a feature set
+    `name` whose recorded sampling or preprocessing mode differs from `config`'s (the rest needs the model)."""
+    from freezeframe.store.files import read_json
+    from freezeframe.store.layout import PROVENANCE_FILE
     from freezeframe.store.location import is_remote, store_path
     from freezeframe.store.store import check_schema
 
@@ -262,6 +265,18 @@ def check_store(store: str) -> None:
         raise StoreError(f"--store {store} is a file, not a store directory.")
     if path.is_dir() and any(path.iterdir()):
         check_schema(path)
+    if name is None or config is None or not (path / name / PROVENANCE_FILE).is_file():
+        return
+    stored = read_json(path / name / PROVENANCE_FILE)
+    ours = {"sampling": {**config.sampling.describe(), "decoder": config.decoder},
+            "frames_per_view": config.sampling.rows_per_view, "preprocess": {"mode": config.preprocess}}
+    theirs = {"sampling": stored.get("sampling"), "frames_per_view": stored.get("frames_per_view"),
+              "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")}}
+    diffs = prov.differences(theirs, ours)
+    if diffs:
+        raise StoreError(
+            f"feature set {name!r} in {store} was made differently, so this run cannot append to it "
+            f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --name to start a new feature set.")
 
 
 @dataclass

@@ -23,7 +23,6 @@ from freezeframe.store.files import fsync_dir, read_json
 from freezeframe.store.index import committed_shard_ids, read_marker
 from freezeframe.store.layout import PROVENANCE_FILE, REPLACES_KEY, TEMP_PREFIX, marker_path, temp_owner_tag
 from freezeframe.store.location import is_remote
-from freezeframe.store.location import store_path as store_path_of
 from freezeframe.store.shard import remove_bundle
 from freezeframe.store.store import Store
 
