@@ -26,6 +26,7 @@ def _common_options(val_help: str, frames_help: str):
         click.option("--preload/--no-preload", default=None,
                      help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
         click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its checkpoints and metrics)."),
+        click.option("--no-progress", is_flag=True, help="Hide progress bars."),
     ]
 
 
@@ -43,11 +44,9 @@ GRADIENT_OPTIONS = [
     click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
     click.option("--trust-checkpoint", is_flag=True,
                  help="With --resume: load a last.pt that is a full pickle (it can run code; only if you trust it)."),
-    click.option("--no-progress", is_flag=True),
 ]
 PROBE_DEFAULTS = {"epochs": None, "steps": None, "min_steps": 0, "batch_size": 32, "lr": 0.0, "weight_decay": 0.0,
-                  "warmup_epochs": 0.0, "workers": 0, "device": "cpu", "resume": False, "trust_checkpoint": False,
-                  "no_progress": True}
+                  "warmup_epochs": 0.0, "workers": 0, "device": "cpu", "resume": False, "trust_checkpoint": False}
 
 
 def _apply(options, func):
