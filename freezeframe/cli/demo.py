@@ -10,7 +10,7 @@ from freezeframe.cli.group import main
 @main.command()
 @click.option("--out", default="freezeframe-demo", show_default=True, help="Working directory for videos, store, runs.")
 @click.option("--videos", type=int, default=160, show_default=True, help="Synthetic videos (75% train, 25% test).")
-@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--epochs", type=int, default=None, help="EVL epochs [default: EVL's default training length].")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out, videos, epochs, seed) -> None:
     """Offline end to end: synthetic videos -> features of a small random CLIP -> probe and EVL accuracies."""
@@ -18,6 +18,6 @@ def demo(out, videos, epochs, seed) -> None:
 
     result = run_demo(out, num_videos=videos, epochs=epochs, seed=seed, log=click.echo)
     click.echo(f"probe (mean-pooled) top-1 {100 * result['probe']:.1f}%   EVL top-1 {100 * result['evl']:.1f}%   "
-               f"(chance 50%, {result['test_videos']} held-out videos)")
+               f"(chance 50%, {result['test_videos']} held-out videos; {result['seconds']:.0f}s)")
 
 

@@ -3,56 +3,98 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
 from freezeframe.cli.group import main
 
 
-def _train_options(func):
-    """Options every `train` subcommand shares."""
-    options = [
+def _common_options(val_help: str, frames_help: str):
+    """Options every `train` subcommand shares, with help worded for that head."""
+    return [
         click.option("--store", required=True, help="Store directory."),
         click.option("--set", "feature_set", required=True, help="Feature-set name inside the store."),
         click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
                      help="Training labels: CSV with video_id,label."),
-        click.option("--val", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Validation labels (CSV); picks the best checkpoint (and the probe's L2)."),
-        click.option("--out", required=True, help="Run directory for checkpoints, metrics.jsonl and curves.png."),
-        click.option("--frames", default=None,
-                     help="Training frames per video: all, uniform:T, sparse-random:T [default: sparse-random:8; probe: all]."),
+        click.option("--val", type=click.Path(exists=True, dir_okay=False), default=None, help=val_help),
+        click.option("--out", required=True, help="Run directory (run.json, checkpoints, metrics.jsonl, curves.png)."),
+        click.option("--frames", default=None, help=frames_help),
         click.option("--eval-frames", default=None,
                      help="Evaluation frames: all, uniform:T or views [default: views for --clips stores, else uniform:8]."),
-        click.option("--epochs", type=int, default=10, show_default=True),
-        click.option("--batch-size", type=int, default=32, show_default=True),
-        click.option("--lr", type=float, default=4e-4, show_default=True),
-        click.option("--weight-decay", type=float, default=0.05, show_default=True),
-        click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
-        click.option("--device", default="auto", show_default=True),
         click.option("--preload/--no-preload", default=None,
                      help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
-        click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
-        click.option("--trust-checkpoint", is_flag=True,
-                     help="With --resume: load a last.pt that is a full pickle (it can run code; only if you trust it)."),
-        click.option("--no-progress", is_flag=True),
+        click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its checkpoints and metrics)."),
+        click.option("--no-progress", is_flag=True, help="Hide progress bars."),
     ]
+
+
+GRADIENT_OPTIONS = [
+    click.option("--epochs", type=int, default=None, help="Epochs to train exactly [default: 10, raised to reach --min-steps]."),
+    click.option("--steps", type=int, default=None, help="Optimisation steps to train (rounded up to whole epochs)."),
+    click.option("--min-steps", type=int, default=200, show_default=True,
+                 help="Without --epochs/--steps: train at least this many steps (small sets get more epochs)."),
+    click.option("--batch-size", type=int, default=32, show_default=True),
+    click.option("--lr", type=float, default=4e-4, show_default=True),
+    click.option("--weight-decay", type=float, default=0.05, show_default=True),
+    click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
+    click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
+    click.option("--device", default="auto", show_default=True),
+    click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
+    click.option("--trust-checkpoint", is_flag=True,
+                 help="With --resume: load a last.pt that is a full pickle (it can run code; only if you trust it)."),
+]
+PROBE_DEFAULTS = {"epochs": None, "steps": None, "min_steps": 0, "batch_size": 32, "lr": 0.0, "weight_decay": 0.0,
+                  "warmup_epochs": 0.0, "workers": 0, "device": "cpu", "resume": False, "trust_checkpoint": False}
+
+
+def _apply(options, func):
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _run_training(kind: str, head_options: dict, **kw) -> None:
-    from freezeframe.heads.jobs import train_run
+def _probe_options(func):
+    return _apply(_common_options("Validation labels (CSV) that pick the L2 strength [default: 20% of --labels].",
+                                  "Frames per video that are pooled: all or uniform:T [default: all]."), func)
+
+
+def _gradient_options(func):
+    common = _common_options("Validation labels (CSV); pick the best checkpoint.",
+                             "Training frames per video: all, uniform:T or sparse-random:T [default: sparse-random:8].")
+    return _apply(common + GRADIENT_OPTIONS, func)
+
+
+def _train_config(kw: dict):
     from freezeframe.heads.training import TrainConfig
 
-    config = TrainConfig(epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
-                         warmup_epochs=kw["warmup_epochs"], seed=kw["seed"], workers=kw["workers"],
-                         device=kw["device"], progress=not kw["no_progress"], trust_checkpoint=kw["trust_checkpoint"])
-    metrics = train_run(kind, kw["store"], kw["feature_set"], kw["labels"], kw["out"], val_labels=kw["val"],
-                        train_frames=kw["frames"], eval_frames=kw["eval_frames"], head_options=head_options,
-                        config=config, resume=kw["resume"], preload=kw["preload"], log=click.echo)
+    length = {"epochs": kw["epochs"], "min_steps": 0} if kw["epochs"] is not None else {"min_steps": kw["min_steps"]}
+    if kw["steps"] is not None:
+        length = {"steps": kw["steps"], "min_steps": 0}
+    return TrainConfig(**length, batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
+                       warmup_epochs=kw["warmup_epochs"], seed=kw["seed"], workers=kw["workers"],
+                       device=kw["device"], progress=not kw["no_progress"], trust_checkpoint=kw["trust_checkpoint"])
+
+
+def _run_training(kind: str, head_options: dict, **kw) -> None:
+    from freezeframe.heads.jobs import train_run
+    from freezeframe.heads.training import TrainingInterrupted
+
+    if kw["epochs"] is not None and kw["steps"] is not None:
+        raise click.UsageError("pass either --epochs or --steps, not both.")
+    try:
+        metrics = train_run(kind, kw["store"], kw["feature_set"], kw["labels"], kw["out"], val_labels=kw["val"],
+                            train_frames=kw["frames"], eval_frames=kw["eval_frames"], head_options=head_options,
+                            config=_train_config(kw), resume=kw["resume"], overwrite=kw["overwrite"],
+                            preload=kw["preload"], log=click.echo)
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        done = getattr(exc, "epochs_done", 0)
+        where = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted before training started"
+        advice = ("continue with the same command and --resume" if done
+                  else "nothing was kept; run the command again to start over")
+        click.echo(f"{where}; {advice}.", err=True)
+        sys.exit(130)
     click.echo(json.dumps({"run": kw["out"], **metrics}))
 
 
@@ -62,19 +104,19 @@ def train() -> None:
 
 
 @train.command("probe")
-@_train_options
+@_probe_options
 @click.option("--array", default="embed", show_default=True, help="Per-frame array to probe (embed or cls).")
 @click.option("--pooling", type=click.Choice(["mean", "middle"]), default="mean", show_default=True)
 def train_probe(array, pooling, **kw) -> None:
     """Logistic-regression probe (L-BFGS, L2 swept on validation, refit on train + val)."""
-    _run_training("probe", {"array": array, "pooling": pooling}, **kw)
+    _run_training("probe", {"array": array, "pooling": pooling}, **PROBE_DEFAULTS, **kw)
 
 
 @train.command("temporal")
-@_train_options
+@_gradient_options
 @click.option("--array", default="embed", show_default=True)
-@click.option("--width", type=int, default=256, show_default=True)
-@click.option("--depth", type=int, default=2, show_default=True)
+@click.option("--width", type=int, default=128, show_default=True)
+@click.option("--depth", type=int, default=1, show_default=True)
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--dropout", type=float, default=0.1, show_default=True)
 def train_temporal(array, width, depth, heads, dropout, **kw) -> None:
@@ -83,18 +125,21 @@ def train_temporal(array, width, depth, heads, dropout, **kw) -> None:
 
 
 @train.command("evl")
-@_train_options
+@_gradient_options
 @click.option("--num-layers", type=int, default=None, help="Decoder layers = last N stored blocks [default: all stored].")
 @click.option("--mlp-dropout", type=float, default=0.5, show_default=True)
 @click.option("--cls-dropout", type=float, default=0.5, show_default=True)
 @click.option("--no-temporal-conv", is_flag=True)
 @click.option("--no-temporal-pos", is_flag=True)
 @click.option("--no-cross-frame-attention", is_flag=True)
-def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_temporal_pos, no_cross_frame_attention,
+@click.option("--init", type=click.Choice(["reference", "identity"]), default="reference", show_default=True,
+              help="reference: EVL's own init; identity: temporal convolution zero-initialised too.")
+def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_temporal_pos, no_cross_frame_attention, init,
               **kw) -> None:
     """EVL decoder over the token maps of the last stored blocks."""
     options = {"mlp_dropout": mlp_dropout, "cls_dropout": cls_dropout, "temporal_conv": not no_temporal_conv,
-               "temporal_pos_embed": not no_temporal_pos, "cross_frame_attention": not no_cross_frame_attention}
+               "temporal_pos_embed": not no_temporal_pos, "cross_frame_attention": not no_cross_frame_attention,
+               "init": init}
     if num_layers:
         options["num_layers"] = num_layers
     _run_training("evl", options, **kw)
@@ -115,7 +160,13 @@ def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_tempora
               help="Print one JSON object (top1, top5, num_videos; or t2v_r1 ... num_pairs for videoclip runs).")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load a checkpoint that is a full pickle (it can run code; only if you trust it).")
-def eval_command(run, labels, captions, text_set, store, frames, batch_size, device, as_json, trust_checkpoint) -> None:
+@click.option("--allow-provenance-mismatch", is_flag=True,
+              help="Evaluate a feature set made differently (model, weights, preprocessing, sampling) from the run's.")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Write per-video label, prediction, score and class probabilities (CSV; JSON lines for .jsonl).")
+@click.option("--confusion", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
+def eval_command(run, labels, captions, text_set, store, frames, batch_size, device, as_json, trust_checkpoint,
+                 allow_provenance_mismatch, predictions, confusion) -> None:
     """Top-1/top-5 accuracy (classifiers) or text<->video retrieval (videoclip) of RUN's best checkpoint."""
     from freezeframe.errors import InputError
     from freezeframe.heads.jobs import eval_run
@@ -136,7 +187,10 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
     if labels is None or captions is not None:
         raise InputError(f"{run} is a classifier run: pass --labels (not --captions) with a CSV video_id,label.")
     result = eval_run(run, labels, store=store, frames=frames, batch_size=batch_size, device=device,
-                      trust_checkpoint=trust_checkpoint)
+                      trust_checkpoint=trust_checkpoint, allow_provenance_mismatch=allow_provenance_mismatch,
+                      predictions=predictions, confusion=confusion)
+    for line in result.get("provenance_mismatch", []):
+        click.echo(f"warning: provenance differs: {line}", err=True)
     if as_json:
         click.echo(json.dumps(result))
     else:
