@@ -34,7 +34,7 @@ TEMPLATES = ["a {c} {s} moving {m}", "the {s} is {c} and goes {m}", "{c} {s} tha
 DIM = 32
 NOISE = 1.5  # per-second noise; each attribute vector has entries of standard deviation 1
 TRAIN_ARGS = ["--width", "64", "--heads", "4", "--video-layers", "1", "--text-layers", "1", "--dropout", "0.0",
-              "--batch-size", "32", "--lr", "1e-3", "--window-seconds", "3,8", "--no-progress"]
+              "--batch-size", "32", "--lr", "1e-3", "--window-seconds", "3,8", "--min-steps", "0", "--no-progress"]
 
 
 def _write_split(writer, rng, codebook, combos, prefix, captions_per_video, timed=True):

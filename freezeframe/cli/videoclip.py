@@ -6,6 +6,8 @@ import json
 
 import click
 
+from freezeframe.heads.videoclip_schedule import StepSchedule
+
 from freezeframe.cli.group import int_list
 from freezeframe.cli.train import train
 
@@ -39,7 +41,14 @@ from freezeframe.cli.train import train
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=4e-4, show_default=True)
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True,
+              help="Warm-up in epochs; 0 uses --warmup-steps.")
+@click.option("--min-steps", type=int, default=StepSchedule.min_steps, show_default=True,
+              help="Train at least this many optimisation steps: with few captions each epoch makes several passes.")
+@click.option("--warmup-steps", type=int, default=StepSchedule.warmup_steps, show_default=True,
+              help="Linear warm-up steps (VideoCLIP's 1,000), capped at a tenth of the run's steps.")
+@click.option("--clip-grad", type=float, default=StepSchedule.clip_grad, show_default=True,
+              help="Clip the gradient norm to this (VideoCLIP's 2.0); 0 turns clipping off.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default="auto", show_default=True)
@@ -49,7 +58,7 @@ from freezeframe.cli.train import train
 @click.option("--no-progress", is_flag=True)
 def train_videoclip(store, feature_set, text_set, captions, val, out, loss, array, text_layer, width, video_layers,
                     text_layers, heads, dropout, window_seconds, retrieval_augmented, clusters, epochs, batch_size, lr,
-                    weight_decay, warmup_epochs, seed, workers, device, resume, trust_checkpoint, no_progress) -> None:
+                    weight_decay, warmup_epochs, min_steps, warmup_steps, clip_grad, seed, workers, device, resume, trust_checkpoint, no_progress) -> None:
     """VideoCLIP head: video and text transformers over cached features, trained with symmetric InfoNCE."""
     from freezeframe.errors import InputError
     from freezeframe.heads.training import TrainConfig
@@ -64,7 +73,8 @@ def train_videoclip(store, feature_set, text_set, captions, val, out, loss, arra
         raise InputError("--batch-size must be at least 2: a contrastive batch needs negatives.")
     data = VideoTextConfig(text_set=text_set, loss=loss, array=array, text_layer=text_layer,
                            window=WindowSampling(*window_seconds), retrieval_augmented=retrieval_augmented,
-                           clusters=clusters)
+                           clusters=clusters, schedule=StepSchedule(min_steps=min_steps, warmup_steps=warmup_steps,
+                                                                     clip_grad=clip_grad))
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, seed=seed, workers=workers, device=device,
                          progress=not no_progress, trust_checkpoint=trust_checkpoint)

@@ -1,7 +1,7 @@
 """Batches for contrastive training: plain random ones, or VideoCLIP's retrieval-augmented ones.
 
 Retrieval-augmented: each epoch the videos are clustered (k-means in torch on their L2-normalised pooled
-features) and each batch is drawn from one cluster, so its negatives are similar videos, i.e. hard ones.
+features; O(n*k*d) per iteration) and each batch is drawn from one cluster, so its negatives are similar videos, i.e. hard ones.
 Clusters are visited in a nearest-centroid chain, so a batch that runs past the end of a cluster continues
 in the closest one. Both samplers depend only on (seed, epoch): a resumed run draws the same batches.
 """
@@ -16,22 +16,74 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 
-def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 25) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding: (cluster of each point (n,), centroids (k, dim))."""
-    points = points.float()
+def squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(n, k) squared Euclidean distances by one matrix product: |x|^2 - 2 x.c + |c|^2 (clamped at 0)."""
+    return (points.square().sum(1, keepdim=True) - 2 * points @ centroids.T
+            + centroids.square().sum(1)[None]).clamp_min_(0)
+
+
+def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """Index of each point's nearest centroid, in chunks of points so the (chunk, k) distances stay small."""
+    return torch.cat([squared_distances(points[i:i + chunk], centroids).argmin(dim=1)
+                      for i in range(0, len(points), chunk)])
+
+
+def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeds in O(n*k*d): the distance to the nearest seed is updated with each new seed only."""
+    norms = points.square().sum(1)
+    chosen = [int(torch.randint(len(points), (1,), generator=generator))]
+    nearest = (norms - 2 * points @ points[chosen[0]] + norms[chosen[0]]).clamp_min_(0)
+    while len(chosen) < k:  # next seed drawn in proportion to the squared distance to the nearest one so far
+        total = nearest.cumsum(0)
+        if total[-1] > 0:  # inverse-CDF draw: one uniform number, one binary search
+            draw = torch.rand(1, generator=generator, dtype=total.dtype) * total[-1]
+            chosen.append(min(int(torch.searchsorted(total, draw)), len(points) - 1))
+        else:
+            chosen.append(int(torch.randint(len(points), (1,), generator=generator)))
+        distance = (norms - 2 * points @ points[chosen[-1]] + norms[chosen[-1]]).clamp_min_(0)
+        torch.minimum(nearest, distance, out=nearest)
+    return points[chosen].clone()
+
+
+def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids), or None without faiss-cpu."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    model = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=len(points),
+                         min_points_per_centroid=1, verbose=False)
+    model.train(points.numpy())
+    _, assign = model.index.search(points.numpy(), 1)
+    return torch.from_numpy(assign[:, 0]).long(), torch.from_numpy(model.centroids).float()
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 20,
+           seeding: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means: (cluster of each point (n,), centroids (k, dim)); O(n*k*d) per iteration.
+
+    Seeds: k-means++ (`plusplus`), k distinct random points (`random`), or `auto`: k-means++ while
+    n*k <= 5e7 (its k sequential passes are memory-bound), beyond that FAISS's k-means when faiss-cpu is
+    installed, else random seeds.
+    """
+    points = points.float().contiguous()
     k = max(1, min(k, len(points)))
-    centroids = points[torch.randint(len(points), (1,), generator=generator)]
-    while len(centroids) < k:  # k-means++: next seed drawn in proportion to the squared distance to the nearest one
-        nearest = torch.cdist(points, centroids).min(dim=1).values.square()
-        weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
-        centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
-    assign = torch.cdist(points, centroids).argmin(dim=1)
+    if seeding == "auto" and len(points) * k > 50_000_000:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        found = faiss_kmeans(points, k, seed, iterations)
+        if found is not None:
+            return found
+        seeding = "random"
+    if seeding in ("auto", "plusplus"):
+        centroids = kmeans_plus_plus(points, k, generator)
+    else:
+        centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+    assign = nearest_centroid(points, centroids)
     for _ in range(iterations):
         sums = torch.zeros_like(centroids).index_add_(0, assign, points)
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)  # an empty cluster keeps its seed
-        updated = torch.cdist(points, centroids).argmin(dim=1)
+        updated = nearest_centroid(points, centroids)
         if torch.equal(updated, assign):
             break
         assign = updated
@@ -40,12 +92,14 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations:
 
 def centroid_chain(centroids: torch.Tensor, first: int) -> list[int]:
     """Cluster order starting at `first`, each next cluster the nearest unvisited centroid."""
-    order, left = [first], set(range(len(centroids))) - {first}
-    while left:
-        candidates = sorted(left)
-        distances = torch.cdist(centroids[order[-1]][None], centroids[candidates])[0]
-        order.append(candidates[int(distances.argmin())])
-        left.remove(order[-1])
+    distances = squared_distances(centroids, centroids)
+    visited = torch.zeros(len(centroids), dtype=torch.bool)
+    order = [first]
+    visited[first] = True
+    for _ in range(len(centroids) - 1):
+        row = distances[order[-1]].masked_fill(visited, float("inf"))
+        order.append(int(row.argmin()))
+        visited[order[-1]] = True
     return order
 
 

@@ -90,6 +90,8 @@ class TextEncoder(nn.Module):
 class VideoCLIP(nn.Module):
     """Both towers; `forward` returns (video embeddings, text embeddings) for a contrastive loss."""
 
+    INPUTS = ("video", "video_mask", "tokens", "text_mask")  # the batch entries `forward` takes, in order
+
     def __init__(self, config: VideoClipConfig) -> None:
         super().__init__()
         self.config = config

@@ -1,6 +1,7 @@
 """(video window, caption) pairs read from a video feature set and a text feature set, for VideoCLIP heads.
 
-Video rows are placed in time by their stored `timestamps` (seconds). A caption with start/end gets the window
+Video rows are placed in time by their stored `timestamps` (seconds) and averaged into one row per second
+(`per_second`), so a set extracted at any `--fps` reads as the per-second features VideoCLIP takes. A caption with start/end gets the window
 VideoCLIP trains on: a random second of the caption is the centre, a window length is drawn from
 `WindowSampling` and the window grows from the centre to either side at random, so video and text overlap
 without sharing start and end. A caption without start/end, and every evaluation item, uses the whole video
@@ -36,6 +37,22 @@ class WindowSampling:
     def __post_init__(self) -> None:
         if not 1 <= self.min_seconds <= self.max_seconds:
             raise InputError(f"window seconds must satisfy 1 <= min <= max, got {self.min_seconds},{self.max_seconds}.")
+
+
+def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows averaged into whole seconds by their stored timestamps: (seconds, dim) features and their seconds.
+
+    VideoCLIP's towers take one feature per second; a CLIP set extracted at `--fps 4` has four rows per
+    second, averaged here into one. Rows already one per second or sparser come back unchanged.
+    """
+    seconds = np.floor(timestamps + 1e-6).astype(np.int64)
+    if len(seconds) < 2 or np.all(np.diff(seconds) > 0):
+        return features, timestamps
+    kept, inverse = np.unique(seconds, return_inverse=True)
+    sums = np.zeros((len(kept), *features.shape[1:]), np.float64)
+    np.add.at(sums, inverse, features.astype(np.float64))
+    counts = np.bincount(inverse, minlength=len(kept)).reshape(-1, *([1] * (features.ndim - 1)))
+    return (sums / counts).astype(np.float32), kept.astype(np.float64)
 
 
 def row_step(timestamps: np.ndarray) -> float:
@@ -144,9 +161,12 @@ class VideoTextPairs(Dataset):
                              "in its videos; re-extract it with this version or drop start/end from the captions.")
         self.video_ids = sorted({c.video_id for c in self.captions})
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
-        self.features = {v: videos.read(v, self.array) for v in self.video_ids}
-        self.timestamps = {v: videos.read(v, "timestamps").astype(np.float64) if "timestamps" in stored
-                           else np.arange(len(self.features[v]), dtype=np.float64) for v in self.video_ids}
+        self.features, self.timestamps = {}, {}
+        for v in self.video_ids:  # one row per second from here on, whatever --fps the set was extracted at
+            rows = videos.read(v, self.array)
+            times = (videos.read(v, "timestamps").astype(np.float64) if "timestamps" in stored
+                     else np.arange(len(rows), dtype=np.float64))
+            self.features[v], self.timestamps[v] = per_second(rows, times)
         self.tokens = [texts.read(c.caption_id, token_array)[:max_tokens] for c in self.captions]
         self.text_masks = [texts.read(c.caption_id, "attention_mask")[:max_tokens].astype(bool)
                            if "attention_mask" in stored_text else np.ones(len(t), bool)
