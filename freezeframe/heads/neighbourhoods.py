@@ -1,9 +1,12 @@
-"""Batches for contrastive training: plain random ones, or VideoCLIP's retrieval-augmented ones.
+"""Batches for contrastive training: random ones, clustered ones, and VideoCLIP's videos x clips ones.
 
-Retrieval-augmented: each epoch the videos are clustered (k-means in torch on their L2-normalised pooled
-features; O(n*k*d) per iteration) and each batch is drawn from one cluster, so its negatives are similar videos, i.e. hard ones.
+Clustered (light towers' `--retrieval-augmented`): each epoch the videos are clustered (k-means on their
+L2-normalised pooled input features, O(n*k*d) per iteration, FAISS at scale) and each batch is drawn from
+one cluster, so its negatives are similar videos, i.e. hard ones.
 Clusters are visited in a nearest-centroid chain, so a batch that runs past the end of a cluster continues
-in the closest one. Both samplers depend only on (seed, epoch): a resumed run draws the same batches.
+in the closest one. Videos x clips (`VideoClipBatches`) and their model-based neighbourhoods
+(`ModelNeighbourBatches`, re-embedded with the model being trained before every pass) are the published
+recipe's. All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
 """
 
 from __future__ import annotations
@@ -149,3 +152,75 @@ class NeighbourhoodBatches(RandomBatches):
             order += members[torch.randperm(len(members), generator=generator)].tolist()
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
+
+
+class VideoClipBatches(RandomBatches):
+    """VideoCLIP's batches: `videos_per_batch` videos x `clips_per_video` of each video's captions (clips).
+
+    The clips of one video are each other's negatives. Each epoch every video is in one batch; a video with
+    fewer captions gives all it has. `groups()` decides which videos share a batch (random here).
+    """
+
+    def __init__(self, item_videos: Sequence[int], videos_per_batch: int, clips_per_video: int,
+                 seed: int = 0) -> None:
+        super().__init__(len(item_videos), videos_per_batch * clips_per_video, seed)
+        self.videos_per_batch, self.clips_per_video = videos_per_batch, clips_per_video
+        self.items_of: dict[int, list[int]] = {}
+        for item, video in enumerate(item_videos):
+            self.items_of.setdefault(int(video), []).append(item)
+        self.videos = sorted(self.items_of)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.videos) / self.videos_per_batch)
+
+    def groups(self, generator: torch.Generator) -> list[list[int]]:
+        order = [self.videos[i] for i in torch.randperm(len(self.videos), generator=generator).tolist()]
+        return [order[i:i + self.videos_per_batch] for i in range(0, len(order), self.videos_per_batch)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = self.generator()
+        for group in self.groups(generator):
+            batch = []
+            for video in group:
+                items = self.items_of[video]
+                picked = torch.randperm(len(items), generator=generator)[: self.clips_per_video]
+                batch += [items[i] for i in picked.tolist()]
+            yield batch
+
+
+class ModelNeighbourBatches(VideoClipBatches):
+    """VideoCLIP's retrieval augmentation: batches of videos that are near neighbours under the current model.
+
+    `refresh` (called by the training loop before each pass) re-embeds every item with the model being
+    trained; a video's point is the mean over its items of (video embedding + text embedding) / 2,
+    L2-normalised. Groups: a random unassigned seed video and its `videos_per_batch - 1` nearest unassigned
+    neighbours (cosine, brute force), until every video is in a group.
+    """
+
+    def __init__(self, item_videos: Sequence[int], videos_per_batch: int, clips_per_video: int,
+                 seed: int = 0) -> None:
+        super().__init__(item_videos, videos_per_batch, clips_per_video, seed)
+        self.item_videos = torch.as_tensor(list(item_videos))
+        self.points: torch.Tensor | None = None  # (videos, width), rows in `self.videos` order
+
+    def refresh(self, model, dataset, device) -> None:
+        from freezeframe.heads.videoclip_training import embed_pairs
+
+        video, text = embed_pairs(model, dataset, device=device)
+        joint = (video + text) / 2  # (items, width)
+        sums = torch.zeros(int(self.item_videos.max()) + 1, joint.shape[1]).index_add_(0, self.item_videos, joint)
+        self.points = F.normalize(sums[self.videos], dim=-1)
+
+    def groups(self, generator: torch.Generator) -> list[list[int]]:
+        if self.points is None:
+            return super().groups(generator)
+        free = torch.ones(len(self.videos), dtype=torch.bool)
+        groups = []
+        for seed in torch.randperm(len(self.videos), generator=generator).tolist():
+            if not free[seed]:
+                continue
+            similarity = (self.points @ self.points[seed]).masked_fill(~free, -math.inf)
+            take = similarity.topk(min(self.videos_per_batch, int(free.sum()))).indices
+            free[take] = False
+            groups.append([self.videos[i] for i in take.tolist()])
+        return groups

@@ -36,3 +36,11 @@ class StepSchedule:
 
     def warmup(self, total_steps: int) -> int:
         return min(self.warmup_steps, int(self.warmup_cap * total_steps))
+
+
+# Optimiser settings each kind of towers trains with by default: the light towers' AdamW, and the published
+# recipe's Adam at 5e-5 with betas (0.9, 0.98) (VideoCLIP, fairseq MMPT).
+TOWER_OPTIMIZERS = {
+    "light": {"lr": 4e-4, "optimizer": "adamw", "betas": (0.9, 0.999)},
+    "bert": {"lr": 5e-5, "optimizer": "adam", "betas": (0.9, 0.98)},
+}

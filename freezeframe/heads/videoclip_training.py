@@ -23,17 +23,19 @@ from tqdm import tqdm
 
 from freezeframe.errors import InputError
 from freezeframe.heads.contrastive import LOSSES
-from freezeframe.heads.neighbourhoods import NeighbourhoodBatches, RandomBatches
+from freezeframe.heads.neighbourhoods import (ModelNeighbourBatches, NeighbourhoodBatches, RandomBatches,
+                                              VideoClipBatches)
 from freezeframe.heads.retrieval import first_caption_per_video, retrieval_metrics
 from freezeframe.heads.run import RunInfo, load_head
 from freezeframe.heads.training import (TrainConfig, cosine_schedule, finish_epoch, resolve_device, restore_last,
                                         seed_everything, write_metrics)
-from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig
+from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig, build_videoclip
 from freezeframe.heads.videoclip_schedule import StepSchedule
 from freezeframe.heads.videotext import VideoTextPairs, WindowSampling, collate_pairs, open_set
 from freezeframe.text.captions import read_captions
 
 HEAD = "videoclip"
+TOWERS = ("light", "bert")
 RECALLS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10")
 
 
@@ -52,12 +54,29 @@ class VideoTextConfig:
     retrieval_augmented: bool = False
     clusters: int | None = None  # k-means clusters per epoch [default: one per batch of captions]
     schedule: StepSchedule = field(default_factory=StepSchedule)
+    towers: str = "light"  # light, or bert: the published recipe (heads.videoclip_bert)
+    bert: str | None = None  # bert towers: the local BERT checkpoint directory
+    merge_tokens: tuple[int, int] | None = None  # bert: adjacent captions merged to a MIN..MAX token budget
+    normalize_video: bool = False  # each second's feature L2-normalised (the published recipe's S3D-G input)
+    videos_per_batch: int | None = None  # bert: batches of videos x clips (VideoCLIP's 32 x 16)
+    clips_per_video: int = 16
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss {self.loss!r}; choose {' or '.join(LOSSES)}.")
         if self.clusters is not None and self.clusters < 1:
             raise InputError("--clusters must be at least 1.")
+        if self.towers not in TOWERS:
+            raise InputError(f"unknown towers {self.towers!r}; choose {' or '.join(TOWERS)}.")
+        if self.towers == "bert" and not self.bert:
+            raise InputError("--towers bert needs --bert: a local BERT checkpoint directory.")
+        if self.merge_tokens is not None and not 2 <= self.merge_tokens[0] <= self.merge_tokens[1]:
+            raise InputError("--merge-tokens takes MIN,MAX with 2 <= MIN <= MAX.")
+
+    @property
+    def token_ids(self) -> bool:
+        """Whether the text tower reads token ids (BERT towers) rather than cached token states."""
+        return self.towers == "bert"
 
 
 def similarity(video: torch.Tensor, text: torch.Tensor, loss: str) -> torch.Tensor:
@@ -172,27 +191,35 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
     """Train a VideoCLIP head from a captions file; returns the final epoch's metrics."""
     texts = open_set(store, data.text_set, "text feature set")
     max_tokens = int(texts.provenance.get("max_length") or 64)
-    options = {"max_tokens": max_tokens, "max_seconds": VideoClipConfig.max_seconds, **(head_options or {})}
+    if data.merge_tokens:
+        max_tokens = max(max_tokens, data.merge_tokens[1] + 2)
+    defaults = {"towers": data.towers, "checkpoint": data.bert, "max_seconds": VideoClipConfig.max_seconds}
+    if data.towers == "bert":
+        defaults.update(max_seconds=32, video_layers=6, text_layers=0)  # MMPT: 32 s, 6 video layers, all text
+    options = {"max_tokens": max_tokens, **defaults, **(head_options or {})}
     if data.window.max_seconds > options["max_seconds"]:
         raise InputError(f"--window-seconds maximum {data.window.max_seconds} exceeds the head's "
                          f"{options['max_seconds']} seconds.")
     read = dict(array=data.array, text_layer=data.text_layer, max_tokens=options["max_tokens"],
-                max_seconds=options["max_seconds"])
+                max_seconds=options["max_seconds"], token_ids=data.token_ids, normalize_video=data.normalize_video)
     train_set = VideoTextPairs(store, video_set, data.text_set, read_captions(captions), sampling=data.window,
-                               seed=config.seed, **read)
+                               seed=config.seed, merge_tokens=data.merge_tokens, **read)
     val_set = None
     if val_captions is not None:
         val_set = VideoTextPairs(store, video_set, data.text_set, first_caption_per_video(read_captions(val_captions)),
                                  **read)
     head_config = VideoClipConfig(video_dim=train_set.video_dim, text_dim=train_set.text_dim, **options)
     seed_everything(config.seed)  # initial weights follow --seed
-    model = VideoCLIP(head_config)
+    model = build_videoclip(head_config)
     saved = replace(data, array=train_set.array, text_layer=train_set.text_layer)  # what evaluation reads
     RunInfo(HEAD, asdict(head_config), str(store), video_set, [],
             f"overlapped:{data.window.min_seconds}-{data.window.max_seconds}s", "whole-video", asdict(config),
             extra=asdict(saved)).save(out)
     batches = None
-    if data.retrieval_augmented:
+    if data.videos_per_batch:
+        kind = ModelNeighbourBatches if data.retrieval_augmented else VideoClipBatches
+        batches = kind(train_set.item_videos(), data.videos_per_batch, data.clips_per_video, config.seed)
+    elif data.retrieval_augmented:
         batches = NeighbourhoodBatches(train_set.item_videos(), train_set.pooled_videos(), config.batch_size,
                                        data.clusters, config.seed)
     history = train_videoclip(model, train_set, val_set, config, out, loss=data.loss, batches=batches,
@@ -203,6 +230,8 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
 def load_text_config(info: RunInfo) -> VideoTextConfig:
     extra = dict(info.extra)
     extra["window"] = WindowSampling(**extra.get("window", {}))
+    if extra.get("merge_tokens") is not None:
+        extra["merge_tokens"] = tuple(extra["merge_tokens"])
     schedule = dict(extra.get("schedule", {}))
     extra["schedule"] = StepSchedule(**{**schedule, **({"betas": tuple(schedule["betas"])} if "betas" in schedule else {})})
     return VideoTextConfig(**extra)
@@ -219,7 +248,8 @@ def eval_videoclip_run(run_dir: str | Path, captions: str | Path, store: str | P
     config = model.config
     dataset = VideoTextPairs(store or info.store, info.feature_set, text_set or data.text_set,
                              first_caption_per_video(read_captions(captions)), array=data.array,
-                             text_layer=data.text_layer, max_seconds=config.max_seconds, max_tokens=config.max_tokens)
+                             text_layer=data.text_layer, max_seconds=config.max_seconds, max_tokens=config.max_tokens,
+                             token_ids=data.token_ids, normalize_video=data.normalize_video)
     if dataset.video_dim != config.video_dim or dataset.text_dim != config.text_dim:
         raise InputError(f"features are {dataset.video_dim}-d video / {dataset.text_dim}-d text but the run was "
                          f"trained on {config.video_dim}-d / {config.text_dim}-d; pass the store and text set it "
