@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from freezeframe.errors import InputError
 from freezeframe.heads.curves import plot_curves
 from freezeframe.heads.evaluation import evaluate
+from freezeframe.heads.consensus import attach_consensus
 from freezeframe.heads.probe import LinearProbe, pool_frames, sweep_l2
 from freezeframe.heads.registry import build_head, config_to_dict, head_config
 from freezeframe.heads.run import RunInfo, load_head
@@ -87,13 +88,15 @@ def train_run(
     """
     fs = Store(store)[feature_set]
     train_frames = train_frames or default_frames(kind, store, feature_set, train=True)
+    if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips":
+        eval_frames = train_frames  # ClipBERT: the same N clips of T frames, centred in their segments
     eval_frames = eval_frames or default_frames(kind, store, feature_set, train=False)
     train_sel, eval_sel = FrameSelection.parse(train_frames), FrameSelection.parse(eval_frames)
     ids, labels, classes = labelled_ids(train_labels)
     head_cfg = head_config(kind, fs, len(classes), _frames_per_item(eval_sel, store, feature_set),
                            **(head_options or {}))
     seed_everything(config.seed)  # the head's initial weights, too, follow --seed (not the process's RNG state)
-    head = build_head(kind, head_cfg)
+    head = attach_consensus(build_head(kind, head_cfg), train_sel)  # clips:N:T: per-clip logits combined
     if kind == "evl" and head_cfg.cross_frame_attention:
         head.load_frozen_qk(fs.frozen_weights())
     arrays = head.required_arrays
@@ -168,6 +171,7 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
     store = store or info.store
     ids, y, _ = labelled_ids(labels, info.classes)
     selection = FrameSelection.parse(frames or info.eval_frames)
+    head = attach_consensus(head, selection)
     dataset = FeatureDataset(store, info.feature_set, ids, head.required_arrays, selection, y)
     result = evaluate(head, dataset, batch_size, resolve_device(device), workers)
     return {**result, "head": info.head, "feature_set": info.feature_set, "frames": str(selection)}
