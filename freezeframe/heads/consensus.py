@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from freezeframe.store.datasets import FrameSelection
+from freezeframe.store.datasets import CLIP_MODES, FrameSelection
 
 REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda logits: logits.mean(dim=1),
@@ -28,8 +28,8 @@ def consensus(logits: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def attach_consensus(head: nn.Module, selection: FrameSelection) -> nn.Module:
-    """Score each clip of `clips:N:T` inputs and combine the logits; heads of other selections are left alone."""
-    if selection.mode != "clips":
+    """Score each clip of `clips[-random]:N:T` inputs and combine the logits; other selections leave it alone."""
+    if selection.mode not in CLIP_MODES:
         return head
     clips: list[int] = []
 

@@ -88,8 +88,8 @@ def train_run(
     """
     fs = Store(store)[feature_set]
     train_frames = train_frames or default_frames(kind, store, feature_set, train=True)
-    if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips":
-        eval_frames = train_frames  # ClipBERT: the same N clips of T frames, centred in their segments
+    if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips-random":
+        eval_frames = train_frames.replace("clips-random", "clips", 1)  # ClipBERT: the same clips, centred
     eval_frames = eval_frames or default_frames(kind, store, feature_set, train=False)
     train_sel, eval_sel = FrameSelection.parse(train_frames), FrameSelection.parse(eval_frames)
     ids, labels, classes = labelled_ids(train_labels)

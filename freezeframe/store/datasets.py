@@ -4,7 +4,8 @@ The store is opened lazily in each DataLoader worker, so a dataset pickles cheap
 workers read at once. Frame selection happens here, not in the head:
 `all`, `uniform:T`, `sparse-random:T` (fresh random frames each epoch, ClipBERT-style), and
 `views` (every stored clip of a `--clips` extraction, for multi-view evaluation), `dense-random:T:STRIDE`
-(EVL's random dense clip) and `clips:N:T:CONSENSUS` (ClipBERT's N short clips, see heads.consensus).
+(EVL's random dense clip; `dense:T:STRIDE` centred) and `clips-random:N:T:CONSENSUS` (ClipBERT's N short
+clips; `clips:N:T:CONSENSUS` centred in their segments; see heads.consensus).
 
 Where `freezeframe export-memmap` left an up-to-date `memmap/` export (built from exactly the
 committed shards the worker sees, holding every array read here), each worker reads its memory
@@ -28,8 +29,10 @@ from freezeframe.limits import LIST_BYTES, check_size
 from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
 
-FRAME_MODES = ("all", "uniform", "sparse-random", "views", "dense-random", "clips")
-RANDOM_MODES = ("sparse-random", "dense-random", "clips")  # redrawn each epoch; evaluation takes them centred
+FRAME_MODES = ("all", "uniform", "sparse-random", "views", "dense", "dense-random", "clips", "clips-random")
+RANDOM_MODES = ("sparse-random", "dense-random", "clips-random")  # redrawn each epoch
+DENSE_MODES = ("dense", "dense-random")
+CLIP_MODES = ("clips", "clips-random")
 CONSENSUS = ("mean", "lse", "max")
 
 
@@ -37,8 +40,9 @@ CONSENSUS = ("mean", "lse", "max")
 class FrameSelection:
     """Which rows of a video an item carries.
 
-    `num_frames` applies to `uniform`, `sparse-random`, `dense-random` and `clips`; `stride` (rows between
-    frames) to `dense-random` and `clips`; `num_clips` and `consensus` (how per-clip logits combine) to `clips`.
+    `num_frames` applies to all but `all` and `views`; `stride` (rows between frames) to the dense and clips
+    modes; `num_clips` and `consensus` (how per-clip logits combine) to the clips modes. Each `-random` mode
+    draws afresh every epoch; its plain twin (`dense`, `clips`) takes the centred rows, for evaluation.
     """
 
     mode: str = "uniform"
@@ -57,17 +61,17 @@ class FrameSelection:
 
     @classmethod
     def parse(cls, text: str) -> "FrameSelection":
-        """`all`, `views`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`), `dense-random:T:STRIDE`
-        (T frames STRIDE rows apart from a random start; centred in evaluation), `clips:N:T[:mean|lse|max]`
-        (ClipBERT: N clips of T consecutive rows, one from each of N equal segments, logits combined by the
+        """`all`, `views`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`), `dense[-random]:T:STRIDE`
+        (T frames STRIDE rows apart from a random start, or centred), `clips[-random]:N:T[:mean|lse|max]`
+        (ClipBERT: N clips of T consecutive rows, one in each of N equal segments, logits combined by the
         consensus)."""
         mode, *values = text.split(":")
         try:
             if mode.isdigit():
                 return cls("uniform", int(mode))
-            if mode == "dense-random":
+            if mode in DENSE_MODES:
                 return cls(mode, int(values[0]), stride=int(values[1]) if len(values) > 1 else 1)
-            if mode == "clips":
+            if mode in CLIP_MODES:
                 return cls(mode, int(values[1]), num_clips=int(values[0]), consensus=values[2] if len(values) > 2
                            else "mean")
             return cls(mode, int(values[0])) if values else cls(mode)
@@ -76,10 +80,10 @@ class FrameSelection:
                              "clips:4:2:lse.") from None
 
     def __str__(self) -> str:
-        if self.mode == "dense-random":
-            return f"dense-random:{self.num_frames}:{self.stride}"
-        if self.mode == "clips":
-            return f"clips:{self.num_clips}:{self.num_frames}:{self.consensus}"
+        if self.mode in DENSE_MODES:
+            return f"{self.mode}:{self.num_frames}:{self.stride}"
+        if self.mode in CLIP_MODES:
+            return f"{self.mode}:{self.num_clips}:{self.num_frames}:{self.consensus}"
         return self.mode if self.mode in ("all", "views") else f"{self.mode}:{self.num_frames}"
 
     @property
@@ -91,9 +95,10 @@ class FrameSelection:
         if self.mode in ("all", "views"):
             return np.arange(n)
         t = self.num_frames
-        if self.mode == "dense-random":
+        rng = rng if self.random else None
+        if self.mode in DENSE_MODES:
             return self._dense(n, 0, n, rng)
-        if self.mode == "clips":  # clip i lies in segment i of num_clips equal segments
+        if self.mode in CLIP_MODES:  # clip i lies in segment i of num_clips equal segments
             edges = np.arange(self.num_clips + 1, dtype=np.int64) * n // self.num_clips
             return np.concatenate([self._dense(n, lo, max(lo + 1, hi), rng) for lo, hi in zip(edges, edges[1:])])
         if self.mode == "uniform" or rng is None:
@@ -235,7 +240,7 @@ class FeatureDataset(Dataset):
             value = torch.from_numpy(np.ascontiguousarray(cache[source]))
             if self.selection.mode == "views":
                 value = value.reshape(-1, self.frames_per_view, *value.shape[1:])
-            elif self.selection.mode == "clips":  # (clips, frames, ...): heads.consensus scores each clip
+            elif self.selection.mode in CLIP_MODES:  # (clips, frames, ...): heads.consensus scores each clip
                 value = value.reshape(self.selection.num_clips, -1, *value.shape[1:])
             inputs[array] = value
         item = {"inputs": inputs, "index": index}
