@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from freezeframe.heads.neighbourhoods import NeighbourhoodBatches, RandomBatches, kmeans
 from freezeframe.heads.run import load_head
 from freezeframe.heads.training import TrainConfig, read_metrics
+from freezeframe.heads.videoclip_schedule import StepSchedule
 from freezeframe.heads.videoclip_training import VideoTextConfig, train_videoclip_run
 from freezeframe.heads.videotext import VideoTextPairs, WindowSampling, caption_rows, overlapped_window
 from freezeframe.store import FeatureSetWriter
@@ -34,7 +35,7 @@ TEMPLATES = ["a {c} {s} moving {m}", "the {s} is {c} and goes {m}", "{c} {s} tha
 DIM = 32
 NOISE = 1.5  # per-second noise; each attribute vector has entries of standard deviation 1
 TRAIN_ARGS = ["--width", "64", "--heads", "4", "--video-layers", "1", "--text-layers", "1", "--dropout", "0.0",
-              "--batch-size", "32", "--lr", "1e-3", "--window-seconds", "3,8", "--no-progress"]
+              "--batch-size", "32", "--lr", "1e-3", "--window-seconds", "3,8", "--min-steps", "0", "--no-progress"]
 
 
 def _write_split(writer, rng, codebook, combos, prefix, captions_per_video, timed=True):
@@ -218,7 +219,8 @@ class Interrupt(Exception):
 
 
 def _resume_job(corpus, out, resume=False, log=lambda message: None):
-    data = VideoTextConfig(text_set="minilm", loss="alpro", window=WindowSampling(3, 8), retrieval_augmented=True)
+    data = VideoTextConfig(text_set="minilm", loss="alpro", window=WindowSampling(3, 8), retrieval_augmented=True,
+                           schedule=StepSchedule(min_steps=0))
     config = TrainConfig(epochs=3, batch_size=32, lr=1e-3, progress=False)
     return train_videoclip_run(corpus / "store", "s3dg", corpus / "train.jsonl", out, data,
                                val_captions=corpus / "val.jsonl", config=config, resume=resume, log=log,

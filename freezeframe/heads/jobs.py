@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from freezeframe.errors import InputError, StoreError
+from freezeframe.heads.consensus import attach_consensus
 from freezeframe.heads.curves import plot_confusion, plot_curves
 from freezeframe.heads.evaluation import predict, scores
 from freezeframe.heads.probe import LinearProbe, pool_frames, sweep_l2
@@ -139,13 +140,15 @@ def train_run(
     prepare_run_dir(out, resume, overwrite)
     fs = open_feature_set(store, feature_set)
     train_frames = train_frames or default_frames(kind, store, feature_set, train=True)
+    if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips-random":
+        eval_frames = train_frames.replace("clips-random", "clips", 1)  # ClipBERT: the same clips, centred
     eval_frames = eval_frames or default_frames(kind, store, feature_set, train=False)
     train_sel, eval_sel = FrameSelection.parse(train_frames), FrameSelection.parse(eval_frames)
     ids, labels, classes = labelled_ids(train_labels)
     head_cfg = head_config(kind, fs, len(classes), _frames_per_item(eval_sel, store, feature_set),
                            **(head_options or {}))
     seed_everything(config.seed)  # the head's initial weights, too, follow --seed (not the process's RNG state)
-    head = build_head(kind, head_cfg)
+    head = attach_consensus(build_head(kind, head_cfg), train_sel)  # clips:N:T: per-clip logits combined
     if kind == "evl" and head_cfg.cross_frame_attention:
         head.load_frozen_qk(fs.frozen_weights())
     arrays = head.required_arrays
@@ -240,6 +243,7 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
     mismatched = check_provenance(info.extra.get("provenance"), fs, allow_provenance_mismatch)
     ids, y, _ = labelled_ids(labels, info.classes)
     selection = FrameSelection.parse(frames or info.eval_frames)
+    head = attach_consensus(head, selection)
     dataset = FeatureDataset(store, info.feature_set, ids, head.required_arrays, selection, y)
     probs, _ = predict(head, dataset, batch_size, resolve_device(device), workers)
     result = scores(probs, torch.as_tensor(y))

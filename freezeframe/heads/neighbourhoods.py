@@ -1,9 +1,12 @@
-"""Batches for contrastive training: plain random ones, or VideoCLIP's retrieval-augmented ones.
+"""Batches for contrastive training: random ones, clustered ones, and VideoCLIP's videos x clips ones.
 
-Retrieval-augmented: each epoch the videos are clustered (k-means in torch on their L2-normalised pooled
-features) and each batch is drawn from one cluster, so its negatives are similar videos, i.e. hard ones.
+Clustered (light towers' `--retrieval-augmented`): each epoch the videos are clustered (k-means on their
+L2-normalised pooled input features, O(n*k*d) per iteration, FAISS at scale) and each batch is drawn from
+one cluster, so its negatives are similar videos, i.e. hard ones.
 Clusters are visited in a nearest-centroid chain, so a batch that runs past the end of a cluster continues
-in the closest one. Both samplers depend only on (seed, epoch): a resumed run draws the same batches.
+in the closest one. Videos x clips (`VideoClipBatches`) and their model-based neighbourhoods
+(`ModelNeighbourBatches`, re-embedded with the model being trained before every pass) are the published
+recipe's. All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
 """
 
 from __future__ import annotations
@@ -16,22 +19,74 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 
-def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 25) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
-    """Lloyd's k-means with k-means++ seeding: (cluster of each point (n,), centroids (k, dim))."""
-    points = points.float()
+def squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(n, k) squared Euclidean distances by one matrix product: |x|^2 - 2 x.c + |c|^2 (clamped at 0)."""
+    return (points.square().sum(1, keepdim=True) - 2 * points @ centroids.T
+            + centroids.square().sum(1)[None]).clamp_min_(0)
+
+
+def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """Index of each point's nearest centroid, in chunks of points so the (chunk, k) distances stay small."""
+    return torch.cat([squared_distances(points[i:i + chunk], centroids).argmin(dim=1)
+                      for i in range(0, len(points), chunk)])
+
+
+def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeds in O(n*k*d): the distance to the nearest seed is updated with each new seed only."""
+    norms = points.square().sum(1)
+    chosen = [int(torch.randint(len(points), (1,), generator=generator))]
+    nearest = (norms - 2 * points @ points[chosen[0]] + norms[chosen[0]]).clamp_min_(0)
+    while len(chosen) < k:  # next seed drawn in proportion to the squared distance to the nearest one so far
+        total = nearest.cumsum(0)
+        if total[-1] > 0:  # inverse-CDF draw: one uniform number, one binary search
+            draw = torch.rand(1, generator=generator, dtype=total.dtype) * total[-1]
+            chosen.append(min(int(torch.searchsorted(total, draw)), len(points) - 1))
+        else:
+            chosen.append(int(torch.randint(len(points), (1,), generator=generator)))
+        distance = (norms - 2 * points @ points[chosen[-1]] + norms[chosen[-1]]).clamp_min_(0)
+        torch.minimum(nearest, distance, out=nearest)
+    return points[chosen].clone()
+
+
+def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids), or None without faiss-cpu."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    model = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=len(points),
+                         min_points_per_centroid=1, verbose=False)
+    model.train(points.numpy())
+    _, assign = model.index.search(points.numpy(), 1)
+    return torch.from_numpy(assign[:, 0]).long(), torch.from_numpy(model.centroids).float()
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 20,
+           seeding: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means: (cluster of each point (n,), centroids (k, dim)); O(n*k*d) per iteration.
+
+    Seeds: k-means++ (`plusplus`), k distinct random points (`random`), or `auto`: k-means++ while
+    n*k <= 5e7 (its k sequential passes are memory-bound), beyond that FAISS's k-means when faiss-cpu is
+    installed, else random seeds.
+    """
+    points = points.float().contiguous()
     k = max(1, min(k, len(points)))
-    centroids = points[torch.randint(len(points), (1,), generator=generator)]
-    while len(centroids) < k:  # k-means++: next seed drawn in proportion to the squared distance to the nearest one
-        nearest = torch.cdist(points, centroids).min(dim=1).values.square()
-        weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
-        centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
-    assign = torch.cdist(points, centroids).argmin(dim=1)
+    if seeding == "auto" and len(points) * k > 50_000_000:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        found = faiss_kmeans(points, k, seed, iterations)
+        if found is not None:
+            return found
+        seeding = "random"
+    if seeding in ("auto", "plusplus"):
+        centroids = kmeans_plus_plus(points, k, generator)
+    else:
+        centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+    assign = nearest_centroid(points, centroids)
     for _ in range(iterations):
         sums = torch.zeros_like(centroids).index_add_(0, assign, points)
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)  # an empty cluster keeps its seed
-        updated = torch.cdist(points, centroids).argmin(dim=1)
+        updated = nearest_centroid(points, centroids)
         if torch.equal(updated, assign):
             break
         assign = updated
@@ -40,12 +95,14 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations:
 
 def centroid_chain(centroids: torch.Tensor, first: int) -> list[int]:
     """Cluster order starting at `first`, each next cluster the nearest unvisited centroid."""
-    order, left = [first], set(range(len(centroids))) - {first}
-    while left:
-        candidates = sorted(left)
-        distances = torch.cdist(centroids[order[-1]][None], centroids[candidates])[0]
-        order.append(candidates[int(distances.argmin())])
-        left.remove(order[-1])
+    distances = squared_distances(centroids, centroids)
+    visited = torch.zeros(len(centroids), dtype=torch.bool)
+    order = [first]
+    visited[first] = True
+    for _ in range(len(centroids) - 1):
+        row = distances[order[-1]].masked_fill(visited, float("inf"))
+        order.append(int(row.argmin()))
+        visited[order[-1]] = True
     return order
 
 
@@ -95,3 +152,75 @@ class NeighbourhoodBatches(RandomBatches):
             order += members[torch.randperm(len(members), generator=generator)].tolist()
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
+
+
+class VideoClipBatches(RandomBatches):
+    """VideoCLIP's batches: `videos_per_batch` videos x `clips_per_video` of each video's captions (clips).
+
+    The clips of one video are each other's negatives. Each epoch every video is in one batch; a video with
+    fewer captions gives all it has. `groups()` decides which videos share a batch (random here).
+    """
+
+    def __init__(self, item_videos: Sequence[int], videos_per_batch: int, clips_per_video: int,
+                 seed: int = 0) -> None:
+        super().__init__(len(item_videos), videos_per_batch * clips_per_video, seed)
+        self.videos_per_batch, self.clips_per_video = videos_per_batch, clips_per_video
+        self.items_of: dict[int, list[int]] = {}
+        for item, video in enumerate(item_videos):
+            self.items_of.setdefault(int(video), []).append(item)
+        self.videos = sorted(self.items_of)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.videos) / self.videos_per_batch)
+
+    def groups(self, generator: torch.Generator) -> list[list[int]]:
+        order = [self.videos[i] for i in torch.randperm(len(self.videos), generator=generator).tolist()]
+        return [order[i:i + self.videos_per_batch] for i in range(0, len(order), self.videos_per_batch)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = self.generator()
+        for group in self.groups(generator):
+            batch = []
+            for video in group:
+                items = self.items_of[video]
+                picked = torch.randperm(len(items), generator=generator)[: self.clips_per_video]
+                batch += [items[i] for i in picked.tolist()]
+            yield batch
+
+
+class ModelNeighbourBatches(VideoClipBatches):
+    """VideoCLIP's retrieval augmentation: batches of videos that are near neighbours under the current model.
+
+    `refresh` (called by the training loop before each pass) re-embeds every item with the model being
+    trained; a video's point is the mean over its items of (video embedding + text embedding) / 2,
+    L2-normalised. Groups: a random unassigned seed video and its `videos_per_batch - 1` nearest unassigned
+    neighbours (cosine, brute force), until every video is in a group.
+    """
+
+    def __init__(self, item_videos: Sequence[int], videos_per_batch: int, clips_per_video: int,
+                 seed: int = 0) -> None:
+        super().__init__(item_videos, videos_per_batch, clips_per_video, seed)
+        self.item_videos = torch.as_tensor(list(item_videos))
+        self.points: torch.Tensor | None = None  # (videos, width), rows in `self.videos` order
+
+    def refresh(self, model, dataset, device) -> None:
+        from freezeframe.heads.videoclip_training import embed_pairs
+
+        video, text = embed_pairs(model, dataset, device=device)
+        joint = (video + text) / 2  # (items, width)
+        sums = torch.zeros(int(self.item_videos.max()) + 1, joint.shape[1]).index_add_(0, self.item_videos, joint)
+        self.points = F.normalize(sums[self.videos], dim=-1)
+
+    def groups(self, generator: torch.Generator) -> list[list[int]]:
+        if self.points is None:
+            return super().groups(generator)
+        free = torch.ones(len(self.videos), dtype=torch.bool)
+        groups = []
+        for seed in torch.randperm(len(self.videos), generator=generator).tolist():
+            if not free[seed]:
+                continue
+            similarity = (self.points @ self.points[seed]).masked_fill(~free, -math.inf)
+            take = similarity.topk(min(self.videos_per_batch, int(free.sum()))).indices
+            free[take] = False
+            groups.append([self.videos[i] for i in take.tolist()])
+        return groups

@@ -11,14 +11,14 @@ from freezeframe.errors import InputError
 from freezeframe.heads.evl import EVLConfig, EVLDecoder
 from freezeframe.heads.probe import LinearProbe, ProbeConfig
 from freezeframe.heads.temporal import TemporalConfig, TemporalTransformer
-from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig
+from freezeframe.heads.videoclip import VideoClipConfig, build_videoclip
 from freezeframe.store.feature_set import FeatureSet
 
 HEADS: dict[str, tuple[type, type[nn.Module]]] = {
     "probe": (ProbeConfig, LinearProbe),
     "temporal": (TemporalConfig, TemporalTransformer),
     "evl": (EVLConfig, EVLDecoder),
-    "videoclip": (VideoClipConfig, VideoCLIP),  # trained by heads.videoclip_training
+    "videoclip": (VideoClipConfig, build_videoclip),  # trained by heads.videoclip_training
 }
 
 

