@@ -210,7 +210,7 @@ def test_exact_mode_layout_and_provenance(exact_set, tiny):
         digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
     assert prov["backbone"]["weights_sha256"] == digest.hexdigest()
     for vid in EXACT_VIDEOS:
-        assert exact_set.video_info(vid)["decoder"] == ("pyav" if EXACT_VIDEOS[vid].endswith(".avi") else "decord")
+        assert exact_set.video_info(vid)["decoder"] == "pyav"  # auto: PyAV, seeking
         indices = exact_set.read(vid, "frame_indices")
         assert (np.diff(indices) > 0).all()
 
