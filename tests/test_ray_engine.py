@@ -21,6 +21,7 @@ from freezeframe.extract import ClipConfig, ExtractConfig, SamplingConfig, colle
 from freezeframe.extract.ray_engine import RayConfig, WorkerError, run_ray_extraction
 from freezeframe.store import open_store, verify_store
 from freezeframe.store.layout import TEMP_PREFIX
+from freezeframe.summary import plural
 
 ALL = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
 IDS = [p.stem for p in ALL]
@@ -152,7 +153,7 @@ def test_actors_that_keep_dying_stop_the_run_with_one_sentence_and_a_rerun_finis
     assert_same_as(store, reference, committed)
     result = CliRunner().invoke(main, ["extract", *extract_args(FAULT_INPUTS, store, 2)])
     assert result.exit_code == 0, result.output
-    assert f"stored {len(FAULT_IDS) - len(committed)} videos" in result.output
+    assert f"stored {plural(len(FAULT_IDS) - len(committed), 'video')} (" in result.output
     assert_same_as(store, reference, FAULT_IDS)
 
 
