@@ -117,7 +117,9 @@ def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
     provenance = {
         **backbone.provenance(),
         "preprocess": preprocess.describe(),
-        "sampling": {**config.sampling.describe(), "decoder": config.decoder, "seek": config.seek},
+        # exact seeking is recorded by omission, so sets written before --seek existed still take appends
+        "sampling": {**config.sampling.describe(), "decoder": config.decoder,
+                     **({"seek": config.seek} if config.seek != "exact" else {})},
         "frames_per_view": config.sampling.rows_per_view,
     }
     return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "av", "torchcodec", "decord")
