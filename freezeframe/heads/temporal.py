@@ -18,7 +18,7 @@ class TemporalConfig:
     input_dim: int
     array: str = "embed"
     # small and regularised: a head for a few hundred videos (width 256 x 2 layers fitted 160 videos
-    # perfectly and did not generalise); see benchmarks/head_defaults.py
+    # perfectly and did not generalise); measured in the README with benchmarks/heldout_tasks.py
     width: int = 128
     depth: int = 1
     heads: int = 4
