@@ -1,0 +1,160 @@
+"""Window backbones through the registry: torchvision's video classifiers and the pytorch-i3d RGB I3D.
+
+torchvision: each stored array equals torchvision's own forward on the same windows (random weights saved to a
+local file and loaded by path). I3D: the state dict has exactly the names and shapes of the public checkpoint
+(tests/data/i3d_rgb_layout.json) and computes what pytorch-i3d computes (tests/data/i3d_reference_outputs.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torchvision.models import get_model
+
+from freezeframe.errors import BackboneError, InputError
+from freezeframe.extract.backbones import (I3DBackbone, I3DConfig, InceptionI3d, TorchvisionVideoBackbone,
+                                           TorchvisionVideoConfig, build_backbone)
+from freezeframe.store import open_store
+
+DATA = Path(__file__).parent / "data"
+FP16_EPS = 2.0**-11
+
+
+def cosine(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def windows(n: int, frames: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- torchvision video classifiers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, size, frames", [("r3d_18", 48, 8), ("r2plus1d_18", 48, 8), ("swin3d_t", 32, 2)])
+def test_torchvision_arrays_are_torchvisions_forward(tmp_path, model, size, frames):
+    torch.manual_seed(4)
+    net = get_model(model, weights=None).eval()
+    weights = tmp_path / f"{model}.safetensors"
+    save_file(net.state_dict(), str(weights))
+    backbone = TorchvisionVideoBackbone(TorchvisionVideoConfig(model=model, pretrained=str(weights), image_size=size,
+                                                               features=("pooled", "logits", "tokens"), layers=(-1,)))
+    assert backbone.preprocess.size[0] - size in (0, 2) or backbone.preprocess.size[0] > size  # resize, then crop
+    clips = windows(2, frames, size)
+    out = backbone(clips)
+    video = clips.transpose(1, 2)  # (n, 3, T, H, W), torchvision's layout
+    with torch.no_grad():
+        logits = net(video)
+        if model == "swin3d_t":
+            grid = net.features(net.pos_drop(net.patch_embed(video)))  # (n, T, H, W, C)
+            pooled = net.avgpool(net.norm(grid).permute(0, 4, 1, 2, 3)).flatten(1)
+            tokens = grid.flatten(1, 3)
+        else:
+            grid = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(video)))))  # (n, C, T, H, W)
+            pooled, tokens = net.avgpool(grid).flatten(1), grid.flatten(2).transpose(1, 2)
+    assert list(out) == ["pooled", "logits", f"tokens/{backbone.blocks[0]}"]
+    assert cosine(out["logits"], logits).min() >= 0.9999 and cosine(out["pooled"], pooled).min() >= 0.9999
+    torch.testing.assert_close(out[f"tokens/{backbone.blocks[0]}"], tokens, rtol=FP16_EPS, atol=1e-5)
+
+
+def test_torchvision_video_extraction_stores_one_row_per_window(tmp_path, run_cli, sample_videos):
+    torch.manual_seed(1)
+    weights = tmp_path / "mc3_18.pth"
+    torch.save(get_model("mc3_18", weights=None).state_dict(), weights)
+    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", tmp_path / "s",
+                     "--backbone", "torchvision-video", "--model", "mc3_18", "--pretrained", weights,
+                     "--image-size", "32", "--window-frames", "8", "--features", "pooled,tokens", "--layers", "1",
+                     "--workers", "0", "--no-progress")
+    assert result.exit_code == 0, result.output
+    fs = open_store(tmp_path / "s")["tv-mc3_18-mc3_18"]
+    # 32 frames at 30 fps resampled at the default 15 fps: 16 frames, two windows of 8
+    assert fs.read("short_32frames", "pooled").shape == (2, 512)
+    assert fs.read("short_32frames", "tokens/1").shape == (2, 8 * 8 * 8, 128)  # mc3 layer2: T x H/4 x W/4 tokens
+    assert fs.read("short_32frames", "frame_indices").shape == (2, 8)
+    prov = fs.provenance
+    assert prov["backbone"]["kind"] == "torchvision-video" and prov["backbone"]["model"] == "mc3_18"
+    assert prov["input_crop"] == [32, 32] and prov["preprocess"]["size"][0] > 32  # the weights' 128:112 ratio
+    assert prov["preprocess"]["mean"] == [0.43216, 0.394666, 0.37645]
+
+
+def test_torchvision_window_limits_and_bad_options():
+    mvit = TorchvisionVideoBackbone(TorchvisionVideoConfig(model="mvit_v2_s"))
+    with pytest.raises(InputError, match="positional encodings for 16 frames of 224x224"):
+        mvit.check_window(8, 224, 224)
+    mvit.check_window(16, 256, 256)  # resized to 256, centre-cropped to 224
+    with pytest.raises(InputError, match="unknown torchvision video model"):
+        TorchvisionVideoConfig(model="resnet50")
+    with pytest.raises(InputError, match="out of range for r3d_18's 4 blocks"):
+        TorchvisionVideoBackbone(TorchvisionVideoConfig(features=("tokens",), layers=(4,)))
+
+
+# ---- I3D ---------------------------------------------------------------------------------------------------------
+
+def test_i3d_has_the_public_rgb_checkpoint_layout():
+    layout = json.loads((DATA / "i3d_rgb_layout.json").read_text())["state_dict"]
+    state = {k: list(v.shape) for k, v in InceptionI3d().state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert state == layout  # exactly these names, these shapes
+    assert len(layout) == 287 and layout["logits.conv3d.weight"] == [400, 1024, 1, 1, 1]
+
+
+def test_i3d_computes_what_pytorch_i3d_computes():
+    ref = json.loads((DATA / "i3d_reference_outputs.json").read_text())
+    torch.manual_seed(0)
+    net = InceptionI3d().eval()
+    x = torch.rand(*ref["input"], generator=torch.Generator().manual_seed(7)) * 2 - 1
+    with torch.no_grad():
+        out = net(x, keep=("Mixed_5c",))
+    assert list(out["Mixed_5c"].shape) == ref["mixed_5c_shape"]
+    for name, got in (("mixed_5c_mean", out["Mixed_5c"].mean((2, 3, 4))), ("pooled", out["pooled"]),
+                      ("logits", out["logits"])):
+        np.testing.assert_allclose(got[0, :16].numpy(), ref[name], rtol=1e-4, atol=1e-9, err_msg=name)
+
+
+def test_i3d_checkpoint_file_loads_by_name_and_gives_the_in_memory_outputs(tmp_path):
+    torch.manual_seed(2)
+    memory = InceptionI3d().eval()
+    for module in memory.modules():  # lively statistics, so the outputs depend on every tensor
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 1.5)
+    state = {k: v for k, v in memory.state_dict().items() if not k.endswith("num_batches_tracked")}  # as exported
+    path = tmp_path / "rgb_imagenet.pt"
+    torch.save(state, path)
+    backbone = build_backbone(I3DConfig(pretrained=str(path), features=("pooled", "logits", "tokens"),
+                                        image_size=64, resize_size=64))
+    assert isinstance(backbone, I3DBackbone) and backbone.blocks == [8]
+    clips = windows(1, 16, 64)
+    out = backbone(clips)
+    with torch.no_grad():
+        ref = memory(clips.transpose(1, 2), keep=("Mixed_5c",))
+    assert cosine(out["pooled"], ref["pooled"]).min() >= 0.9999 and cosine(out["logits"], ref["logits"]).min() >= 0.9999
+    torch.testing.assert_close(out["tokens/8"], ref["Mixed_5c"].flatten(2).transpose(1, 2))
+    info = backbone.provenance()["backbone"]
+    assert info["weights"] == str(path.resolve()) and len(info["checkpoint_sha256"]) == 64
+    torch.save({"logits.conv3d.weight": torch.zeros(400, 1024, 1, 1, 1)}, tmp_path / "partial.pt")
+    with pytest.raises(BackboneError, match="do not fit the RGB I3D network: .*missing keys"):
+        I3DBackbone(I3DConfig(pretrained=str(tmp_path / "partial.pt")))
+
+
+def test_i3d_defaults_are_video_features_conventions(tmp_path, run_cli, sample_videos):
+    backbone = I3DBackbone(I3DConfig())
+    assert backbone.preprocess.size == (256, 256) and backbone.crop == (224, 224)
+    assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.std == (0.5, 0.5, 0.5)  # [-1, 1]
+    from freezeframe.extract.backbones import get_entry
+
+    windows_default = get_entry("i3d").windows
+    assert (windows_default.frames, windows_default.stride) == (64, 64)
+    with pytest.raises(InputError, match="even number of pixels"):
+        I3DConfig(image_size=224, resize_size=255)
+    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", tmp_path / "s", "--backbone", "i3d",
+                     "--pretrained", "none", "--image-size", "32", "--resize-size", "40", "--window-frames", "16",
+                     "--fps", "30", "--workers", "0", "--no-progress")
+    assert result.exit_code == 0, result.output
+    fs = open_store(tmp_path / "s")["i3d-random"]
+    assert fs.read("short_32frames", "pooled").shape == (2, 1024)
+    assert fs.provenance["sampling"]["window_frames"] == 16 and fs.provenance["input_crop"] == [32, 32]
