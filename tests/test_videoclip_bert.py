@@ -76,8 +76,8 @@ def test_published_recipe_learns_retrieval(corpus, run_cli, tmp_path):  # noqa: 
     run = tmp_path / "bert"
     result = run_cli("train", "videoclip", "--store", corpus / "store", "--set", "s3dg", "--text-set", "minilm",
                      "--captions", corpus / "train.jsonl", "--out", run, "--towers", "bert", "--bert", MINILM,
-                     "--merge-tokens", "8,64", "--normalize-video", "--videos-per-batch", "16", "--clips-per-video",
-                     "2", "--retrieval-augmented", "--video-layers", "1", "--text-layers", "3", "--window-seconds", "3,8",
+                     "--merge-tokens", "8,64", "--normalize-video", "--videos-per-batch", "24", "--clips-per-video",
+                     "2", "--retrieval-augmented", "--video-layers", "1", "--text-layers", "2", "--window-seconds", "3,8",
                      "--epochs", "2",
                      "--min-steps", "0", "--lr", "2e-4", "--no-progress")
     assert result.exit_code == 0, result.output
