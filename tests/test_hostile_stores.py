@@ -63,7 +63,8 @@ def make_store(path: Path, fmt: str = "zarr", frozen: bool = True) -> Path:
 def shard_of(store: Path) -> tuple[Path, Path]:
     """(bundle, marker) of the store's only shard."""
     marker = next((store / "fs" / "shards").glob("*.done.json"))
-    bundle = next(p for p in (store / "fs" / "shards").iterdir() if not p.name.endswith(".done.json"))
+    shard_id = marker.name[:-len(".done.json")]
+    bundle = next(p for p in marker.parent.glob(f"{shard_id}.*") if p != marker)
     return bundle, marker
 
 

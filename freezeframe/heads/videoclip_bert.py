@@ -34,6 +34,10 @@ def load_bert(checkpoint: str | None) -> nn.Module:
     hf_logging.disable_progress_bar()
     try:
         with W.quiet_logging(), W.hub_offline(True):
+            if torch.empty(0).device.type == "meta":  # shapes only (a run's head checked against its checkpoint)
+                from transformers import AutoConfig
+
+                return AutoModel.from_config(AutoConfig.from_pretrained(checkpoint), add_pooling_layer=False)
             return AutoModel.from_pretrained(checkpoint, add_pooling_layer=False)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load a BERT model from {checkpoint}: {str(exc).splitlines()[0][:200]}.") from None
