@@ -23,7 +23,8 @@ from freezeframe.extract import (
     run_extraction, sample_indices,
 )
 from freezeframe.extract.preprocess import fast_preprocess
-from freezeframe.extract.runner import default_workers, resolve_device
+from freezeframe.devices import resolve_device
+from freezeframe.extract.runner import default_workers
 
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"
 

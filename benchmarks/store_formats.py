@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, SamplingConfig, collect_sources, run_extraction
-from freezeframe.extract.runner import default_workers, resolve_device
+from freezeframe.devices import resolve_device
+from freezeframe.extract.runner import default_workers
 from freezeframe.store import open_store
 from freezeframe.store.convert import convert_store
 from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR

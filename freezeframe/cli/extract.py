@@ -95,7 +95,8 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
         check_store(store, _name_or_none(config, backbone_config), config)
     if dry_run:
         from freezeframe.extract.backbones import build_backbone
-        from freezeframe.extract.runner import plan_extraction, resolve_device
+        from freezeframe.devices import resolve_device
+        from freezeframe.extract.runner import plan_extraction
 
         if engine == "ray":
             raise click.UsageError("--dry-run plans a local run; drop --engine ray (the plan is the same).")
@@ -122,7 +123,8 @@ def _name_or_none(config, backbone_config) -> str | None:
 def _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers):
     """Run the extraction on the chosen engine; returns its ExtractionReport."""
     from freezeframe.extract.backbones import build_backbone
-    from freezeframe.extract.runner import resolve_device, run_extraction
+    from freezeframe.devices import resolve_device
+    from freezeframe.extract.runner import run_extraction
 
     if engine == "ray":  # actors pick their device from --gpus-per-worker
         from freezeframe.extract.ray_engine import RayConfig, run_ray_extraction

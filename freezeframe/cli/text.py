@@ -31,7 +31,7 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
     refuse_ignored({"layers": ("--layers is for --backbone bert (clip-text stores one embedding)", bert),
                     "max_length": ("--max-length is for --backbone bert", bert),
                     "pretrained": ("--pretrained is for --backbone clip-text (bert loads --model)", not bert)})
-    from freezeframe.extract.runner import resolve_device
+    from freezeframe.devices import resolve_device
     from freezeframe.text import read_captions
     from freezeframe.text.encoders import TextConfig
     from freezeframe.text.extract import extract_text

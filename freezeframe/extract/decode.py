@@ -260,7 +260,7 @@ class TorchCodecReader:
     def __init__(self, path: str, options: DecodeOptions = DecodeOptions()) -> None:
         index = PyAVReader(path, options)  # timestamps, keyframes, size check, refusals
         if not index.seeking:
-            raise VideoReadError(f"container without reliable presentation timestamps, which torchcodec seeks one or "
+            raise VideoReadError("container without reliable presentation timestamps, which torchcodec seeks one or "
                                  "two frames off; read it with --decoder pyav (auto does)")
         self.timestamps, self.keyframes = index.timestamps, index.keyframes
         try:

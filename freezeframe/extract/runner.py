@@ -103,15 +103,6 @@ class ExtractionReport:
         return not self.failures
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {spec} was requested but no CUDA device is available.")
-    return device
-
-
 def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     provenance = {

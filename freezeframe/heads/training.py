@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -25,10 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from freezeframe.checkpoints import load_checkpoint
+from freezeframe.devices import resolve_device
 from freezeframe.heads.curves import plot_curves
 from freezeframe.limits import LIST_BYTES, read_limited
 from freezeframe.heads.evaluation import evaluate, to_device
 from freezeframe.store.datasets import FeatureDataset, collate
+from freezeframe.store.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.pt", "best.pt"
@@ -68,10 +69,6 @@ class TrainingInterrupted(Exception):
         self.epochs_done = epochs_done
 
 
-def resolve_device(spec: str) -> torch.device:
-    return torch.device("cuda" if spec == "auto" and torch.cuda.is_available() else ("cpu" if spec == "auto" else spec))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -98,9 +95,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    torch.save(obj, temp)
-    os.replace(temp, path)
+    """A checkpoint written whole or not at all (temporary name, fsync, rename)."""
+    write_atomic(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -123,10 +119,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def write_metrics(run_dir: str | Path, history: list[dict]) -> None:
     """Rewrite metrics.jsonl whole (atomically) from a history."""
-    path = Path(run_dir) / METRICS_FILE
-    temp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    temp.write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
-    os.replace(temp, path)
+    text = "".join(json.dumps(h) + "\n" for h in history)
+    write_atomic(Path(run_dir) / METRICS_FILE, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.device, resume: bool,

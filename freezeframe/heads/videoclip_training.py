@@ -10,7 +10,6 @@ is in steps and gradients are clipped, as VideoCLIP trains.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path

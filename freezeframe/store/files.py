@@ -11,7 +11,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from freezeframe.errors import StoreError
 from freezeframe.faults import fault_point
@@ -41,16 +41,30 @@ def fsync_dir(path: StorePath) -> None:
         os.close(fd)
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def _write_temp(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """`write` a handle to a new temporary beside `path`, flushed and fsynced; returns the temporary's path."""
     tmp = path.with_name(f"{TEMP_PREFIX}{temp_owner_tag()}-{path.name}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # a leftover of a crashed writer with this pid (or a planted link): never written through
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | WRITE_FLAGS, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return tmp
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a local file so that a reader sees either the old file or the whole new one, durably: a temporary
+    name, fsync, rename, fsync of the directory. (Checkpoints use it as well as store metadata.)"""
+    tmp = _write_temp(path, write)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def dumps(obj: Any) -> bytes:
@@ -62,7 +76,7 @@ def write_json_atomic(path: StorePath, obj: Any) -> None:
     if is_remote(path):
         path.write_bytes(dumps(obj))
         return
-    tmp = _write_temp(path, dumps(obj))
+    tmp = _write_temp(path, lambda handle: handle.write(dumps(obj)))
     fault_point("json.replace")
     os.replace(tmp, path)
     fsync_dir(path.parent)
@@ -75,7 +89,7 @@ def create_json_once(path: StorePath, obj: Any) -> bool:
             return False
         path.write_bytes(dumps(obj))
         return True
-    tmp = _write_temp(path, dumps(obj))
+    tmp = _write_temp(path, lambda handle: handle.write(dumps(obj)))
     try:
         os.link(tmp, path)
         created = True

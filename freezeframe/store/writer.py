@@ -12,6 +12,7 @@ import numpy as np
 from freezeframe.errors import StoreError
 from freezeframe.store import provenance as prov
 from freezeframe.store import schema
+from freezeframe.store.claims import process_alive
 from freezeframe.store.backends import BACKENDS, check_compression, get_backend
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json
@@ -113,7 +114,7 @@ class FeatureSetWriter:
         for directory in (self.path, self.shards_dir):
             for temp in directory.glob(f"{TEMP_PREFIX}{host}.*"):
                 pid_text = temp.name[len(TEMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
-                if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                if pid_text.isdigit() and not process_alive(int(pid_text)):
                     remove_bundle(temp)
 
     def committed_ids(self) -> set[str]:
@@ -151,12 +152,3 @@ def frozen_hashes(fs_path) -> dict:
                 reader.close()
     return {}
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -8,7 +8,6 @@ video_features' I3D extraction: stacks of 64 frames every 64, short side 256, ce
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
