@@ -93,3 +93,20 @@ def test_clear_errors(task, run_cli, tmp_path, change, message):
     result = run_cli("zeroshot", *[x for kv in args.items() for x in kv])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and message in result.output
+
+
+def test_prompts_from_another_model_are_refused(task, run_cli, tmp_path, tiny_model_name):
+    """Before: any --pretrained was used silently, scoring image embeddings against another model's prompts."""
+    other = tmp_path / "other.pt"
+    torch.manual_seed(12)
+    torch.save(open_clip.create_model(resolve_model_name(tiny_model_name), pretrained=None).state_dict(), other)
+    args = ["zeroshot", "--store", task / "store", "--set", "clip", "--classes", task / "classes.txt",
+            "--labels", task / "labels.csv", "--json"]
+    refused = run_cli(*args, "--pretrained", other)
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1
+    assert "differs in: pretrained" in refused.output and "--allow-provenance-mismatch" in refused.output
+    same = run_cli(*args, "--pretrained", task / "tiny.pt")
+    assert same.exit_code == 0 and json.loads(same.output)["top1"] == 1.0
+    allowed = run_cli(*args, "--pretrained", other, "--allow-provenance-mismatch")
+    assert allowed.exit_code == 0, allowed.output
+    assert json.loads(allowed.output)["top1"] < 1.0  # the other model's prompts do not match these embeddings

@@ -64,8 +64,11 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
 @click.option("--model", default=None, help="open_clip model for the prompts [default: the set's own].")
 @click.option("--pretrained", default=None, help="Its weights [default: the set's own].")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a --pretrained file that is a full pickle (runs code).")
+@click.option("--allow-provenance-mismatch", is_flag=True,
+              help="Use a --model/--pretrained other than the one that made the set's image embeddings.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (top1, top5, num_videos, per_class).")
-def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, trust_checkpoint, as_json) -> None:
+def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, trust_checkpoint,
+             allow_provenance_mismatch, as_json) -> None:
     """Zero-shot classification: mean frame CLIP embeddings against class prompt embeddings."""
     import json
 
@@ -73,7 +76,8 @@ def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, 
 
     result = run_zeroshot(store, feature_set, read_lines(classes, "classes"), labels,
                           templates=tuple(read_lines(templates, "templates")) if templates else DEFAULT_TEMPLATES,
-                          model=model, pretrained=pretrained, trust_checkpoint=trust_checkpoint)
+                          model=model, pretrained=pretrained, trust_checkpoint=trust_checkpoint,
+                          allow_provenance_mismatch=allow_provenance_mismatch)
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -12,6 +12,7 @@ from freezeframe.errors import InputError
 from freezeframe.heads.zeroshot import ZeroShotClassifier
 from freezeframe.userfiles import read_user_text
 from freezeframe.store.datasets import read_labels
+from freezeframe.store.provenance import file_sha256
 from freezeframe.store.store import Store
 from freezeframe.text.encoders import ClipTextEncoder, TextConfig
 
@@ -38,6 +39,25 @@ def check_local_model(name: object, what: str, feature_set: str) -> None:
                          "(the same name, if you trust it).")
 
 
+def prompt_tower_differences(backbone: dict, model: str | None, pretrained: str | None) -> list[str]:
+    """Which of a given --model/--pretrained differ from the image tower the set's provenance records (a weights file
+    is compared by its sha256 when the provenance has one, else by its resolved path)."""
+    differing = []
+    if model and backbone.get("model") and model != backbone["model"]:
+        differing.append("model")
+    if pretrained and backbone.get("pretrained"):
+        path = Path(pretrained)
+        if path.is_file() and backbone.get("checkpoint_sha256"):
+            same = file_sha256(path) == backbone["checkpoint_sha256"]
+        elif path.is_file():
+            same = str(path.resolve()) == str(backbone["pretrained"])
+        else:
+            same = pretrained == backbone["pretrained"]
+        if not same:
+            differing.append("pretrained")
+    return differing
+
+
 def class_embeddings(encoder: ClipTextEncoder, classes: list[str], templates: tuple[str, ...]) -> torch.Tensor:
     """Per class: the mean of its L2-normalised template prompt embeddings (renormalised by the classifier)."""
     for template in templates:
@@ -53,10 +73,13 @@ def class_embeddings(encoder: ClipTextEncoder, classes: list[str], templates: tu
 
 def run_zeroshot(store: str | Path, feature_set: str, classes: list[str], labels_path: str | Path, *,
                  templates: tuple[str, ...] = DEFAULT_TEMPLATES, model: str | None = None,
-                 pretrained: str | None = None, trust_checkpoint: bool = False) -> dict:
+                 pretrained: str | None = None, trust_checkpoint: bool = False,
+                 allow_provenance_mismatch: bool = False) -> dict:
     """Top-1/top-5 and per-class accuracy of zero-shot classification of the labelled videos of `feature_set`.
 
-    The text tower is the CLIP model recorded in the set's provenance unless `model`/`pretrained` are given.
+    The text tower is the CLIP model recorded in the set's provenance unless `model`/`pretrained` are given;
+    given ones must name that same model (else the prompts live in another embedding space) unless
+    `allow_provenance_mismatch`.
     """
     opened = Store(store)
     if feature_set not in opened:
@@ -71,6 +94,11 @@ def run_zeroshot(store: str | Path, feature_set: str, classes: list[str], labels
         check_local_model(backbone.get("model"), "model", feature_set)
     if not pretrained:
         check_local_model(backbone.get("pretrained"), "pretrained", feature_set)
+    differing = prompt_tower_differences(backbone, model, pretrained)
+    if differing and not allow_provenance_mismatch:
+        raise InputError(f"feature set {feature_set!r} was made by model {backbone.get('model')!r} with weights "
+                         f"{backbone.get('pretrained')!r}; the prompts would come from another one (differs in: "
+                         f"{', '.join(differing)}); pass --allow-provenance-mismatch to use it anyway.")
     model = model or backbone.get("model")
     pretrained = pretrained or backbone.get("pretrained")
     if not isinstance(model, str) or not isinstance(pretrained, str) or not model or not pretrained:
