@@ -21,22 +21,13 @@ from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
                                                 center_crop, check_precision, compute_dtype, frozen_call)
 from freezeframe.extract.backbones.registry import WindowDefaults, option, register_backbone
+from freezeframe.extract.backbones.s3d import S3DG_INCEPTIONS
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
 I3D_FEATURES = ("pooled", "logits", "tokens")
-# (block name, widths: 1x1 branch, 3x3 branch reduce/out, second 3x3 branch reduce/out, pooled branch)
-I3D_INCEPTIONS = (
-    ("Mixed_3b", (64, 96, 128, 16, 32, 32)),
-    ("Mixed_3c", (128, 128, 192, 32, 96, 64)),
-    ("Mixed_4b", (192, 96, 208, 16, 48, 64)),
-    ("Mixed_4c", (160, 112, 224, 24, 64, 64)),
-    ("Mixed_4d", (128, 128, 256, 24, 64, 64)),
-    ("Mixed_4e", (112, 144, 288, 32, 64, 64)),
-    ("Mixed_4f", (256, 160, 320, 32, 128, 128)),
-    ("Mixed_5b", (256, 160, 320, 32, 128, 128)),
-    ("Mixed_5c", (384, 192, 384, 48, 128, 128)),
-)
+# Inception-v1's blocks and widths, as S3D-G has them, under pytorch-i3d's capitalised names (Mixed_3b, ...)
+I3D_INCEPTIONS = tuple((name.capitalize(), widths) for name, widths in S3DG_INCEPTIONS)
 I3D_POOLS = {  # the max pool that runs before a block: its name, kernel and stride over (t, h, w)
     "Conv3d_2b_1x1": ("MaxPool3d_2a_3x3", (1, 3, 3), (1, 2, 2)),
     "Mixed_3b": ("MaxPool3d_3a_3x3", (1, 3, 3), (1, 2, 2)),
