@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,7 @@ class FeatureSet:
         meta = shard["arrays"][array]
         if (info["shard"], array) not in self._checked:
             self._check_stored(reader, info["shard"], array, meta, shard["num_frames"])
-        row_bytes = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
+        row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize  # (np.prod costs ~15 us a read)
 
         def read_rows(lo: int, hi: int) -> np.ndarray:
             check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{info['shard']} array {array!r}")
