@@ -122,7 +122,7 @@ def test_bad_inputs_are_recorded_and_good_ones_committed(decoder, extract, input
 
     verified = run_cli("verify", store)
     assert verified.exit_code == 0, verified.output
-    assert verified.stdout.splitlines()[-1] == f"ok: 1 shards, {len(GOOD)} videos checked"
+    assert verified.stdout.splitlines()[-1] == f"ok: 1 shard, {len(GOOD)} videos checked"
 
 
 def test_pyav_alone_gives_the_same_failures_and_successes(extract):

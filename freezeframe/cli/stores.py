@@ -27,14 +27,15 @@ def inspect(store, as_json) -> None:
 def verify(store) -> None:
     """Check every committed shard of STORE: readable, checksums and index consistent. Exit 1 on any problem."""
     from freezeframe.store import verify_store
+    from freezeframe.summary import plural
 
     report = verify_store(store)
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for problem in report.problems:
         click.echo(f"problem: {problem}")
-    status = "ok" if report.ok else f"{len(report.problems)} problems"
-    click.echo(f"{status}: {report.checked_shards} shards, {report.checked_videos} videos checked")
+    status = "ok" if report.ok else plural(len(report.problems), "problem")
+    click.echo(f"{status}: {plural(report.checked_shards, 'shard')}, {plural(report.checked_videos, 'video')} checked")
     sys.exit(0 if report.ok else 1)
 
 
