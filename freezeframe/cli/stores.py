@@ -34,8 +34,8 @@ def verify(store) -> None:
         click.echo(f"warning: {warning}")
     for problem in report.problems:
         click.echo(f"problem: {problem}")
-    status = "ok" if report.ok else plural(len(report.problems), "problem")
-    click.echo(f"{status}: {plural(report.checked_shards, 'shard')}, {plural(report.checked_videos, 'video')} checked")
+    status = "ok:" if report.ok else f"{plural(len(report.problems), 'problem')} found;"
+    click.echo(f"{status} {plural(report.checked_shards, 'shard')}, {plural(report.checked_videos, 'video')} checked")
     sys.exit(0 if report.ok else 1)
 
 
