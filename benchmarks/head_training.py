@@ -26,7 +26,7 @@ from freezeframe.extract import (
     run_extraction,
 )
 from freezeframe.heads import build_head, head_config
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"
 

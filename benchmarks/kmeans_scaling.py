@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from freezeframe.heads.neighbourhoods import kmeans
+from freezeframe.train.neighbourhoods import kmeans
 
 
 def main(sizes: list[int], dim: int = 512, batch: int = 32, iterations: int = 20) -> None:

@@ -30,7 +30,7 @@ from freezeframe.devices import resolve_device
 from freezeframe.extract.runner import default_workers
 from freezeframe.store import open_store
 from freezeframe.store.convert import convert_store
-from freezeframe.store.datasets import FeatureDataset, FrameSelection
+from freezeframe.train.datasets import FeatureDataset, FrameSelection
 from freezeframe.store.memmap import export_memmap
 
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"

@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 
 from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, SamplingConfig, collect_sources, run_extraction
-from freezeframe.heads.jobs import eval_run, train_run
-from freezeframe.heads.training import TrainConfig
+from freezeframe.train.jobs import eval_run, train_run
+from freezeframe.train.loop import TrainConfig
 from freezeframe.synthetic import make_order_dataset, write_labels
 
 FEATURE_SET = "demo-tiny-clip"

@@ -63,3 +63,16 @@ def csv_header(text: str, path: str | Path) -> list[str]:
     except csv.Error as exc:
         raise InputError(f"{path}:{reader.line_num}: malformed CSV header ({exc}).") from None
     return []
+
+
+def read_labels(path: str | Path) -> list[tuple[str, str]]:
+    """A CSV of `video_id,label` (header required, UTF-8); labels are strings. Errors name the file and line."""
+    text = read_user_text(path, "a label file")
+    if not {"video_id", "label"} <= set(csv_header(text, path)):
+        raise InputError(f"{path}: a label file needs the columns video_id,label.")
+    labels = []
+    for line, row in csv_rows(text, path):
+        if not row.get("video_id") or not row.get("label", "").strip():
+            raise InputError(f"{path}:{line}: a row needs both a video_id and a label.")
+        labels.append((row["video_id"], row["label"].strip()))
+    return labels

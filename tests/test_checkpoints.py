@@ -164,8 +164,8 @@ def test_a_trusted_full_pickle_head_checkpoint_loads(head_run, tmp_path):
 # ---- size limits on metadata and list files -------------------------------------------------------------------
 
 def test_oversize_metadata_and_list_files_fail_with_one_sentence(head_run, tmp_path, monkeypatch):
-    from freezeframe.heads.run import RunInfo
-    from freezeframe.store.datasets import read_labels
+    from freezeframe.train.run import RunInfo
+    from freezeframe.userfiles import read_labels
     from freezeframe.text.captions import read_captions
 
     captions = tmp_path / "captions.jsonl"

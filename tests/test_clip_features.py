@@ -39,7 +39,7 @@ from freezeframe.extract import (
     run_extraction,
 )
 from freezeframe.extract.backbones.clip import resolve_model_name
-from freezeframe.store.qk import attention_qk
+from freezeframe.heads.qk import attention_qk
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
 TINY = "ff-tiny-vit"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from freezeframe.errors import InputError
-from freezeframe.heads.consensus import attach_consensus, consensus
+from freezeframe.train.consensus import attach_consensus, consensus
 from freezeframe.heads.temporal import TemporalConfig, TemporalTransformer
-from freezeframe.store.datasets import FrameSelection
+from freezeframe.train.datasets import FrameSelection
 
 
 def test_dense_random_clip_is_strided_and_random_start():

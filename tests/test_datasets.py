@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from freezeframe.cli import main
 from freezeframe.errors import InputError
 from freezeframe.store import open_store
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, block_source, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, block_source, collate
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
 FILES = {  # video id -> file; frame counts 32, 57, 164, 280

@@ -22,7 +22,7 @@ import freezeframe.store.shard as shard_module
 from freezeframe.errors import StoreError
 from freezeframe.store import FeatureSetWriter, hdf5_backend, open_store, verify_store
 from freezeframe.store import provenance as prov
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.files import read_jsonl
 from freezeframe.store.layout import FAILURES_FILE, MARKER_SUFFIX, PROVENANCE_FILE, SHARDS_DIR, TEMP_PREFIX
 

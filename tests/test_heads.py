@@ -28,12 +28,14 @@ from threadpoolctl import threadpool_limits
 
 from freezeframe.cli import main
 from freezeframe.extract import ClipBackbone, ClipConfig, ExactPreprocessor, open_video
-from freezeframe.heads import EVLConfig, EVLDecoder, LinearProbe, ProbeConfig, TrainConfig, load_head, sweep_l2
-from freezeframe.heads.jobs import confusion_matrix, eval_run, train_run
+from freezeframe.heads import EVLConfig, EVLDecoder, LinearProbe, ProbeConfig, sweep_l2
+from freezeframe.train import TrainConfig, load_head
+from freezeframe.train.jobs import confusion_matrix, eval_run, train_run
 from freezeframe.heads.registry import head_config
-from freezeframe.heads.training import planned_epochs, read_metrics
+from freezeframe.train.loop import planned_epochs, read_metrics
 from freezeframe.store import open_store
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate, read_labels
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.userfiles import read_labels
 from freezeframe.synthetic import CLASSES, make_order_dataset, write_labels
 
 VIDEOS = Path(__file__).parent / "data" / "videos"

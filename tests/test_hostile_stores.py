@@ -24,7 +24,8 @@ import pytest
 from freezeframe.errors import FreezeframeError, InputError, StoreError
 from freezeframe.store import open_store
 from freezeframe.store.convert import convert_store
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, read_labels
+from freezeframe.train.datasets import FeatureDataset, FrameSelection
+from freezeframe.userfiles import read_labels
 from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
 from freezeframe.store.verify import verify_store
 from freezeframe.store.writer import FeatureSetWriter
@@ -396,7 +397,7 @@ def test_malformed_list_and_caption_files_are_one_line(tmp_path):
 
 
 def test_hostile_run_json_allocates_nothing_and_is_one_line(tmp_path):
-    from freezeframe.heads.run import load_head
+    from freezeframe.train.run import load_head
 
     run = tmp_path / "run"
     run.mkdir()
@@ -413,8 +414,8 @@ def test_hostile_run_json_width_is_checked_against_the_checkpoint_first(tmp_path
     import torch
 
     from freezeframe.heads.registry import build_head, config_from_dict, config_to_dict
-    from freezeframe.heads.run import RunInfo, load_head
-    from freezeframe.heads.training import BEST
+    from freezeframe.train.run import RunInfo, load_head
+    from freezeframe.train.loop import BEST
 
     kind = "probe"
     config = config_from_dict(kind, {"num_classes": 2, "input_dim": 8})
@@ -426,7 +427,7 @@ def test_hostile_run_json_width_is_checked_against_the_checkpoint_first(tmp_path
     edit_json(run / "run.json", lambda info: info["head_config"].update(input_dim=65536, num_classes=65536))
     result = _run_limited(f"""
         from freezeframe.errors import InputError
-        from freezeframe.heads.run import load_head
+        from freezeframe.train.run import load_head
         try:
             load_head({str(run)!r})
         except InputError as exc:

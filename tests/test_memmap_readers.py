@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from freezeframe.cli import main
 from freezeframe.store import open_store
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.layout import TEMP_PREFIX
 from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export

@@ -20,7 +20,7 @@ from freezeframe import open_store
 from freezeframe.errors import StoreError
 from freezeframe.store import FeatureSetWriter
 from freezeframe.store.convert import convert_store
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.location import is_remote, store_path
 
 from pathlib import Path

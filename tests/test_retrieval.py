@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from freezeframe.heads.retrieval import first_caption_per_video, ranks_of_pairs, retrieval_metrics
+from freezeframe.train.retrieval import first_caption_per_video, ranks_of_pairs, retrieval_metrics
 from freezeframe.text import Caption
 
 

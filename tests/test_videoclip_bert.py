@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from freezeframe.heads.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
+from freezeframe.train.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
 from freezeframe.heads.videoclip import VideoClipConfig, build_videoclip
 from freezeframe.heads.videoclip_bert import BertVideoCLIP
-from freezeframe.heads.videotext import VideoTextPairs, WindowSampling
+from freezeframe.train.videotext import VideoTextPairs, WindowSampling
 from freezeframe.text.captions import read_captions
 from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from freezeframe.heads.neighbourhoods import kmeans, kmeans_plus_plus
-from freezeframe.heads.videoclip_schedule import StepSchedule
-from freezeframe.heads.videotext import VideoTextPairs, per_second
+from freezeframe.train.neighbourhoods import kmeans, kmeans_plus_plus
+from freezeframe.train.schedule import StepSchedule
+from freezeframe.train.videotext import VideoTextPairs, per_second
 from freezeframe.store import FeatureSetWriter
 from freezeframe.text.captions import read_captions
 from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)

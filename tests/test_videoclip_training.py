@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freezeframe.heads.neighbourhoods import NeighbourhoodBatches, RandomBatches, kmeans
-from freezeframe.heads.run import load_head
-from freezeframe.heads.training import TrainConfig, read_metrics
-from freezeframe.heads.videoclip_schedule import StepSchedule
-from freezeframe.heads.videoclip_training import VideoTextConfig, train_videoclip_run
-from freezeframe.heads.videotext import VideoTextPairs, WindowSampling, caption_rows, overlapped_window
+from freezeframe.train.neighbourhoods import NeighbourhoodBatches, RandomBatches, kmeans
+from freezeframe.train.run import load_head
+from freezeframe.train.loop import TrainConfig, read_metrics
+from freezeframe.train.schedule import StepSchedule
+from freezeframe.train.videoclip import VideoTextConfig, train_videoclip_run
+from freezeframe.train.videotext import VideoTextPairs, WindowSampling, caption_rows, overlapped_window
 from freezeframe.store import FeatureSetWriter
 from freezeframe.text.captions import read_captions
 

@@ -67,7 +67,7 @@ def _gradient_options(func):
 
 
 def _train_config(kw: dict):
-    from freezeframe.heads.training import TrainConfig
+    from freezeframe.train.loop import TrainConfig
 
     length = {"epochs": kw["epochs"], "min_steps": 0} if kw["epochs"] is not None else {"min_steps": kw["min_steps"]}
     if kw["steps"] is not None:
@@ -78,8 +78,8 @@ def _train_config(kw: dict):
 
 
 def _run_training(kind: str, head_options: dict, **kw) -> None:
-    from freezeframe.heads.jobs import train_run
-    from freezeframe.heads.training import TrainingInterrupted
+    from freezeframe.train.jobs import train_run
+    from freezeframe.train.loop import TrainingInterrupted
 
     if kw["epochs"] is not None and kw["steps"] is not None:
         raise click.UsageError("pass either --epochs or --steps, not both.")
@@ -169,13 +169,13 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
                  allow_provenance_mismatch, predictions, confusion) -> None:
     """Top-1/top-5 accuracy (classifiers) or text<->video retrieval (videoclip) of RUN's best checkpoint."""
     from freezeframe.errors import InputError
-    from freezeframe.heads.jobs import eval_run
-    from freezeframe.heads.run import RunInfo
+    from freezeframe.train.jobs import eval_run
+    from freezeframe.train.run import RunInfo
 
     if RunInfo.load(run).head == "videoclip":
         if captions is None or labels is not None:
             raise InputError(f"{run} is a videoclip run: pass --captions (not --labels) to evaluate retrieval.")
-        from freezeframe.heads.videoclip_training import eval_videoclip_run
+        from freezeframe.train.videoclip import eval_videoclip_run
 
         result = eval_videoclip_run(run, captions, store=store, text_set=text_set, batch_size=batch_size,
                                     device=device, trust_checkpoint=trust_checkpoint)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from freezeframe.heads.videoclip_schedule import TOWER_OPTIMIZERS, StepSchedule
+from freezeframe.train.schedule import TOWER_OPTIMIZERS, StepSchedule
 
 from freezeframe.cli.group import int_list
 from freezeframe.cli.train import train
@@ -77,9 +77,9 @@ def train_videoclip(store, feature_set, text_set, captions, val, out, loss, arra
                     weight_decay, warmup_epochs, min_steps, warmup_steps, clip_grad, seed, workers, device, resume, trust_checkpoint, no_progress) -> None:
     """VideoCLIP head: video and text transformers over cached features, trained with symmetric InfoNCE."""
     from freezeframe.errors import InputError
-    from freezeframe.heads.training import TrainConfig
-    from freezeframe.heads.videoclip_training import VideoTextConfig, train_videoclip_run
-    from freezeframe.heads.videotext import WindowSampling
+    from freezeframe.train.loop import TrainConfig
+    from freezeframe.train.videoclip import VideoTextConfig, train_videoclip_run
+    from freezeframe.train.videotext import WindowSampling
 
     if len(window_seconds) != 2:
         raise InputError(f"--window-seconds takes MIN,MAX (two integers), got {len(window_seconds)} values.")

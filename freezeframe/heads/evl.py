@@ -4,7 +4,7 @@ One learnable query token attends, layer by layer, to the token maps of the last
 ViT blocks (one decoder layer per block). Before each layer the block's tokens get three
 temporal modules, each switchable off: a depthwise temporal convolution, a temporal position
 embedding, and cross-frame attention built from the block's own frozen attention q/k
-(recomputed from the cached block input, see `freezeframe.store.qk`).
+(recomputed from the cached block input, see `freezeframe.heads.qk`).
 
 Initialisation (`EVLConfig.init`): "reference" as EVL's code does it — Xavier-uniform q, k, v and
 output matrices (zero biases), Xavier-uniform MLP matrices with N(0, 1e-6) biases, PyTorch's default
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from freezeframe.heads.layers import CrossAttentionLayer, QuickGELU
-from freezeframe.store.qk import attention_qk
+from freezeframe.heads.qk import attention_qk
 
 QK_KEYS = ("norm_weight", "norm_bias", "q_weight", "q_bias", "k_weight", "k_bias")
 

@@ -183,7 +183,7 @@ class FeatureSet:
 
     def attention_qk(self, video_id: str, block: int):
         """q and k inside block `block`'s attention for every frame: two (frames, heads, tokens, head_dim) tensors."""
-        from freezeframe.store.qk import attention_qk
+        from freezeframe.heads.qk import attention_qk
 
         attention = self.provenance.get("attention")
         if not attention or block not in attention["blocks"]:

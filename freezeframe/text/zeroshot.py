@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from freezeframe.errors import InputError
 from freezeframe.heads.zeroshot import ZeroShotClassifier
 from freezeframe.userfiles import read_user_text
-from freezeframe.store.datasets import read_labels
+from freezeframe.userfiles import read_labels
 from freezeframe.store.provenance import file_sha256
 from freezeframe.store.store import Store
 from freezeframe.text.encoders import ClipTextEncoder, TextConfig

@@ -2,7 +2,7 @@
 
 Token maps come from forward hooks on `visual.transformer.resblocks`; for EVL's cross-frame
 attention the backbone also hands over each chosen block's frozen pre-attention norm and q/k
-projection (see `freezeframe.store.qk`).
+projection (see `freezeframe.heads.qk`).
 """
 
 from __future__ import annotations

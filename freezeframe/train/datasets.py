@@ -5,7 +5,7 @@ workers read at once. Frame selection happens here, not in the head:
 `all`, `uniform:T`, `sparse-random:T` (fresh random frames each epoch, ClipBERT-style), and
 `views` (every stored clip of a `--clips` extraction, for multi-view evaluation), `dense-random:T:STRIDE`
 (EVL's random dense clip; `dense:T:STRIDE` centred) and `clips-random:N:T:CONSENSUS` (ClipBERT's N short
-clips; `clips:N:T:CONSENSUS` centred in their segments; see heads.consensus).
+clips; `clips:N:T:CONSENSUS` centred in their segments; see train.consensus).
 
 Where `freezeframe export-memmap` left an up-to-date `memmap/` export (built from exactly the
 committed shards the worker sees, holding every array read here), each worker reads its memory
@@ -117,21 +117,6 @@ class FrameSelection:
         return np.minimum(start + self.stride * np.arange(self.num_frames), n - 1)
 
 
-def read_labels(path: str | Path) -> list[tuple[str, str]]:
-    """A CSV of `video_id,label` (header required, UTF-8); labels are strings. Errors name the file and line."""
-    from freezeframe.userfiles import csv_header, csv_rows, read_user_text
-
-    text = read_user_text(path, "a label file")
-    if not {"video_id", "label"} <= set(csv_header(text, path)):
-        raise InputError(f"{path}: a label file needs the columns video_id,label.")
-    labels = []
-    for line, row in csv_rows(text, path):
-        if not row.get("video_id") or not row.get("label", "").strip():
-            raise InputError(f"{path}:{line}: a row needs both a video_id and a label.")
-        labels.append((row["video_id"], row["label"].strip()))
-    return labels
-
-
 class FeatureDataset(Dataset):
     """Items are `{"inputs": {array: tensor (frames, ...)}, "label": int, "index": int}`.
 
@@ -241,7 +226,7 @@ class FeatureDataset(Dataset):
             value = torch.from_numpy(np.ascontiguousarray(cache[source]))
             if self.selection.mode == "views":
                 value = value.reshape(-1, self.frames_per_view, *value.shape[1:])
-            elif self.selection.mode in CLIP_MODES:  # (clips, frames, ...): heads.consensus scores each clip
+            elif self.selection.mode in CLIP_MODES:  # (clips, frames, ...): train.consensus scores each clip
                 value = value.reshape(self.selection.num_clips, -1, *value.shape[1:])
             inputs[array] = value
         item = {"inputs": inputs, "index": index}

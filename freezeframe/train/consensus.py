@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from freezeframe.store.datasets import CLIP_MODES, FrameSelection
+from freezeframe.train.datasets import CLIP_MODES, FrameSelection
 
 REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda logits: logits.mean(dim=1),

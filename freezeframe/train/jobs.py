@@ -14,15 +14,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from freezeframe.errors import InputError, StoreError
-from freezeframe.heads.consensus import attach_consensus
-from freezeframe.heads.curves import plot_confusion, plot_curves
-from freezeframe.heads.evaluation import predict, scores
+from freezeframe.train.consensus import attach_consensus
+from freezeframe.train.curves import plot_confusion, plot_curves
+from freezeframe.train.evaluation import predict, scores
 from freezeframe.heads.probe import LinearProbe, pool_frames, sweep_l2
 from freezeframe.heads.registry import build_head, config_to_dict, head_config
-from freezeframe.heads.run import RunInfo, load_head
-from freezeframe.heads.training import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
+from freezeframe.train.run import RunInfo, load_head
+from freezeframe.train.loop import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
                                         train_classifier)
-from freezeframe.store.datasets import FeatureDataset, FrameSelection, collate, read_labels
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.userfiles import read_labels
 from freezeframe.store.feature_set import FeatureSet, block_source
 from freezeframe.store.provenance import differences
 from freezeframe.store.store import Store

@@ -22,15 +22,15 @@ from tqdm import tqdm
 
 from freezeframe.errors import InputError
 from freezeframe.heads.contrastive import LOSSES
-from freezeframe.heads.neighbourhoods import (ModelNeighbourBatches, NeighbourhoodBatches, RandomBatches,
+from freezeframe.train.neighbourhoods import (ModelNeighbourBatches, NeighbourhoodBatches, RandomBatches,
                                               VideoClipBatches)
-from freezeframe.heads.retrieval import first_caption_per_video, retrieval_metrics
-from freezeframe.heads.run import RunInfo, load_head
-from freezeframe.heads.training import (TrainConfig, cosine_schedule, finish_epoch, resolve_device, restore_last,
+from freezeframe.train.retrieval import first_caption_per_video, retrieval_metrics
+from freezeframe.train.run import RunInfo, load_head
+from freezeframe.train.loop import (TrainConfig, cosine_schedule, finish_epoch, resolve_device, restore_last,
                                         seed_everything, write_metrics)
 from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig, build_videoclip
-from freezeframe.heads.videoclip_schedule import StepSchedule
-from freezeframe.heads.videotext import VideoTextPairs, WindowSampling, collate_pairs, open_set
+from freezeframe.train.schedule import StepSchedule
+from freezeframe.train.videotext import VideoTextPairs, WindowSampling, collate_pairs, open_set
 from freezeframe.text.captions import read_captions
 
 HEAD = "videoclip"

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from freezeframe.checkpoints import load_checkpoint
 from freezeframe.devices import resolve_device
-from freezeframe.heads.curves import plot_curves
+from freezeframe.train.curves import plot_curves
 from freezeframe.limits import LIST_BYTES, read_limited
-from freezeframe.heads.evaluation import evaluate, to_device
-from freezeframe.store.datasets import FeatureDataset, collate
+from freezeframe.train.evaluation import evaluate, to_device
+from freezeframe.train.datasets import FeatureDataset, collate
 from freezeframe.store.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"

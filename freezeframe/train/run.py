@@ -13,7 +13,7 @@ from freezeframe.checkpoints import load_checkpoint
 from freezeframe.errors import InputError
 from freezeframe.limits import DOCUMENT_BYTES, read_limited
 from freezeframe.heads.registry import build_head, config_from_dict
-from freezeframe.heads.training import BEST, LAST
+from freezeframe.train.loop import BEST, LAST
 
 RUN_FILE = "run.json"
 
