@@ -13,6 +13,7 @@ import torch
 
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
+from freezeframe.offline import hub_offline, quiet_logging
 from freezeframe.store.provenance import package_version
 
 BACKBONES = ("bert", "clip-text")
@@ -57,7 +58,7 @@ class BertEncoder:
         self.config, self.device = config, device
         local = Path(config.model).is_dir()
         try:
-            with W.quiet_logging(), W.hub_offline(True):
+            with quiet_logging(), hub_offline(True):
                 self.tokenizer = AutoTokenizer.from_pretrained(config.model)
                 self.model = AutoModel.from_pretrained(config.model).eval().to(device)
         except (OSError, ValueError) as exc:

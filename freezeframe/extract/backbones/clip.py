@@ -20,8 +20,10 @@ from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, FrozenBackbone, check_precision,
                                                 compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import option, register_backbone
+from freezeframe.extract.backbones.registry import register_backbone
+from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
+from freezeframe.offline import hub_offline, quiet_logging
 from freezeframe.store.provenance import file_sha256, package_version
 
 CLIP_FEATURES = ("embed", "cls", "tokens")
@@ -88,7 +90,7 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0, trust_checkpoint:
     name = resolve_model_name(model)
     what = f"open_clip model {name}"
     path = W.checkpoint_path(pretrained)
-    with W.quiet_logging():
+    with quiet_logging():
         if W.is_random(pretrained):
             torch.manual_seed(seed)
             clip_model = open_clip.create_model(name, pretrained=None)
@@ -117,7 +119,7 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0, trust_checkpoint:
             quick_gelu = bool(pretrained_cfg.get("quick_gelu")) and not (
                 (open_clip.get_model_config(name) or {}).get("quick_gelu", False))
             try:
-                with W.hub_offline(offline):
+                with hub_offline(offline):
                     clip_model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
             except Exception as exc:  # noqa: BLE001
                 if offline:

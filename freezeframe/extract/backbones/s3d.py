@@ -21,7 +21,8 @@ from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
                                                 check_precision, compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import WindowDefaults, option, register_backbone
+from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
+from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
