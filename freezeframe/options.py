@@ -65,7 +65,7 @@ class Option:
 
     def parse(self, text: Any) -> Any:
         """The field value of a CLI value; a value that does not parse is one sentence naming the flag."""
-        if self.kind == "bool" or not isinstance(text, str):
+        if self.kind in ("bool", "str") or not isinstance(text, str):
             return text
         try:
             if self.kind == "int":

@@ -17,7 +17,7 @@ import click
 from freezeframe.cli.group import main
 from freezeframe.cli.options import given, with_options
 from freezeframe.errors import InputError
-from freezeframe.options import FieldError, Option, given_values, options_of
+from freezeframe.options import FieldError, Option, format_default, given_values, options_of, options_table
 
 # a closed-form head (the probe) is not trained by steps: of the training options it takes only these
 SOLVER_TRAIN_OPTIONS = ("seed",)
@@ -216,3 +216,20 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
     else:
         click.echo(f"{result['head']} on {result['num_videos']} videos ({result['frames']}): "
                    f"top-1 {100 * result['top1']:.1f}%  top-5 {100 * result['top5']:.1f}%")
+
+
+def markdown_tables() -> str:
+    """The README's tables of the `train` options that are not a head's own: training (with each task's default)
+    and the contrastive heads' data options, generated from the configs as the commands are."""
+    from freezeframe.train.loop import TrainConfig
+    from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, TOWER_TRAINING, VideoTextConfig
+
+    classification, contrastive = options_of(TrainConfig), options_of(TrainConfig, defaults=CONTRASTIVE_TRAINING)
+    lines = ["| option | classification heads | contrastive heads | meaning |", "|---|---|---|---|"]
+    for a, b in zip(classification, contrastive):
+        closed = " (probe: this one only)" if a.field in SOLVER_TRAIN_OPTIONS else ""
+        lines.append(f"| `{a.flag}` | `{a.shown}`{closed} | `{b.shown}` | {a.help} |")
+    bert = ", ".join(f"{name} {format_default(value)}" for name, value in TOWER_TRAINING["bert"].items())
+    lines += ["", f"With `--towers bert` (VideoCLIP as published) the contrastive defaults change to: {bert}.", "",
+              "| option | default | meaning |", "|---|---|---|", *options_table(options_of(VideoTextConfig))]
+    return "\n".join(lines)

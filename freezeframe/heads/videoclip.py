@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from freezeframe.errors import InputError
-from freezeframe.heads.registry import FeatureSource, array_shape, register_head, vector_width
+from freezeframe.heads.registry import FeatureSource, register_head, vector_width
 from freezeframe.options import FieldError, option
 
 TOWERS = ("light", "bert")
@@ -63,17 +63,36 @@ def default_text_layer(text_set: FeatureSource) -> int:
     return max(layers)
 
 
+def token_states_width(text_set: FeatureSource, layer: int) -> int:
+    """The width of the token states `tokens/<layer>` a text set stores; a missing layer names the stored ones."""
+    stored = text_set.arrays()
+    if f"tokens/{layer}" not in stored:
+        layers = [name.split("/")[1] for name in stored if name.startswith("tokens/")]
+        raise InputError(f"text set {text_set.name!r} has no layer {layer}; its stored layers are "
+                         f"{', '.join(layers) or 'none'}.")
+    return stored[f"tokens/{layer}"]["shape"][0]
+
+
+def check_pair_of_sets(video_set: FeatureSource, text_set: FeatureSource) -> None:
+    """A video feature set and a text feature set (made by extract-text), not the other way round."""
+    if video_set.provenance.get("kind") == "text":
+        raise InputError(f"{video_set.name!r} is a text feature set; pass a video feature set to --set.")
+    if text_set.provenance.get("kind") != "text":
+        raise InputError(f"{text_set.name!r} is not a text feature set; pass one made by extract-text to --text-set.")
+
+
 def size_videoclip(video_set: FeatureSource, text_set: FeatureSource, *, array: str | None = None,
                    text_layer: int | None = None, max_tokens: int | None = None, **options) -> VideoClipConfig:
     """Tower input widths from the video set's per-second vectors and the text set's token states (bert towers
     read token ids instead); text length from the text set's `max_length`. `options` set the head's fields; the
     towers' recipe (`TOWER_DEFAULTS`) fills the ones not given."""
+    check_pair_of_sets(video_set, text_set)
     towers = options.get("towers", VideoClipConfig.towers)
     if towers not in TOWERS:
         raise FieldError("towers", f"{towers!r} is unknown; choose {' or '.join(TOWERS)}.")
     video_dim = vector_width(video_set, array or default_video_array(video_set))
     layer = default_text_layer(text_set) if text_layer is None and towers != "bert" else text_layer
-    text_dim = 0 if towers == "bert" else array_shape(text_set, f"tokens/{layer}")[0]
+    text_dim = 0 if towers == "bert" else token_states_width(text_set, layer)
     max_tokens = max_tokens or int(text_set.provenance.get("max_length") or VideoClipConfig.max_tokens)
     return VideoClipConfig(video_dim=video_dim, text_dim=text_dim, max_tokens=max_tokens,
                            **{**TOWER_DEFAULTS[towers], **options})

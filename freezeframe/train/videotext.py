@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from freezeframe.errors import InputError
-from freezeframe.heads.videoclip import default_text_layer, default_video_array
+from freezeframe.heads.videoclip import check_pair_of_sets, default_text_layer, default_video_array, token_states_width
 from freezeframe.options import FieldError
 from freezeframe.store.store import open_feature_set
 from freezeframe.text.captions import Caption
@@ -111,10 +111,7 @@ class VideoTextPairs(Dataset):
                  token_ids: bool = False, merge_tokens: tuple[int, int] | None = None,
                  normalize_video: bool = False) -> None:
         videos, texts = open_feature_set(store, video_set), open_feature_set(store, text_set)
-        if videos.provenance.get("kind") == "text":
-            raise InputError(f"{video_set!r} is a text feature set; pass a video feature set to --set.")
-        if texts.provenance.get("kind") != "text":
-            raise InputError(f"{text_set!r} is not a text feature set; pass one made by extract-text to --text-set.")
+        check_pair_of_sets(videos, texts)
         self.array = array or default_video_array(videos)
         self.text_layer = default_text_layer(texts) if text_layer is None else text_layer
         stored, stored_text = videos.arrays(), texts.arrays()
@@ -127,10 +124,8 @@ class VideoTextPairs(Dataset):
         if token_ids and token_array not in stored_text:
             raise InputError(f"text set {text_set!r} stores no token_ids; BERT towers need a set made by "
                              "`extract-text --backbone bert`.")
-        if not token_ids and token_array not in stored_text:
-            layers = [name.split("/")[1] for name in stored_text if name.startswith("tokens/")]
-            raise InputError(f"text set {text_set!r} has no layer {self.text_layer}; its stored layers are "
-                             f"{', '.join(layers) or 'none'}.")
+        if not token_ids:
+            token_states_width(texts, self.text_layer)
         self.captions = list(captions)
         missing_videos = sorted({c.video_id for c in self.captions if c.video_id not in videos})
         if missing_videos:
