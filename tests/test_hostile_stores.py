@@ -328,7 +328,7 @@ def test_memmap_export_is_verified_and_never_serves_outside_files(store, outside
 # ---- 4. nothing from a store reaches the network ------------------------------------------------------------------
 
 def test_zeroshot_refuses_hub_models_named_by_a_store(tmp_path):
-    from freezeframe.text.zeroshot import run_zeroshot
+    from freezeframe.train.zeroshot import run_zeroshot
 
     store = tmp_path / "store"
     writer = FeatureSetWriter(store, "fs", {"backbone": {"model": "hf-hub:attacker/evil-clip",

@@ -72,7 +72,8 @@ def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, 
     """Zero-shot classification: mean frame CLIP embeddings against class prompt embeddings."""
     import json
 
-    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, read_lines, run_zeroshot
+    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, read_lines
+    from freezeframe.train.zeroshot import run_zeroshot
 
     result = run_zeroshot(store, feature_set, read_lines(classes, "classes"), labels,
                           templates=tuple(read_lines(templates, "templates")) if templates else DEFAULT_TEMPLATES,

@@ -20,6 +20,7 @@ from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
                                                 center_crop, check_precision, compute_dtype, frozen_call)
+from freezeframe.extract.backbones.inception import add_inception_stages
 from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
 from freezeframe.options import option
 from freezeframe.extract.backbones.s3d import S3DG_INCEPTIONS
@@ -100,14 +101,7 @@ class InceptionI3d(nn.Module):
         self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(64, 64)
         self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
-        dim = 192
-        for name, widths in I3D_INCEPTIONS:
-            self.add_module(name, Inception(dim, *widths))
-            dim = getattr(self, name).dim_out
-            self.stages.append(name)
-        for before, (pool, kernel, stride) in I3D_POOLS.items():
-            self.add_module(pool, MaxPoolSame(kernel, stride))
-            self.stages.insert(self.stages.index(before), pool)
+        dim = add_inception_stages(self, self.stages, 192, I3D_INCEPTIONS, Inception, I3D_POOLS, MaxPoolSame)
         self.logits = Unit3D(dim, num_classes, logits=True)
 
     @property
