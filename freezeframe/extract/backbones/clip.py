@@ -19,7 +19,7 @@ from freezeframe.checkpoints import UntrustedCheckpointError
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, FrozenBackbone, check_precision,
-                                                compute_dtype, frozen_call)
+                                                check_features, compute_dtype, frozen_call)
 from freezeframe.extract.backbones.registry import register_backbone
 from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
@@ -47,9 +47,7 @@ class ClipConfig:
     trust_checkpoint: bool = option(False, TRUST_HELP)
 
     def __post_init__(self) -> None:
-        unknown = set(self.features) - set(CLIP_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'}; choose from {', '.join(CLIP_FEATURES)}.")
+        check_features(self.features, CLIP_FEATURES, self.layers)
         check_precision(self.precision)
 
     def default_name(self) -> str:
@@ -185,8 +183,6 @@ class ClipBackbone(FrozenBackbone):
     def _choose_blocks(self) -> None:
         resblocks = self._resblocks()
         depth = len(resblocks)
-        if not self.config.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
         blocks = set()
         for layer in self.config.layers:
             if not -depth <= layer < depth:

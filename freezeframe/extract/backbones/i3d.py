@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
-                                                center_crop, check_precision, compute_dtype, frozen_call)
+                                                center_crop, check_features, check_precision, compute_dtype, frozen_call)
 from freezeframe.extract.backbones.inception import add_inception_stages
 from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
-from freezeframe.options import option
+from freezeframe.options import FieldError, option
 from freezeframe.extract.backbones.s3d import S3DG_INCEPTIONS
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
@@ -145,15 +145,10 @@ class I3DConfig:
     trust_checkpoint: bool = option(False, TRUST_HELP)
 
     def __post_init__(self) -> None:
-        unknown = set(self.features) - set(I3D_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'} for i3d; choose from "
-                             f"{', '.join(I3D_FEATURES)}.")
-        if "tokens" in self.features and not self.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
+        check_features(self.features, I3D_FEATURES, self.layers)
         if self.image_size < 2 or self.resize_size < self.image_size or (self.resize_size - self.image_size) % 2:
-            raise InputError("--resize-size must be at least --image-size, by an even number of pixels (e.g. 256 and "
-                             "224), and --image-size at least 2.")
+            raise FieldError("resize_size", "must be at least image_size, by an even number of pixels (e.g. 256 and "
+                                            "224), and image_size at least 2.")
         check_precision(self.precision)
 
     def default_name(self) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from freezeframe.errors import InputError
-from freezeframe.options import Option, format_default, options_of
+from freezeframe.options import FieldError, Option, format_default, options_of
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,15 @@ def config_from_options(name: str, given: Mapping[str, Any]) -> Any:
             raise InputError(f"{flag} is not an option of --backbone {name} (it is for "
                              f"{', '.join(spec.fields)}); see `freezeframe extract --help`.")
         values[spec.fields[name]] = spec.per_backbone[name].parse(text)
-    for o in options_of(entry.config, exclude=entry.preset):
+    options = options_of(entry.config, exclude=entry.preset)
+    for o in options:
         if o.field in entry.required and o.field not in values:
             raise InputError(f"--backbone {name} needs {o.flag}: {o.help}")
-    return entry.make_config(**values)
+    try:
+        return entry.make_config(**values)
+    except FieldError as exc:  # the config names its field; the command line names the flag
+        flag = next((o.flag for o in options if o.field == exc.field), exc.field)
+        raise InputError(f"{flag} {exc.problem}") from None
 
 
 def _grouped(spec: OptionSpec) -> list[tuple[list[str], Any, str]]:

@@ -23,7 +23,7 @@ from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST
                                                 check_precision, compute_dtype, frozen_call)
 from freezeframe.extract.backbones.inception import add_inception_stages
 from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
-from freezeframe.options import option
+from freezeframe.options import FieldError, option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
@@ -181,7 +181,7 @@ class S3DConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 2:
-            raise InputError("--image-size must be at least 2 pixels.")
+            raise FieldError("image_size", "must be at least 2 pixels.")
         if self.kind not in S3D_KINDS:
             raise InputError(f"unknown S3D kind {self.kind!r}; choose s3d (torchvision Kinetics-400) or s3dg "
                              "(MIL-NCE HowTo100M).")

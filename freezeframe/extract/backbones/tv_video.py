@@ -18,9 +18,9 @@ import torch.nn as nn
 from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
-                                                center_crop, check_precision, compute_dtype, frozen_call)
+                                                center_crop, check_features, check_precision, compute_dtype, frozen_call)
 from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
-from freezeframe.options import option
+from freezeframe.options import FieldError, option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
@@ -83,14 +83,9 @@ class TorchvisionVideoConfig:
     def __post_init__(self) -> None:
         if self.model not in VIDEO_ARCHS:
             raise InputError(f"unknown torchvision video model {self.model!r}; choose one of {', '.join(VIDEO_ARCHS)}.")
-        unknown = set(self.features) - set(VIDEO_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'} for torchvision-video; choose from "
-                             f"{', '.join(VIDEO_FEATURES)}.")
-        if "tokens" in self.features and not self.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
+        check_features(self.features, VIDEO_FEATURES, self.layers)
         if self.image_size is not None and self.image_size < 2:
-            raise InputError("--image-size must be at least 2 pixels.")
+            raise FieldError("image_size", "must be at least 2 pixels.")
         check_precision(self.precision)
 
     def default_name(self) -> str:
