@@ -47,7 +47,14 @@ class VideoArch:
     pooled: Callable[[nn.Module], nn.Module]  # the module whose (first) input, or output, is the pooled vector
     pooled_is_output: bool
     tokens: Callable  # a block's output -> (n, N, C)
-    exact_input: bool = False  # positional encodings fixed to the weights' window size (MViT)
+    exact_input: Callable[[nn.Module], tuple[int, int]] | None = None  # (frames, size) a network's position
+    # embeddings are made for, when it takes no other window (MViT)
+
+
+def _mvit_input(net: nn.Module) -> tuple[int, int]:
+    """The window an MViT's relative position embeddings fit: its token grid times the patch stride."""
+    grid, stride = net.pos_encoding, net.conv_proj.stride
+    return grid.temporal_size * stride[0], grid.spatial_size[0] * stride[1]
 
 
 def _resnet_blocks(net: nn.Module) -> list[nn.Module]:
@@ -58,7 +65,7 @@ VIDEO_ARCHS = {
     "r3d_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
     "mc3_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
     "r2plus1d_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
-    "mvit_v2_s": VideoArch(lambda net: list(net.blocks), lambda net: net.head, False, _sequence, exact_input=True),
+    "mvit_v2_s": VideoArch(lambda net: list(net.blocks), lambda net: net.head, False, _sequence, _mvit_input),
     "swin3d_t": VideoArch(lambda net: list(net.features)[::2], lambda net: net.head, False, _nthwc),
     "s3d": VideoArch(lambda net: list(net.features), lambda net: net.features, True, _ncthw),
 }
@@ -150,6 +157,7 @@ class TorchvisionVideoBackbone(FrozenBackbone):
             resize += (resize - config.image_size) % 2  # an even margin: the two centre crops are one
             crop, preprocess = config.image_size, PreprocessConfig(**{**preprocess.__dict__, "size": (resize, resize)})
         self.crop, self.preprocess = crop, preprocess
+        self.exact = self.arch.exact_input(self.net) if self.arch.exact_input else None
         self.blocks = self._blocks() if "tokens" in config.features else []
         self._captured: dict[str, torch.Tensor] = {}
         self._hook()
@@ -181,10 +189,11 @@ class TorchvisionVideoBackbone(FrozenBackbone):
         return [f for f in ("pooled", "logits") if f in self.config.features] + [f"tokens/{b}" for b in self.blocks]
 
     def check_window(self, frames: int, height: int, width: int) -> None:
-        """Refuse windows smaller than the weights' minimum (MViT: exactly its 16 x 224 x 224)."""
-        frames_min, size_min = self.minimum
+        """Refuse windows smaller than the weights' minimum (MViT: exactly the window it was made for, 16 x 224 x
+        224 for torchvision's)."""
+        frames_min, size_min = self.exact or self.minimum
         crop = min(self.crop, height, width)
-        if self.arch.exact_input and (frames != frames_min or crop != size_min):
+        if self.exact and (frames, crop) != self.exact:
             raise InputError(f"{self.config.model} has positional encodings for {frames_min} frames of {size_min}x"
                              f"{size_min}; got T={frames}, {crop}x{crop} (use --window-frames {frames_min} and the "
                              "default --image-size).")
