@@ -124,6 +124,6 @@ def test_the_class_embeddings_are_open_clips_zero_shot_classifier(task, tiny_mod
     head = ZeroShotClassifier(class_embeddings(encoder, CLASSES, DEFAULT_TEMPLATES))
     tokenizer = open_clip.get_tokenizer(resolve_model_name(tiny_model_name))
     with torch.no_grad():
-        expected = torch.stack([F.normalize(encoder.model.encode_text(tokenizer([t.format(c) for t in DEFAULT_TEMPLATES])),
-                                            dim=-1).mean(0) for c in CLASSES])
+        prompts = [tokenizer([template.format(c) for template in DEFAULT_TEMPLATES]) for c in CLASSES]
+        expected = torch.stack([F.normalize(encoder.model.encode_text(p), dim=-1).mean(0) for p in prompts])
     torch.testing.assert_close(head.classes, F.normalize(expected, dim=-1), rtol=0, atol=1e-6)

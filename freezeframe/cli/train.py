@@ -94,7 +94,8 @@ def head_command(name: str) -> click.Command:
     generated = [o for group in groups.values() for o in group]
     flags = [o.flag for o in generated]
     if len(set(flags)) != len(flags):
-        raise TypeError(f"head {name!r}: two config fields share the option {sorted(f for f in flags if flags.count(f) > 1)[0]}")
+        shared = sorted(f for f in flags if flags.count(f) > 1)[0]
+        raise TypeError(f"head {name!r}: two config fields share the option {shared}")
 
     def run(**kw) -> None:
         values = {group: given_values(options, given(options, kw)) for group, options in groups.items()}
@@ -124,11 +125,11 @@ def _run_training(entry, values: dict[str, dict], kw: dict) -> None:
             from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, TOWER_TRAINING, VideoTextConfig, \
                 train_videoclip_run
 
-            towers = values["head"].get("towers", "light")
-            config = TrainConfig(**{**asdict(CONTRASTIVE_TRAINING), **TOWER_TRAINING.get(towers, {}), **train,
+            recipe = TOWER_TRAINING.get(values["head"].get("towers"), {})  # the published towers' optimiser
+            config = TrainConfig(**{**asdict(CONTRASTIVE_TRAINING), **recipe, **train,
                                     "progress": not kw["no_progress"]})
             metrics = train_videoclip_run(kw["store"], kw["feature_set"], kw["captions"], kw["out"],
-                                          VideoTextConfig(**values["data"]), val_captions=kw["val"],
+                                          VideoTextConfig(**values["data"]), head=entry.name, val_captions=kw["val"],
                                           head_options=values["head"], config=config, **common)
         else:
             from freezeframe.train.jobs import train_run

@@ -5,12 +5,13 @@ from the CLI lives apart, in `freezeframe.train`.
 """
 
 from freezeframe.heads.registry import REGISTRY, HeadEntry, build_head, get_head, head_config, head_names, register_head
-from freezeframe.heads.contrastive import AlproLoss, VideoClipLoss  # noqa: E402
-from freezeframe.heads.probe import LinearProbe, ProbeConfig, sweep_l2  # noqa: E402 - registers
-from freezeframe.heads.temporal import TemporalConfig, TemporalTransformer  # noqa: E402
-from freezeframe.heads.evl import EVLConfig, EVLDecoder  # noqa: E402
-from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig  # noqa: E402
-from freezeframe.heads.zeroshot import ZeroShotClassifier  # noqa: E402
+from freezeframe.heads.contrastive import AlproLoss, VideoClipLoss
+# the head modules register themselves in this order, the order of `freezeframe train --help` and the README
+from freezeframe.heads.probe import LinearProbe, ProbeConfig, sweep_l2
+from freezeframe.heads.temporal import TemporalConfig, TemporalTransformer
+from freezeframe.heads.evl import EVLConfig, EVLDecoder
+from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig
+from freezeframe.heads.zeroshot import ZeroShotClassifier
 
 __all__ = [
     "REGISTRY", "AlproLoss", "EVLConfig", "EVLDecoder", "HeadEntry", "LinearProbe", "ProbeConfig", "TemporalConfig",

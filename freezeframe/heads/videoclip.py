@@ -47,6 +47,11 @@ class VideoClipConfig:
         if self.towers == "light" and self.width % self.heads:
             raise FieldError("width", f"{self.width} must be divisible by heads ({self.heads}).")
 
+    @property
+    def reads_token_ids(self) -> bool:
+        """Whether the text tower reads token ids (BERT towers) rather than cached token states."""
+        return self.towers == "bert"
+
 
 
 def default_video_array(feature_set: FeatureSource) -> str:

@@ -88,8 +88,8 @@ def _frames(entry: HeadEntry, fs: FeatureSet, train_frames: str | None, eval_fra
     train_frames = train_frames or entry.frames[0]
     if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips-random":
         eval_frames = train_frames.replace("clips-random", "clips", 1)  # ClipBERT: the same clips, centred
-    if eval_frames is None and entry.frames[1] != "all" and fs.provenance.get("frames_per_view"):  # `all` takes views' frames too
-        eval_frames = "views"
+    if eval_frames is None and entry.frames[1] != "all" and fs.provenance.get("frames_per_view"):
+        eval_frames = "views"  # (a head that evaluates on `all` frames reads every view's frames anyway)
     return train_frames, eval_frames or entry.frames[1]
 
 

@@ -98,7 +98,8 @@ def _build_checked(info: RunInfo, state: dict, where: Path) -> nn.Module:
     return build_head(info.head, config)
 
 
-def load_head(run_dir: str | Path, checkpoint: str = "best", trust_checkpoint: bool = False) -> tuple[nn.Module, RunInfo]:
+def load_head(run_dir: str | Path, checkpoint: str = "best",
+              trust_checkpoint: bool = False) -> tuple[nn.Module, RunInfo]:
     """Rebuild the head of a run and load its `best` (or `last`) weights (weights only, unless `trust_checkpoint`)."""
     info = RunInfo.load(run_dir)
     weights, _ = head_weights(Path(run_dir), checkpoint, trust_checkpoint)

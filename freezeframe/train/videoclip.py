@@ -157,11 +157,14 @@ class Contrastive:
 
 
 def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path, out: str | Path,
-                        data: VideoTextConfig, *, val_captions: str | Path | None = None,
+                        data: VideoTextConfig, *, head: str = HEAD, val_captions: str | Path | None = None,
                         head_options: dict | None = None, config: TrainConfig = CONTRASTIVE_TRAINING,
                         resume: bool = False, overwrite: bool = False,
                         log: Callable[[str], None] = print) -> dict:
-    """Train a VideoCLIP head from a captions file; returns the final epoch's metrics.
+    """Train a contrastive head (VideoCLIP's by default) from a captions file; returns the final epoch's metrics.
+
+    A contrastive head's config has `max_seconds`, `max_tokens` and `reads_token_ids`, and its module lists the
+    batch entries its forward takes in `INPUTS`, returning (video embeddings, text embeddings).
 
     An `out` that already holds a run needs `resume` or `overwrite`; a start that fails leaves nothing behind."""
     out = Path(out)
@@ -170,15 +173,15 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
     max_tokens = int(texts.provenance.get("max_length") or 64)
     if data.merge_tokens:
         max_tokens = max(max_tokens, data.merge_tokens[1] + 2)
-    head_cfg = head_config(HEAD, videos, texts, array=data.array, text_layer=data.text_layer, max_tokens=max_tokens,
+    head_cfg = head_config(head, videos, texts, array=data.array, text_layer=data.text_layer, max_tokens=max_tokens,
                            **(head_options or {}))
     spans = SpanSeconds(*data.span_seconds)
     if spans.max_seconds > head_cfg.max_seconds:
         raise FieldError("span_seconds", f"maximum {spans.max_seconds} exceeds the head's {head_cfg.max_seconds} "
                                          "seconds.")
-    token_ids = head_cfg.towers == "bert"  # BERT towers read token ids, the light ones cached token states
     read = dict(array=data.array, text_layer=data.text_layer, max_tokens=head_cfg.max_tokens,
-                max_seconds=head_cfg.max_seconds, token_ids=token_ids, normalize_video=data.normalize_video)
+                max_seconds=head_cfg.max_seconds, token_ids=head_cfg.reads_token_ids,
+                normalize_video=data.normalize_video)
     train_set = VideoTextPairs(store, video_set, data.text_set, read_captions(captions), spans=spans,
                                seed=config.seed, merge_tokens=data.merge_tokens, **read)
     val_set = None
@@ -186,9 +189,9 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
         val_set = VideoTextPairs(store, video_set, data.text_set, first_caption_per_video(read_captions(val_captions)),
                                  **read)
     seed_everything(config.seed)  # initial weights follow --seed
-    model = get_head(HEAD).build(head_cfg)
+    model = get_head(head).build(head_cfg)
     saved = replace(data, array=train_set.array, text_layer=train_set.text_layer)  # what evaluation reads
-    run = RunInfo(HEAD, asdict(head_cfg), str(store), video_set, [],
+    run = RunInfo(head, asdict(head_cfg), str(store), video_set, [],
                   f"overlapped:{spans.min_seconds}-{spans.max_seconds}s", "whole-video", asdict(config),
                   extra=asdict(saved))
     batches = None
@@ -210,14 +213,14 @@ def eval_videoclip_run(run_dir: str | Path, captions: str | Path, store: str | P
     from freezeframe.devices import resolve_device
 
     model, info = load_head(run_dir, trust_checkpoint=trust_checkpoint)
-    if info.head != HEAD:
+    if get_head(info.head).task != "contrastive":
         raise InputError(f"{run_dir} is a {info.head} run; evaluate it with --labels, not --captions.")
     data = VideoTextConfig.from_saved(info.extra)
     config = model.config
     dataset = VideoTextPairs(store or info.store, info.feature_set, text_set or data.text_set,
                              first_caption_per_video(read_captions(captions)), array=data.array,
                              text_layer=data.text_layer, max_seconds=config.max_seconds, max_tokens=config.max_tokens,
-                             token_ids=config.towers == "bert", normalize_video=data.normalize_video)
+                             token_ids=config.reads_token_ids, normalize_video=data.normalize_video)
     if dataset.video_dim != config.video_dim or dataset.text_dim != config.text_dim:
         raise InputError(f"features are {dataset.video_dim}-d video / {dataset.text_dim}-d text but the run was "
                          f"trained on {config.video_dim}-d / {config.text_dim}-d; pass the store and text set it "

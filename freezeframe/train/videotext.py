@@ -4,8 +4,8 @@ Video rows are placed in time by their stored `timestamps` (seconds) and average
 (`per_second`), so a set extracted at any `--fps` reads as the per-second features VideoCLIP takes. A caption
 with start/end is paired with the video span VideoCLIP trains on: a random second of the caption is the centre,
 a span length is drawn from `SpanSeconds` and the span grows from the centre to either side at random, so video
-and text overlap without sharing start and end. A caption without start/end, and every evaluation item, uses the whole video
-(evenly thinned to the head's `max_seconds` rows when longer).
+and text overlap without sharing start and end. A caption without start/end, and every evaluation item, uses the
+whole video (evenly thinned to the head's `max_seconds` rows when longer).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class SpanSeconds:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_seconds <= self.max_seconds:
-            raise FieldError("span_seconds", f"must satisfy 1 <= MIN <= MAX, got {self.min_seconds},{self.max_seconds}.")
+            raise FieldError("span_seconds",
+                             f"must satisfy 1 <= MIN <= MAX, got {self.min_seconds},{self.max_seconds}.")
 
 
 def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
