@@ -39,7 +39,7 @@ def option(default: Any, help: str, flag: str | None = None, default_factory: Ca
 
 # how an option's text parses, by the field's type
 KINDS = {str: "str", int: "int", float: "float", bool: "bool", tuple[int, ...]: "ints", tuple[str, ...]: "strs",
-         tuple[int, int]: "pair", tuple[float, float]: "floats"}
+         tuple[int, int]: "pair"}
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,13 @@ class Option:
             parts = [part.strip() for part in text.split(",") if part.strip()]
             if self.kind == "strs":
                 return tuple(parts)
-            values = tuple(float(p) if self.kind == "floats" else int(p) for p in parts)
+            values = tuple(int(part) for part in parts)
         except ValueError:
-            wanted = {"int": "an integer", "float": "a number", "floats": "two numbers A,B"}.get(
-                self.kind, "a comma list of integers" if self.kind == "ints" else "two integers MIN,MAX")
+            wanted = {"int": "an integer", "float": "a number", "ints": "a comma list of integers"}.get(
+                self.kind, "two integers MIN,MAX")
             raise InputError(f"{self.flag} {text!r} is not {wanted}.") from None
-        if self.kind in ("pair", "floats") and len(values) != 2:
-            raise InputError(f"{self.flag} takes two values A,B, got {text!r}.")
+        if self.kind == "pair" and len(values) != 2:
+            raise InputError(f"{self.flag} takes two integers MIN,MAX, got {text!r}.")
         return values
 
 

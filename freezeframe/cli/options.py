@@ -11,7 +11,7 @@ from freezeframe.extract.backbones.registry import REGISTRY, backbone_names, bac
 from freezeframe.options import Option
 
 METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "ints": "INT,...", "strs": "NAME,...",
-            "pair": "MIN,MAX", "floats": "A,B"}
+            "pair": "MIN,MAX"}
 
 
 def _click_option(flag: str, param: str, kind: str, help: str, switch: bool = False) -> Callable:
