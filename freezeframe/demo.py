@@ -62,10 +62,9 @@ def run_demo(out: str | Path, num_videos: int = 160, epochs: int | None = None, 
         log("3/4 training a mean-pooled linear probe")
         train_run("probe", out / "store", FEATURE_SET, train_csv, out / "run-probe", overwrite=True,
                   log=_every(PROGRESS_INTERVAL_S, log))
-        length = {"epochs": epochs, "min_steps": 0} if epochs else {}
         log("4/4 training an EVL head (default settings)")
         train_run("evl", out / "store", FEATURE_SET, train_csv, out / "run-evl", overwrite=True,
-                  config=TrainConfig(**length, seed=seed, progress=False), log=_every(PROGRESS_INTERVAL_S, log))
+                  config=TrainConfig(epochs=epochs, seed=seed, progress=False), log=_every(PROGRESS_INTERVAL_S, log))
         probe = eval_run(out / "run-probe", test_csv)
         evl = eval_run(out / "run-evl", test_csv)
     finally:

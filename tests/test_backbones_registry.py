@@ -14,7 +14,8 @@ import torch
 from freezeframe.errors import InputError
 from freezeframe.extract import ExtractConfig, SamplingConfig, collect_sources, run_extraction
 from freezeframe.extract.backbones import REGISTRY, FrozenBackbone, build_backbone, config_from_options, get_entry
-from freezeframe.extract.backbones.registry import backbone_options, markdown_tables, option, register_backbone
+from freezeframe.extract.backbones.registry import backbone_options, markdown_tables, register_backbone
+from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store import open_store
 

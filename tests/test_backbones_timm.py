@@ -143,7 +143,7 @@ def test_bad_models_and_weights_are_one_sentence(tmp_path, run_cli):
     save_file({"head.weight": torch.zeros(3, 3)}, str(wrong))
     with pytest.raises(BackboneError, match="do not fit timm model vit_tiny_patch16_224: .*missing keys"):
         TimmBackbone(TimmConfig(model=TINY, pretrained=str(wrong)))
-    with pytest.raises(InputError, match="unknown --features"):
+    with pytest.raises(InputError, match=r"^features \['cls'\] unknown; choose from embed, logits, tokens"):
         TimmConfig(features=("cls",))
     with pytest.raises(InputError, match="out of range"):
         TimmBackbone(TimmConfig(model=TINY, features=("tokens",), layers=(3,)))

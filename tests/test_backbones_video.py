@@ -63,6 +63,44 @@ def test_torchvision_arrays_are_torchvisions_forward(tmp_path, model, size, fram
     torch.testing.assert_close(out[f"tokens/{backbone.blocks[0]}"], tokens, rtol=FP16_EPS, atol=1e-5)
 
 
+def tiny_mvit() -> torch.nn.Module:
+    """MViT v2 as torchvision builds mvit_v2_s (pooling residuals, relative positions, projection after attention),
+    three small blocks for 4 frames of 32 x 32: a CPU-sized stand-in with the same code path."""
+    from torchvision.models.video.mvit import MViT, MSBlockConfig
+
+    def block(heads: int, dim_in: int, dim_out: int, stride_q: list[int], stride_kv: list[int]) -> MSBlockConfig:
+        return MSBlockConfig(num_heads=heads, input_channels=dim_in, output_channels=dim_out, kernel_q=[3, 3, 3],
+                             kernel_kv=[3, 3, 3], stride_q=stride_q, stride_kv=stride_kv)
+
+    torch.manual_seed(5)
+    blocks = [block(1, 16, 16, [1, 1, 1], [1, 4, 4]), block(2, 16, 32, [1, 2, 2], [1, 2, 2]),
+              block(2, 32, 32, [1, 1, 1], [1, 2, 2])]
+    return MViT(spatial_size=(32, 32), temporal_size=4, block_setting=blocks, residual_pool=True,
+                residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True).eval()
+
+
+def test_mvit_arrays_are_torchvisions_forward_and_its_window_is_the_one_it_was_made_for():
+    net = tiny_mvit()
+    backbone = TorchvisionVideoBackbone(TorchvisionVideoConfig(model="mvit_v2_s", image_size=32, layers=(-1,),
+                                                               features=("pooled", "logits", "tokens")), model=net)
+    assert backbone.exact == (4, 32)
+    with pytest.raises(InputError, match="positional encodings for 4 frames of 32x32; got T=8"):
+        backbone(windows(1, 8, 32))
+    clips = windows(2, 4, 32)
+    out = backbone(clips)
+    with torch.no_grad():  # MViT.forward, step by step, keeping the last block's tokens and the classifier input
+        x = net.pos_encoding(net.conv_proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2))
+        thw = (net.pos_encoding.temporal_size, *net.pos_encoding.spatial_size)
+        for block in net.blocks:
+            x, thw = block(x, thw)
+        pooled = net.norm(x)[:, 0]
+        logits = net.head(pooled)
+    assert out["tokens/2"].shape == (2, 1 + 2 * 4 * 4, 32)  # class token, then T/2 x H/8 x W/8
+    assert cosine(out["logits"], logits).min() >= 0.9999 and cosine(out["pooled"], pooled).min() >= 0.9999
+    torch.testing.assert_close(out["tokens/2"], x, rtol=FP16_EPS, atol=1e-5)
+    torch.testing.assert_close(out["logits"], net(clips.transpose(1, 2)), rtol=1e-5, atol=1e-6)
+
+
 def test_torchvision_video_extraction_stores_one_row_per_window(tmp_path, run_cli, sample_videos):
     torch.manual_seed(1)
     weights = tmp_path / "mc3_18.pth"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from freezeframe.checkpoints import UntrustedCheckpointError, load_checkpoint
 from freezeframe.cli import main
@@ -123,10 +123,25 @@ def head_run(tmp_path_factory) -> dict:
             "eval": json.loads(evaluated.output.strip().splitlines()[-1])}
 
 
+def as_before_safetensors(run: Path) -> None:
+    """Rewrite a run as runs were saved before best weights became safetensors: `best.pt`, a dict with `head`."""
+    best = run / "best.safetensors"
+    torch.save({"epoch": 0, "head": load_file(best), "metrics": {}}, run / "best.pt")
+    best.unlink()
+
+
+def test_runs_saved_before_safetensors_still_load_and_score_the_same(head_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(head_run["run"], run)
+    as_before_safetensors(run)
+    result = cli("eval", run, "--labels", head_run["labels"], "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1]) == head_run["eval"]
+
+
 def test_head_checkpoints_are_plain_weights_and_resume_loads_them(head_run, tmp_path):
-    for name in ("best.pt", "last.pt"):
-        state = torch.load(head_run["run"] / name, weights_only=True)  # raises on anything but plain data
-        assert "head" in state
+    assert load_file(head_run["run"] / "best.safetensors")  # the best weights: tensors only
+    assert "head" in torch.load(head_run["run"] / "last.pt", weights_only=True)  # raises on anything but plain data
     run = tmp_path / "run"
     shutil.copytree(head_run["run"], run)
     result = cli(*head_run["train"], "--out", run, "--epochs", "2", "--resume")
@@ -139,6 +154,7 @@ def test_a_code_running_head_checkpoint_is_refused_and_never_runs(head_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(head_run["run"], run)
     marker = tmp_path / "payload-ran"
+    as_before_safetensors(run)
     for name in ("best.pt", "last.pt"):
         state = torch.load(run / name, weights_only=True)
         torch.save({**state, "extra": Payload(marker)}, run / name)
@@ -153,6 +169,7 @@ def test_a_code_running_head_checkpoint_is_refused_and_never_runs(head_run, tmp_
 def test_a_trusted_full_pickle_head_checkpoint_loads(head_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(head_run["run"], run)
+    as_before_safetensors(run)
     state = torch.load(run / "best.pt", weights_only=True)
     torch.save({**state, "args": argparse.Namespace(note="saved by another tool")}, run / "best.pt")
     assert REFUSED in one_error_line(cli("eval", run, "--labels", head_run["labels"]))

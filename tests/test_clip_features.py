@@ -530,7 +530,7 @@ def test_tokens_without_layers_is_a_clear_error(tmp_path):
                                        str(tmp_path / "s"), "--model", TINY, "--pretrained", "none",
                                        "--features", "embed,tokens", "--layers", ""])
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == "error: --features tokens needs at least one block in --layers."
+    assert result.output.strip() == "error: --layers must name at least one block whose tokens are stored."
 
 
 # ---- precision on CPU ------------------------------------------------------------------------------

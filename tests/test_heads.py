@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
@@ -31,8 +33,12 @@ from freezeframe.extract import ClipBackbone, ClipConfig, ExactPreprocessor, ope
 from freezeframe.heads import EVLConfig, EVLDecoder, LinearProbe, ProbeConfig, sweep_l2
 from freezeframe.train import TrainConfig, load_head
 from freezeframe.train.jobs import confusion_matrix, eval_run, train_run
-from freezeframe.heads.registry import head_config
-from freezeframe.train.loop import planned_epochs, read_metrics
+from freezeframe.heads.registry import REGISTRY as HEAD_REGISTRY
+from freezeframe.heads.registry import head_config, register_head, vector_width
+from freezeframe.heads.registry import markdown_tables as head_tables
+from freezeframe.options import option
+from freezeframe.train.checkpoints import BEST, saved_info
+from freezeframe.train.loop import plan_length, read_metrics
 from freezeframe.store import open_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.userfiles import read_labels
@@ -53,6 +59,10 @@ def cli(*args) -> object:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
     return torch.load(path, map_location="cpu", weights_only=False)["head"]
 
 
@@ -376,7 +386,7 @@ def assert_same_run(a: Path, b: Path, epochs: int) -> None:
     history_a, history_b = read_metrics(a), read_metrics(b)
     assert [h["epoch"] for h in history_a] == list(range(epochs))
     assert without_seconds(history_a) == without_seconds(history_b)
-    for checkpoint in ("last.pt", "best.pt"):
+    for checkpoint in ("last.pt", BEST):
         wa, wb = weights(a / checkpoint), weights(b / checkpoint)
         assert wa.keys() == wb.keys()
         for key in wa:
@@ -415,8 +425,8 @@ def test_resume_after_a_crash_between_checkpoint_and_metrics_line(order_task, tm
 
 
 def test_resume_after_a_crash_between_best_and_last_checkpoint(order_task, tmp_path):
-    """A kill in an improving epoch after best.pt was written but before last.pt was: the resumed run
-    redoes that epoch and ends exactly like an uninterrupted one (best.pt included)."""
+    """A kill in an improving epoch after the best weights were written but before last.pt was: the resumed run
+    redoes that epoch and ends exactly like an uninterrupted one (best weights included)."""
     resume_job(order_task, "temporal", tmp_path / "straight", log=quiet)
     run = tmp_path / "crashed"
     saved = {}
@@ -431,8 +441,8 @@ def test_resume_after_a_crash_between_best_and_last_checkpoint(order_task, tmp_p
 
     with pytest.raises(Interrupt) as stopped:
         resume_job(order_task, "temporal", run, log=log)
-    improved = int(str(stopped.value).split()[1].split("/")[0])  # 1-based: this epoch wrote best.pt
-    assert torch.load(run / "best.pt", weights_only=False)["epoch"] == improved - 1
+    improved = int(str(stopped.value).split()[1].split("/")[0])  # 1-based: this epoch wrote the best weights
+    assert saved_info(run / BEST)["epoch"] == improved - 1
     (run / "last.pt").write_bytes(saved[improved - 1])  # last.pt still from the epoch before
     lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
     (run / "metrics.jsonl").write_text("".join(lines[: improved - 1]))  # and no metrics line yet
@@ -515,9 +525,8 @@ def test_cli_train_writes_a_complete_run(cli_runs, order_task, kind):
     assert summary["run"] == str(run)
     info = json.loads((run / "run.json").read_text())
     assert info["head"] == kind and info["feature_set"] == ORDER and info["classes"] == sorted(CLASSES)
-    for name in ("last.pt", "best.pt"):
-        state = torch.load(run / name, map_location="cpu", weights_only=False)
-        assert state["head"]
+    assert weights(run / BEST)  # the best weights as safetensors; last.pt, the resume state, for gradient heads
+    assert (run / "last.pt").exists() == (kind != "probe")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line one JSON object
     if kind == "probe":
@@ -577,7 +586,7 @@ def test_demo_runs_end_to_end(tmp_path):
     for accuracy in (probe, evl):
         assert 0 <= accuracy <= 100 and (accuracy / 5).is_integer()  # k of 20 videos
     for run in ("run-probe", "run-evl"):
-        assert (tmp_path / "demo" / run / "best.pt").is_file()
+        assert (tmp_path / "demo" / run / BEST).is_file()
 
 
 # ---- 7. defaults that learn, runs never overwritten, eval against the wrong features --------------
@@ -605,10 +614,13 @@ def test_evl_reference_init_statistics_match_the_reference():
 
 
 def test_training_length_has_a_step_floor():
-    assert planned_epochs(TrainConfig(), 5) == 40  # 10 epochs of 5 steps -> raised to 200 steps
-    assert planned_epochs(TrainConfig(), 50) == 10
-    assert planned_epochs(TrainConfig(epochs=3, min_steps=0), 5) == 3
-    assert planned_epochs(TrainConfig(steps=12), 5) == 3
+    assert plan_length(TrainConfig(), 5) == (40, 1)  # 10 epochs of 5 steps -> raised to 200 steps
+    assert plan_length(TrainConfig(), 50) == (10, 1)
+    assert plan_length(TrainConfig(epochs=3), 5) == (3, 1)  # --epochs is exact
+    assert plan_length(TrainConfig(steps=12), 5) == (3, 1)
+    # contrastive heads reach the floor with more passes per epoch: 64 captions in batches of 32, 10 epochs
+    assert plan_length(TrainConfig(min_steps=500), 2, more_passes=True) == (10, 25)
+    assert plan_length(TrainConfig(min_steps=500), 1000, more_passes=True) == (10, 1)
 
 
 def test_a_second_train_into_a_run_needs_resume_or_overwrite(order_task, tmp_path):
@@ -616,7 +628,7 @@ def test_a_second_train_into_a_run_needs_resume_or_overwrite(order_task, tmp_pat
     args = ["train", "probe", "--store", order_task.store, "--set", ORDER, "--labels", order_task.small_train_csv,
             "--out", run]
     assert cli(*args).exit_code == 0
-    before = {name: (run / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl", "run.json")}
+    before = {name: (run / name).read_bytes() for name in (BEST, "metrics.jsonl", "run.json")}
     again = cli(*args, "--seed", "1")
     assert again.exit_code == 2 and again.stdout == ""
     lines = again.stderr.strip().splitlines()
@@ -723,3 +735,57 @@ def test_eval_writes_per_video_predictions_and_a_confusion_matrix(cli_runs, orde
 def test_confusion_matrix_counts():
     counts = confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 2]), 3)
     assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+# ---- a new head is one module plus one registry entry ----------------------------------------------------
+@dataclass(frozen=True)
+class FirstLastConfig:
+    num_classes: int
+    input_dim: int
+    gap: float = option(1.0, "weight of the last frame minus the first")
+
+
+class FirstLast(nn.Module):
+    """A toy head: logits of (last frame - first frame) * gap, from `embed`; it can learn the order task."""
+
+    def __init__(self, config: FirstLastConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.linear = nn.Linear(config.input_dim, config.num_classes)
+
+    @property
+    def required_arrays(self) -> list[str]:
+        return ["embed"]
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        frames = inputs["embed"].float()
+        return self.linear((frames[:, -1] - frames[:, 0]) * self.config.gap)
+
+
+def size_first_last(feature_set, num_classes: int, num_frames: int, **options) -> FirstLastConfig:
+    return FirstLastConfig(num_classes, vector_width(feature_set, "embed"), **options)
+
+
+@pytest.fixture
+def first_last():
+    register_head("first-last", config=FirstLastConfig, size=size_first_last, task="classification",
+                  summary="toy: last frame minus first", reads="`embed`", frames=("uniform:8", "uniform:8"))(FirstLast)
+    yield
+    del HEAD_REGISTRY["first-last"]
+
+
+def test_a_new_head_is_one_module_and_one_entry_trained_and_evaluated_through_the_cli(first_last, order_task,
+                                                                                        tmp_path):
+    assert "--gap" in cli("train", "first-last", "--help").output
+    run = tmp_path / "run"
+    trained = cli("train", "first-last", "--store", order_task.store, "--set", ORDER, "--labels", order_task.train_csv,
+                  "--out", run, "--gap", "4", "--epochs", "30", "--lr", "3e-2", "--no-progress")
+    assert trained.exit_code == 0, trained.output + repr(trained.exception)
+    info = json.loads((run / "run.json").read_text())
+    assert info["head"] == "first-last" and info["head_config"]["gap"] == 4.0 and info["train_frames"] == "uniform:8"
+    assert len(read_metrics(run)) == 30
+    evaluated = cli("eval", run, "--labels", order_task.test_csv, "--json")
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    report = json.loads(evaluated.stdout)
+    assert report["head"] == "first-last" and report["num_videos"] == 40 and report["top1"] >= 0.75  # chance: 0.5
+    assert "| `first-last` |" in head_tables()

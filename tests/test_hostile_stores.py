@@ -328,7 +328,7 @@ def test_memmap_export_is_verified_and_never_serves_outside_files(store, outside
 # ---- 4. nothing from a store reaches the network ------------------------------------------------------------------
 
 def test_zeroshot_refuses_hub_models_named_by_a_store(tmp_path):
-    from freezeframe.text.zeroshot import run_zeroshot
+    from freezeframe.train.zeroshot import run_zeroshot
 
     store = tmp_path / "store"
     writer = FeatureSetWriter(store, "fs", {"backbone": {"model": "hf-hub:attacker/evil-clip",
@@ -413,16 +413,18 @@ def test_hostile_run_json_allocates_nothing_and_is_one_line(tmp_path):
 def test_hostile_run_json_width_is_checked_against_the_checkpoint_first(tmp_path):
     import torch
 
-    from freezeframe.heads.registry import build_head, config_from_dict, config_to_dict
+    from dataclasses import asdict
+
+    from freezeframe.heads.registry import build_head, config_from_dict
+    from freezeframe.train.checkpoints import BEST, save_weights
     from freezeframe.train.run import RunInfo, load_head
-    from freezeframe.train.loop import BEST
 
     kind = "probe"
     config = config_from_dict(kind, {"num_classes": 2, "input_dim": 8})
     head = build_head(kind, config)
     run = tmp_path / "run"
-    RunInfo(kind, config_to_dict(config), "s", "f", ["a", "b"], "all", "all").save(run)
-    torch.save({"head": head.state_dict()}, run / BEST)
+    RunInfo(kind, asdict(config), "s", "f", ["a", "b"], "all", "all").save(run)
+    save_weights(head, run / BEST, {})
     assert isinstance(load_head(run)[0], torch.nn.Module)
     edit_json(run / "run.json", lambda info: info["head_config"].update(input_dim=65536, num_classes=65536))
     result = _run_limited(f"""

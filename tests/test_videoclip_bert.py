@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 from freezeframe.train.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
 from freezeframe.heads.videoclip import VideoClipConfig, build_videoclip
 from freezeframe.heads.videoclip_bert import BertVideoCLIP
-from freezeframe.train.videotext import VideoTextPairs, WindowSampling
+from freezeframe.train.videotext import SpanSeconds, VideoTextPairs
 from freezeframe.text.captions import read_captions
 from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
 
@@ -53,7 +53,7 @@ def test_text_tower_equals_transformers_forward_before_training():
 
 def test_merged_captions_and_videos_x_clips_batches(corpus):  # noqa: F811
     captions = read_captions(corpus / "train.jsonl")
-    pairs = VideoTextPairs(corpus / "store", "s3dg", "minilm", captions, sampling=WindowSampling(3, 8),
+    pairs = VideoTextPairs(corpus / "store", "s3dg", "minilm", captions, spans=SpanSeconds(3, 8),
                            token_ids=True, merge_tokens=(8, 20), max_tokens=24, normalize_video=True)
     np.testing.assert_allclose(np.linalg.norm(pairs.features["train-000"], axis=1), 1.0, rtol=1e-5)
     timed = next(i for i, c in enumerate(captions) if c.start is not None and pairs.next_caption[i] is not None)
@@ -77,12 +77,12 @@ def test_published_recipe_learns_retrieval(corpus, run_cli, tmp_path):  # noqa: 
     result = run_cli("train", "videoclip", "--store", corpus / "store", "--set", "s3dg", "--text-set", "minilm",
                      "--captions", corpus / "train.jsonl", "--out", run, "--towers", "bert", "--bert", MINILM,
                      "--merge-tokens", "8,64", "--normalize-video", "--videos-per-batch", "24", "--clips-per-video",
-                     "2", "--retrieval-augmented", "--video-layers", "1", "--text-layers", "2", "--window-seconds", "3,8",
+                     "2", "--retrieval-augmented", "--video-layers", "1", "--text-layers", "2", "--span-seconds", "3,8",
                      "--epochs", "2",
                      "--min-steps", "0", "--lr", "2e-4", "--no-progress")
     assert result.exit_code == 0, result.output
     info = json.loads((run / "run.json").read_text())
-    assert info["extra"]["schedule"]["optimizer"] == "adam" and info["extra"]["schedule"]["betas"] == [0.9, 0.98]
+    assert info["train"]["optimizer"] == "adam" and info["train"]["betas"] == [0.9, 0.98]
     result = run_cli("eval", run, "--captions", corpus / "val.jsonl", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)

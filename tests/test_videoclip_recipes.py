@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from freezeframe.train.neighbourhoods import kmeans, kmeans_plus_plus
-from freezeframe.train.schedule import StepSchedule
+from freezeframe.train.loop import WARMUP_CAP, plan_length
+from freezeframe.train.videoclip import CONTRASTIVE_TRAINING
 from freezeframe.train.videotext import VideoTextPairs, per_second
 from freezeframe.store import FeatureSetWriter
 from freezeframe.text.captions import read_captions
@@ -52,10 +53,10 @@ def test_four_rows_per_second_average_into_one(tmp_path):
 
 
 def test_step_floor_gives_a_small_pilot_several_passes():
-    schedule = StepSchedule()
-    assert schedule.passes_per_epoch(10, 2) == 25  # 64 captions in batches of 32, 10 epochs: 500 steps
-    assert schedule.passes_per_epoch(10, 1000) == 1
-    assert schedule.warmup(500) == 50 and schedule.warmup(100_000) == 1000
+    config = CONTRASTIVE_TRAINING
+    assert plan_length(config, 2, more_passes=True) == (10, 25)  # 64 captions in batches of 32, 10 epochs: 500 steps
+    assert plan_length(config, 1000, more_passes=True) == (10, 1)
+    assert config.warmup_steps == 1000 and int(WARMUP_CAP * 500) == 50  # a 500-step run warms up for 50
 
 
 def test_defaults_learn_on_a_64_caption_pilot(corpus, run_cli, tmp_path):  # noqa: F811

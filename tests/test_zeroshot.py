@@ -110,3 +110,20 @@ def test_prompts_from_another_model_are_refused(task, run_cli, tmp_path, tiny_mo
     allowed = run_cli(*args, "--pretrained", other, "--allow-provenance-mismatch")
     assert allowed.exit_code == 0, allowed.output
     assert json.loads(allowed.output)["top1"] < 1.0  # the other model's prompts do not match these embeddings
+
+
+def test_the_class_embeddings_are_open_clips_zero_shot_classifier(task, tiny_model_name):
+    """The classifier is the mean of each class's normalised prompt embeddings, normalised: what open_clip's
+    `build_zero_shot_classifier` computes, here against the model's own `encode_text` on the same prompts."""
+    from freezeframe.heads.zeroshot import ZeroShotClassifier
+    from freezeframe.text.encoders import ClipTextEncoder, TextConfig
+    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, class_embeddings
+
+    encoder = ClipTextEncoder(TextConfig(backbone="clip-text", model=tiny_model_name, pretrained=str(task / "tiny.pt")),
+                              torch.device("cpu"))
+    head = ZeroShotClassifier(class_embeddings(encoder, CLASSES, DEFAULT_TEMPLATES))
+    tokenizer = open_clip.get_tokenizer(resolve_model_name(tiny_model_name))
+    with torch.no_grad():
+        prompts = [tokenizer([template.format(c) for template in DEFAULT_TEMPLATES]) for c in CLASSES]
+        expected = torch.stack([F.normalize(encoder.model.encode_text(p), dim=-1).mean(0) for p in prompts])
+    torch.testing.assert_close(head.classes, F.normalize(expected, dim=-1), rtol=0, atol=1e-6)

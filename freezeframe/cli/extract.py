@@ -7,7 +7,7 @@ import sys
 import click
 
 from freezeframe.cli.group import main, option_given, refuse_ignored
-from freezeframe.extract.backbones.click_options import given_backbone_options, with_backbone_options
+from freezeframe.cli.options import given_backbone_options, with_backbone_options
 from freezeframe.extract.backbones.registry import backbone_names, get_entry
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from freezeframe.cli.group import main
+from freezeframe.store.store import open_feature_set
 
 
 @main.command()
@@ -80,13 +81,9 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     Built from the shards committed now and swapped in atomically (replacing an older export). Datasets use
     it only while it matches the committed shards; commit more and they read the shards until you re-export.
     """
-    from freezeframe.store import open_store
     from freezeframe.store.memmap import MEMMAP_DIR, export_memmap
 
-    st = open_store(store)
-    if feature_set not in st:
-        raise click.UsageError(f"store {store} has no feature set {feature_set!r}; it has: {', '.join(st.names())}")
-    fs = st[feature_set]
+    fs = open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     index = export_memmap(fs, names, log=click.echo)
     click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(index['videos'])} videos, "
@@ -107,7 +104,7 @@ def export_npy_command(store, feature_set, out, arrays) -> None:
     from freezeframe.store.export_npy import export_npy
     from freezeframe.summary import plural
 
-    fs = _feature_set(store, feature_set)
+    fs = open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     report = export_npy(fs, out, names)
     click.echo(f"{feature_set}: wrote {plural(report.files, 'file')} for {plural(report.videos, 'video')} "
@@ -139,7 +136,7 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
                 .splitlines() if line.strip()]
         if not ids:
             raise click.UsageError(f"--videos-from {videos_from} lists no video ids.")
-    fs = _feature_set(store, name)
+    fs = open_feature_set(store, name)
     from freezeframe.summary import plural
 
     what = f"{plural(len(set(ids)), 'video')} of feature set {name}" if ids else f"feature set {name} ({plural(len(fs), 'video')})"
@@ -153,12 +150,3 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
     missing = f"; not committed, so nothing to do: {', '.join(report.missing[:5])}" if report.missing else ""
     click.echo(f"{name}: removed {plural(len(report.removed_videos), 'video')} ({plural(report.dropped_shards, 'shard')} "
                f"dropped, {report.rewritten_shards} rewritten without them){missing}")
-
-
-def _feature_set(store: str, name: str):
-    from freezeframe.store import open_store
-
-    st = open_store(store)
-    if name not in st:
-        raise click.UsageError(f"store {store} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
-    return st[name]

@@ -32,12 +32,17 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
                     "max_length": ("--max-length is for --backbone bert", bert),
                     "pretrained": ("--pretrained is for --backbone clip-text (bert loads --model)", not bert)})
     from freezeframe.devices import resolve_device
+    from freezeframe.errors import InputError
+    from freezeframe.options import FieldError
     from freezeframe.text import read_captions
     from freezeframe.text.encoders import TextConfig
     from freezeframe.text.extract import extract_text
 
-    config = TextConfig(backbone=backbone, model=model, pretrained=pretrained, layers=int_list(layers),
-                        max_length=max_length, trust_checkpoint=trust_checkpoint)
+    try:
+        config = TextConfig(backbone=backbone, model=model, pretrained=pretrained, layers=int_list(layers),
+                            max_length=max_length, trust_checkpoint=trust_checkpoint)
+    except FieldError as exc:  # the config names its field, which is the option's name here
+        raise InputError(f"--{exc.field.replace('_', '-')} {exc.problem}") from None
     try:
         report = extract_text(read_captions(captions), store, config, name=name, batch_size=batch_size,
                               device=resolve_device(device), progress=not no_progress)
@@ -72,7 +77,8 @@ def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, 
     """Zero-shot classification: mean frame CLIP embeddings against class prompt embeddings."""
     import json
 
-    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, read_lines, run_zeroshot
+    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, read_lines
+    from freezeframe.train.zeroshot import run_zeroshot
 
     result = run_zeroshot(store, feature_set, read_lines(classes, "classes"), labels,
                           templates=tuple(read_lines(templates, "templates")) if templates else DEFAULT_TEMPLATES,

@@ -1,93 +1,143 @@
-"""`freezeframe train {probe,temporal,evl}` and `freezeframe eval`."""
+"""`freezeframe train HEAD` (one subcommand per registered head) and `freezeframe eval`.
+
+Each head's command is generated from the head registry when it is asked for: the options of its task (labels
+or captions), the training options (`TrainConfig`'s fields; a closed-form head takes only `--seed`), and the
+head's own config fields. Library configs name their fields in errors; the command names the flag instead.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
+from typing import Callable
 
 import click
 
 from freezeframe.cli.group import main
+from freezeframe.cli.options import given, with_options
+from freezeframe.errors import InputError
+from freezeframe.options import FieldError, Option, format_default, given_values, options_of, options_table
 
+# a closed-form head (the probe) is not trained by steps: of the training options it takes only these
+SOLVER_TRAIN_OPTIONS = ("seed",)
 
-def _common_options(val_help: str, frames_help: str):
-    """Options every `train` subcommand shares, with help worded for that head."""
+def _classification_data(frames: tuple[str, str]) -> list[Callable]:
     return [
-        click.option("--store", required=True, help="Store directory."),
-        click.option("--set", "feature_set", required=True, help="Feature-set name inside the store."),
         click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
                      help="Training labels: CSV with video_id,label."),
-        click.option("--val", type=click.Path(exists=True, dir_okay=False), default=None, help=val_help),
-        click.option("--out", required=True, help="Run directory (run.json, checkpoints, metrics.jsonl, curves.png)."),
-        click.option("--frames", default=None, help=frames_help),
-        click.option("--eval-frames", default=None,
-                     help="Evaluation frames: all, uniform:T or views [default: views for --clips stores, else uniform:8]."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--frames", default=None, help="Training frames per video: all, uniform:T, sparse-random:T, "
+                                                     f"dense-random:T:STRIDE or clips-random:N:T:CONSENSUS [default: "
+                                                     f"{frames[0]}]."),
+        click.option("--eval-frames", default=None, help="Evaluation frames: all, uniform:T, dense:T:STRIDE, "
+                                                          f"clips:N:T:CONSENSUS or views [default: {frames[1]}; views "
+                                                          "for a --clips set]."),
         click.option("--preload/--no-preload", default=None,
                      help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
-        click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its checkpoints and metrics)."),
-        click.option("--no-progress", is_flag=True, help="Hide progress bars."),
     ]
 
 
-GRADIENT_OPTIONS = [
-    click.option("--epochs", type=int, default=None, help="Epochs to train exactly [default: 10, raised to reach --min-steps]."),
-    click.option("--steps", type=int, default=None, help="Optimisation steps to train (rounded up to whole epochs)."),
-    click.option("--min-steps", type=int, default=200, show_default=True,
-                 help="Without --epochs/--steps: train at least this many steps (small sets get more epochs)."),
-    click.option("--batch-size", type=int, default=32, show_default=True),
-    click.option("--lr", type=float, default=4e-4, show_default=True),
-    click.option("--weight-decay", type=float, default=0.05, show_default=True),
-    click.option("--warmup-epochs", type=float, default=0.0, show_default=True),
-    click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes."),
-    click.option("--device", default="auto", show_default=True),
-    click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint."),
-    click.option("--trust-checkpoint", is_flag=True,
-                 help="With --resume: load a last.pt that is a full pickle (it can run code; only if you trust it)."),
+CONTRASTIVE_DATA = [
+    click.option("--captions", required=True, type=click.Path(exists=True, dir_okay=False),
+                 help="Training captions: JSONL or CSV with video_id, caption_id, start, end, text."),
 ]
-PROBE_DEFAULTS = {"epochs": None, "steps": None, "min_steps": 0, "batch_size": 32, "lr": 0.0, "weight_decay": 0.0,
-                  "warmup_epochs": 0.0, "workers": 0, "device": "cpu", "resume": False, "trust_checkpoint": False}
+RUN_OPTIONS = [
+    click.option("--out", required=True, help="Run directory (run.json, checkpoints, metrics.jsonl, curves.png)."),
+    click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its checkpoints and metrics)."),
+    click.option("--no-progress", is_flag=True, help="Hide progress bars."),
+]
+RESUME = click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
 
 
-def _apply(options, func):
+def _apply(options: list[Callable], command: Callable) -> Callable:
     for option in reversed(options):
-        func = option(func)
-    return func
+        command = option(command)
+    return command
 
 
-def _probe_options(func):
-    return _apply(_common_options("Validation labels (CSV) that pick the L2 strength [default: 20% of --labels].",
-                                  "Frames per video that are pooled: all or uniform:T [default: all]."), func)
+def _store_options(task: str, solved: bool) -> list[Callable]:
+    video = ("Video feature set: one row per second (S3D-G windows, or CLIP frames at --fps 1)."
+             if task == "contrastive" else "Feature-set name inside the store.")
+    val = {"classification": "Validation labels (CSV); pick the best checkpoint.",
+           "contrastive": "Validation captions; the best checkpoint has the highest mean of R@1/5/10 both ways."}[task]
+    if solved:
+        val = "Validation labels (CSV) that pick the L2 strength [default: 20% of --labels]."
+    return [click.option("--store", required=True, help="Store directory."),
+            click.option("--set", "feature_set", required=True, help=video),
+            click.option("--val", type=click.Path(exists=True, dir_okay=False), default=None, help=val)]
 
 
-def _gradient_options(func):
-    common = _common_options("Validation labels (CSV); pick the best checkpoint.",
-                             "Training frames per video: all, uniform:T or sparse-random:T [default: sparse-random:8].")
-    return _apply(common + GRADIENT_OPTIONS, func)
-
-
-def _train_config(kw: dict):
+def _option_groups(entry) -> dict[str, list[Option]]:
+    """The generated options of a head's command: data (contrastive), training and head, each by config."""
     from freezeframe.train.loop import TrainConfig
 
-    length = {"epochs": kw["epochs"], "min_steps": 0} if kw["epochs"] is not None else {"min_steps": kw["min_steps"]}
-    if kw["steps"] is not None:
-        length = {"steps": kw["steps"], "min_steps": 0}
-    return TrainConfig(**length, batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
-                       warmup_epochs=kw["warmup_epochs"], seed=kw["seed"], workers=kw["workers"],
-                       device=kw["device"], progress=not kw["no_progress"], trust_checkpoint=kw["trust_checkpoint"])
+    groups: dict[str, list[Option]] = {}
+    if entry.task == "contrastive":
+        from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, VideoTextConfig
+
+        groups["data"] = options_of(VideoTextConfig)
+        groups["train"] = options_of(TrainConfig, defaults=CONTRASTIVE_TRAINING)
+    else:
+        groups["train"] = options_of(TrainConfig)
+    if entry.solve is not None:
+        groups["train"] = [o for o in groups["train"] if o.field in SOLVER_TRAIN_OPTIONS]
+    groups["head"] = entry.options()
+    return groups
 
 
-def _run_training(kind: str, head_options: dict, **kw) -> None:
-    from freezeframe.train.jobs import train_run
-    from freezeframe.train.loop import TrainingInterrupted
+def head_command(name: str) -> click.Command:
+    """The `freezeframe train NAME` command of a registered head."""
+    from freezeframe.heads.registry import get_head
 
-    if kw["epochs"] is not None and kw["steps"] is not None:
+    entry = get_head(name)
+    groups = _option_groups(entry)
+    generated = [o for group in groups.values() for o in group]
+    flags = [o.flag for o in generated]
+    if len(set(flags)) != len(flags):
+        shared = sorted(f for f in flags if flags.count(f) > 1)[0]
+        raise TypeError(f"head {name!r}: two config fields share the option {shared}")
+
+    def run(**kw) -> None:
+        values = {group: given_values(options, given(options, kw)) for group, options in groups.items()}
+        flag_of = {o.field: o.flag for o in generated}
+        try:
+            _run_training(entry, values, kw)
+        except FieldError as exc:
+            raise InputError(f"{flag_of.get(exc.field, exc.field)} {exc.problem}") from None
+
+    solved = entry.solve is not None
+    data = _classification_data(entry.frames) if entry.task == "classification" else CONTRASTIVE_DATA
+    options = _store_options(entry.task, solved) + data + RUN_OPTIONS + ([] if solved else [RESUME])
+    summary = entry.summary.split(";")[0].split(":")[0]
+    return click.command(name, help=f"{summary[0].upper()}{summary[1:]}.", short_help=summary)(
+        _apply(options, with_options(generated)(run)))
+
+
+def _run_training(entry, values: dict[str, dict], kw: dict) -> None:
+    from freezeframe.train.loop import TrainConfig, TrainingInterrupted
+
+    train = values["train"]
+    if train.get("epochs") is not None and train.get("steps") is not None:
         raise click.UsageError("pass either --epochs or --steps, not both.")
+    common = dict(resume=kw.get("resume", False), overwrite=kw["overwrite"], log=click.echo)
     try:
-        metrics = train_run(kind, kw["store"], kw["feature_set"], kw["labels"], kw["out"], val_labels=kw["val"],
-                            train_frames=kw["frames"], eval_frames=kw["eval_frames"], head_options=head_options,
-                            config=_train_config(kw), resume=kw["resume"], overwrite=kw["overwrite"],
-                            preload=kw["preload"], log=click.echo)
+        if entry.task == "contrastive":
+            from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, TOWER_TRAINING, VideoTextConfig, \
+                train_videoclip_run
+
+            recipe = TOWER_TRAINING.get(values["head"].get("towers"), {})  # the published towers' optimiser
+            config = TrainConfig(**{**asdict(CONTRASTIVE_TRAINING), **recipe, **train,
+                                    "progress": not kw["no_progress"]})
+            metrics = train_videoclip_run(kw["store"], kw["feature_set"], kw["captions"], kw["out"],
+                                          VideoTextConfig(**values["data"]), head=entry.name, val_captions=kw["val"],
+                                          head_options=values["head"], config=config, **common)
+        else:
+            from freezeframe.train.jobs import train_run
+
+            config = TrainConfig(**train, progress=not kw["no_progress"])
+            metrics = train_run(entry.name, kw["store"], kw["feature_set"], kw["labels"], kw["out"],
+                                val_labels=kw["val"], train_frames=kw["frames"], eval_frames=kw["eval_frames"],
+                                head_options=values["head"], config=config, preload=kw["preload"], **common)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
         done = getattr(exc, "epochs_done", 0)
         where = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted before training started"
@@ -98,51 +148,21 @@ def _run_training(kind: str, head_options: dict, **kw) -> None:
     click.echo(json.dumps({"run": kw["out"], **metrics}))
 
 
-@main.group()
+class HeadCommands(click.Group):
+    """One subcommand per registered head, generated when asked for, so a head registered at run time has one."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from freezeframe.heads.registry import head_names
+
+        return head_names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return head_command(name) if name in self.list_commands(ctx) else None
+
+
+@main.group(cls=HeadCommands)
 def train() -> None:
-    """Train a head on cached features (probe, temporal, evl, videoclip)."""
-
-
-@train.command("probe")
-@_probe_options
-@click.option("--array", default="embed", show_default=True, help="Per-frame array to probe (embed or cls).")
-@click.option("--pooling", type=click.Choice(["mean", "middle"]), default="mean", show_default=True)
-def train_probe(array, pooling, **kw) -> None:
-    """Logistic-regression probe (L-BFGS, L2 swept on validation, refit on train + val)."""
-    _run_training("probe", {"array": array, "pooling": pooling}, **PROBE_DEFAULTS, **kw)
-
-
-@train.command("temporal")
-@_gradient_options
-@click.option("--array", default="embed", show_default=True)
-@click.option("--width", type=int, default=128, show_default=True)
-@click.option("--depth", type=int, default=1, show_default=True)
-@click.option("--heads", type=int, default=4, show_default=True)
-@click.option("--dropout", type=float, default=0.1, show_default=True)
-def train_temporal(array, width, depth, heads, dropout, **kw) -> None:
-    """ViViT-style temporal transformer over per-frame embeddings."""
-    _run_training("temporal", {"array": array, "width": width, "depth": depth, "heads": heads, "dropout": dropout}, **kw)
-
-
-@train.command("evl")
-@_gradient_options
-@click.option("--num-layers", type=int, default=None, help="Decoder layers = last N stored blocks [default: all stored].")
-@click.option("--mlp-dropout", type=float, default=0.5, show_default=True)
-@click.option("--cls-dropout", type=float, default=0.5, show_default=True)
-@click.option("--no-temporal-conv", is_flag=True)
-@click.option("--no-temporal-pos", is_flag=True)
-@click.option("--no-cross-frame-attention", is_flag=True)
-@click.option("--init", type=click.Choice(["reference", "identity"]), default="reference", show_default=True,
-              help="reference: EVL's own init; identity: temporal convolution zero-initialised too.")
-def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_temporal_pos, no_cross_frame_attention, init,
-              **kw) -> None:
-    """EVL decoder over the token maps of the last stored blocks."""
-    options = {"mlp_dropout": mlp_dropout, "cls_dropout": cls_dropout, "temporal_conv": not no_temporal_conv,
-               "temporal_pos_embed": not no_temporal_pos, "cross_frame_attention": not no_cross_frame_attention,
-               "init": init}
-    if num_layers:
-        options["num_layers"] = num_layers
-    _run_training("evl", options, **kw)
+    """Train a head on cached features (probe, temporal, evl, videoclip, and any registered head)."""
 
 
 @main.command("eval")
@@ -167,21 +187,22 @@ def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_tempora
 @click.option("--confusion", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
 def eval_command(run, labels, captions, text_set, store, frames, batch_size, device, as_json, trust_checkpoint,
                  allow_provenance_mismatch, predictions, confusion) -> None:
-    """Top-1/top-5 accuracy (classifiers) or text<->video retrieval (videoclip) of RUN's best checkpoint."""
-    from freezeframe.errors import InputError
+    """Top-1/top-5 accuracy (classifiers) or text<->video retrieval (contrastive heads) of RUN's best checkpoint."""
+    from freezeframe.heads.registry import get_head
     from freezeframe.train.jobs import eval_run
     from freezeframe.train.run import RunInfo
 
-    if RunInfo.load(run).head == "videoclip":
+    head = RunInfo.load(run).head
+    if get_head(head).task == "contrastive":
         if captions is None or labels is not None:
-            raise InputError(f"{run} is a videoclip run: pass --captions (not --labels) to evaluate retrieval.")
+            raise InputError(f"{run} is a {head} run: pass --captions (not --labels) to evaluate retrieval.")
         from freezeframe.train.videoclip import eval_videoclip_run
 
         result = eval_videoclip_run(run, captions, store=store, text_set=text_set, batch_size=batch_size,
                                     device=device, trust_checkpoint=trust_checkpoint)
         recalls = {way: " ".join(f"R@{k} {100 * result[f'{way}_r{k}']:.1f}%" for k in (1, 5, 10))
                    for way in ("t2v", "v2t")}
-        click.echo(json.dumps(result) if as_json else f"videoclip on {result['num_pairs']} video/caption pairs: "
+        click.echo(json.dumps(result) if as_json else f"{head} on {result['num_pairs']} video/caption pairs: "
                    f"text->video {recalls['t2v']}; video->text {recalls['v2t']}")
         return
     if labels is None or captions is not None:
@@ -198,3 +219,18 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
                    f"top-1 {100 * result['top1']:.1f}%  top-5 {100 * result['top5']:.1f}%")
 
 
+def markdown_tables() -> str:
+    """The README's tables of the `train` options that are not a head's own: training (with each task's default)
+    and the contrastive heads' data options, generated from the configs as the commands are."""
+    from freezeframe.train.loop import TrainConfig
+    from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, TOWER_TRAINING, VideoTextConfig
+
+    classification, contrastive = options_of(TrainConfig), options_of(TrainConfig, defaults=CONTRASTIVE_TRAINING)
+    lines = ["| option | classification heads | contrastive heads | meaning |", "|---|---|---|---|"]
+    for a, b in zip(classification, contrastive):
+        closed = " (probe: this one only)" if a.field in SOLVER_TRAIN_OPTIONS else ""
+        lines.append(f"| `{a.flag}` | `{a.shown}`{closed} | `{b.shown}` | {a.help} |")
+    bert = ", ".join(f"{name} {format_default(value)}" for name, value in TOWER_TRAINING["bert"].items())
+    lines += ["", f"With `--towers bert` (VideoCLIP as published) the contrastive defaults change to: {bert}.", "",
+              "| option | default | meaning |", "|---|---|---|", *options_table(options_of(VideoTextConfig))]
+    return "\n".join(lines)

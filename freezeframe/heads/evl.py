@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from freezeframe.errors import InputError
 from freezeframe.heads.layers import CrossAttentionLayer, QuickGELU
 from freezeframe.heads.qk import attention_qk
+from freezeframe.heads.registry import FeatureSource, array_shape, register_head
+from freezeframe.options import FieldError, option
 
 QK_KEYS = ("norm_weight", "norm_bias", "q_weight", "q_bias", "k_weight", "k_bias")
 
@@ -37,13 +41,19 @@ class EVLConfig:
     heads: int = 0  # decoder heads; 0 means width // 64 (12 for ViT-B)
     backbone_heads: int = 12
     backbone_norm_eps: float = 1e-5
+    num_layers: int = option(0, "decoder layers, one per stored block: the last N stored blocks (0: all of them)")
     mlp_factor: float = 4.0
-    mlp_dropout: float = 0.5
-    cls_dropout: float = 0.5
-    temporal_conv: bool = True
-    temporal_pos_embed: bool = True
-    cross_frame_attention: bool = True
-    init: str = "reference"  # a key of EVL_INITS
+    mlp_dropout: float = option(0.5, "dropout in the decoder MLPs (the paper's)")
+    cls_dropout: float = option(0.5, "dropout before the classifier (the paper's)")
+    temporal_conv: bool = option(True, "depthwise temporal convolution on each block's tokens")
+    temporal_pos_embed: bool = option(True, "temporal position embedding", flag="temporal_pos")
+    cross_frame_attention: bool = option(True, "cross-frame attention from the blocks' own frozen q/k")
+    init: str = option("reference", "reference: EVL's own initialisation; identity: the temporal convolution "
+                                     "zero-initialised too")
+
+    def __post_init__(self) -> None:
+        if self.init not in EVL_INITS:
+            raise FieldError("init", f"{self.init!r} is unknown; choose one of {', '.join(EVL_INITS)}.")
 
     @property
     def decoder_heads(self) -> int:
@@ -121,6 +131,34 @@ def _init_identity(decoder: "EVLDecoder") -> None:
 EVL_INITS = {"reference": _init_reference, "identity": _init_identity}
 
 
+def size_evl(feature_set: FeatureSource, num_classes: int, num_frames: int, **options) -> EVLConfig:
+    """One decoder layer per stored block (the last `num_layers`), the backbone's width, heads and patch grid."""
+    attention = feature_set.provenance.get("attention")
+    if not attention:
+        raise InputError(f"EVL needs token maps: feature set {feature_set.name!r} was not extracted with --features tokens.")
+    stored = sorted(attention["blocks"])
+    blocks = tuple(stored[-options["num_layers"]:] if options.get("num_layers") else stored)
+    tokens, width = array_shape(feature_set, f"tokens/{blocks[0]}")
+    side = math.isqrt(tokens - 1)
+    if side * side != tokens - 1:
+        raise InputError(f"EVL needs a square patch grid; token maps have {tokens - 1} patch tokens.")
+    return EVLConfig(num_classes=num_classes, width=width, blocks=blocks, num_frames=num_frames, grid=(side, side),
+                     backbone_heads=attention["num_heads"], backbone_norm_eps=attention["norm_eps"], **options)
+
+
+def load_qk(head: "EVLDecoder", feature_set: FeatureSource, train_set: Sequence[dict]) -> None:
+    """Before training: the backbone's frozen norm and q/k weights, which cross-frame attention recomputes q/k with."""
+    if head.config.cross_frame_attention:
+        head.load_frozen_qk(feature_set.frozen_weights())
+
+
+@register_head("evl", config=EVLConfig, size=size_evl, task="classification", prepare=load_qk,
+               summary="EVL decoder: a learnable query, one decoder layer per stored block (the last `--num-layers`), "
+                       "with depthwise temporal convolution, temporal position embedding and cross-frame attention "
+                       "from the blocks' own frozen q/k; width = backbone width, MLP factor 4; EVL's reference "
+                       "initialisation (Xavier q/k/v/out and MLP matrices, N(0, 1e-6) MLP biases, the temporal "
+                       "convolution's default init)",
+               reads="`tokens/<b>`, block inputs")
 class EVLDecoder(nn.Module):
     """Logits from `inputs["tokens/<b>"]` (B, T, 1 + L, C) and, with cross-frame attention,
     `inputs["block_input/<b>"]` of the same shape, for every configured block b."""
@@ -145,8 +183,6 @@ class EVLDecoder(nn.Module):
                     shape = (width,) if key.startswith("norm") or key.endswith("bias") else (width, width)
                     self.register_buffer(f"qk_{b}_{key}", torch.zeros(shape))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Dropout(config.cls_dropout), nn.Linear(width, config.num_classes))
-        if config.init not in EVL_INITS:
-            raise ValueError(f"unknown EVL init {config.init!r}; choose one of {', '.join(EVL_INITS)}")
         EVL_INITS[config.init](self)
 
     @property

@@ -7,26 +7,57 @@ encoder layers across frames; the [CLS] output is classified.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
+
+from freezeframe.heads.registry import FeatureSource, register_head, vector_width
+from freezeframe.options import FieldError, option
 
 
 @dataclass(frozen=True)
 class TemporalConfig:
     num_classes: int
     input_dim: int
-    array: str = "embed"
+    array: str = option("embed", "per-frame array the transformer reads")
     # small and regularised: a head for a few hundred videos (width 256 x 2 layers fitted 160 videos
     # perfectly and did not generalise); measured in the README with benchmarks/heldout_tasks.py
-    width: int = 128
-    depth: int = 1
-    heads: int = 4
+    width: int = option(128, "transformer width")
+    depth: int = option(1, "encoder layers")
+    heads: int = option(4, "attention heads")
     mlp_factor: float = 4.0
-    dropout: float = 0.1
+    dropout: float = option(0.1, "dropout in the encoder layers")
     max_frames: int = 64
 
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise FieldError("width", f"{self.width} must be divisible by heads ({self.heads}).")
 
+
+def size_temporal(feature_set: FeatureSource, num_classes: int, num_frames: int, **options) -> TemporalConfig:
+    array = options.pop("array", TemporalConfig.array)
+    return TemporalConfig(num_classes=num_classes, input_dim=vector_width(feature_set, array), array=array,
+                          max_frames=max(num_frames, 1), **options)
+
+
+def channel_stats(items: Sequence[dict], array: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of `array` over every frame of the items."""
+    frames = torch.cat([items[i]["inputs"][array].float().flatten(0, -2) for i in range(len(items))])
+    return frames.mean(0), frames.std(0)
+
+
+def standardise_inputs(head: "TemporalTransformer", feature_set: FeatureSource, train_set: Sequence[dict]) -> None:
+    """Before training: the input standardisation, from the training items."""
+    head.set_input_stats(*channel_stats(train_set, head.config.array))
+
+
+@register_head("temporal", config=TemporalConfig, size=size_temporal, task="classification",
+               prepare=standardise_inputs,
+               summary="ViViT factorised-encoder temporal transformer: standardised per-frame vectors, learned [CLS] "
+                       "and temporal position embedding, `--depth` pre-norm encoder layers; defaults sized for a few "
+                       "hundred videos",
+               reads="`--array`")
 class TemporalTransformer(nn.Module):
     """Logits from `inputs[array]` of shape (batch, frames, input_dim)."""
 

@@ -12,20 +12,95 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from freezeframe.errors import InputError
+from freezeframe.heads.registry import FeatureSource, register_head, vector_width
+from freezeframe.options import FieldError, option
+
+TOWERS = ("light", "bert")
+# VideoCLIP as published (fairseq MMPT): 32-second videos, the checkpoint's first 6 layers for video, all for text
+TOWER_DEFAULTS = {"light": {}, "bert": {"max_seconds": 32, "video_layers": 6, "text_layers": 0}}
+
 
 @dataclass(frozen=True)
 class VideoClipConfig:
     video_dim: int  # per-second video feature width (e.g. 512 for S3D-G, a CLIP embed width)
-    text_dim: int  # cached BERT hidden width
-    width: int = 256
-    video_layers: int = 2
-    text_layers: int = 1  # bert towers: the first N layers of the checkpoint, 0 = all of them
-    heads: int = 4
-    dropout: float = 0.1
+    text_dim: int  # cached BERT hidden width (0 for bert towers, which read token ids)
+    towers: str = option("light", "light: random towers on cached token states; bert: VideoCLIP as published, "
+                                  "BERT-initialised towers from --bert fine-tuned on token ids")
+    checkpoint: str | None = option(None, "bert towers: the local transformers BERT directory both towers start "
+                                          "from", flag="bert", shown="none")
+    width: int = option(256, "light towers' width (bert: the checkpoint's)")
+    video_layers: int = option(2, "video tower layers (bert: the checkpoint's first N, "
+                                  f"{TOWER_DEFAULTS['bert']['video_layers']} unless given)")
+    text_layers: int = option(1, "text tower layers (bert: the checkpoint's first N, 0 = all of them, "
+                                 f"{TOWER_DEFAULTS['bert']['text_layers']} unless given)")
+    heads: int = option(4, "light towers' attention heads")
+    dropout: float = option(0.1, "light towers' dropout")
     max_seconds: int = 64
     max_tokens: int = 64
-    towers: str = "light"  # light (random towers on cached token states) or bert (heads.videoclip_bert)
-    checkpoint: str | None = None  # bert: local transformers BERT directory the towers start from
+
+    def __post_init__(self) -> None:
+        if self.towers not in TOWERS:
+            raise FieldError("towers", f"{self.towers!r} is unknown; choose {' or '.join(TOWERS)}.")
+        if self.towers == "bert" and not self.checkpoint:
+            raise FieldError("checkpoint", "is needed by bert towers: a local BERT checkpoint directory.")
+        if self.towers == "light" and self.width % self.heads:
+            raise FieldError("width", f"{self.width} must be divisible by heads ({self.heads}).")
+
+    @property
+    def reads_token_ids(self) -> bool:
+        """Whether the text tower reads token ids (BERT towers) rather than cached token states."""
+        return self.towers == "bert"
+
+
+
+def default_video_array(feature_set: FeatureSource) -> str:
+    """`video_embedding` (S3D-G windows) when the set stores it, else the per-frame `embed`."""
+    return "video_embedding" if "video_embedding" in feature_set.arrays() else "embed"
+
+
+def default_text_layer(text_set: FeatureSource) -> int:
+    """The last hidden state the text set stores."""
+    layers = text_set.provenance.get("layers") or []
+    if not layers:
+        raise InputError(f"text set {text_set.name!r} holds no BERT token states (extract it with "
+                         "`extract-text --backbone bert`).")
+    return max(layers)
+
+
+def token_states_width(text_set: FeatureSource, layer: int) -> int:
+    """The width of the token states `tokens/<layer>` a text set stores; a missing layer names the stored ones."""
+    stored = text_set.arrays()
+    if f"tokens/{layer}" not in stored:
+        layers = [name.split("/")[1] for name in stored if name.startswith("tokens/")]
+        raise InputError(f"text set {text_set.name!r} has no layer {layer}; its stored layers are "
+                         f"{', '.join(layers) or 'none'}.")
+    return stored[f"tokens/{layer}"]["shape"][0]
+
+
+def check_pair_of_sets(video_set: FeatureSource, text_set: FeatureSource) -> None:
+    """A video feature set and a text feature set (made by extract-text), not the other way round."""
+    if video_set.provenance.get("kind") == "text":
+        raise InputError(f"{video_set.name!r} is a text feature set; pass a video feature set to --set.")
+    if text_set.provenance.get("kind") != "text":
+        raise InputError(f"{text_set.name!r} is not a text feature set; pass one made by extract-text to --text-set.")
+
+
+def size_videoclip(video_set: FeatureSource, text_set: FeatureSource, *, array: str | None = None,
+                   text_layer: int | None = None, max_tokens: int | None = None, **options) -> VideoClipConfig:
+    """Tower input widths from the video set's per-second vectors and the text set's token states (bert towers
+    read token ids instead); text length from the text set's `max_length`. `options` set the head's fields; the
+    towers' recipe (`TOWER_DEFAULTS`) fills the ones not given."""
+    check_pair_of_sets(video_set, text_set)
+    towers = options.get("towers", VideoClipConfig.towers)
+    if towers not in TOWERS:
+        raise FieldError("towers", f"{towers!r} is unknown; choose {' or '.join(TOWERS)}.")
+    video_dim = vector_width(video_set, array or default_video_array(video_set))
+    layer = default_text_layer(text_set) if text_layer is None and towers != "bert" else text_layer
+    text_dim = 0 if towers == "bert" else token_states_width(text_set, layer)
+    max_tokens = max_tokens or int(text_set.provenance.get("max_length") or VideoClipConfig.max_tokens)
+    return VideoClipConfig(video_dim=video_dim, text_dim=text_dim, max_tokens=max_tokens,
+                           **{**TOWER_DEFAULTS[towers], **options})
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,6 +180,10 @@ class VideoCLIP(nn.Module):
         return self.video(features, video_mask), self.text(tokens, text_mask)
 
 
+@register_head("videoclip", config=VideoClipConfig, size=size_videoclip, task="contrastive",
+               summary="VideoCLIP-style video and text towers over per-second video vectors and cached BERT token "
+                       "states, masked-mean pooled into one space; or, with `--towers bert`, VideoCLIP as published",
+               reads="one vector per second (`video_embedding` or `embed`), `tokens/<L>` or `token_ids` of a text set")
 def build_videoclip(config: VideoClipConfig) -> nn.Module:
     """The towers `config.towers` names: light ones here, or BERT-initialised ones (heads.videoclip_bert)."""
     if config.towers == "bert":

@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from freezeframe.errors import BackboneError
 from freezeframe.heads.videoclip import VideoClipConfig, masked_mean
+from freezeframe.offline import hub_offline, quiet_logging
+from freezeframe.options import FieldError
 
 
 def load_bert(checkpoint: str | None) -> nn.Module:
@@ -27,13 +29,11 @@ def load_bert(checkpoint: str | None) -> nn.Module:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from freezeframe.extract.backbones import weights as W
-
     if not checkpoint or not Path(checkpoint).is_dir():
-        raise BackboneError(f"--bert {checkpoint!r} is not a local transformers model directory.")
+        raise FieldError("checkpoint", f"{checkpoint!r} is not a local transformers model directory.")
     hf_logging.disable_progress_bar()
     try:
-        with W.quiet_logging(), W.hub_offline(True):
+        with quiet_logging(), hub_offline(True):
             if torch.empty(0).device.type == "meta":  # shapes only (a run's head checked against its checkpoint)
                 from transformers import AutoConfig
 

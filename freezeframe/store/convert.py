@@ -29,8 +29,7 @@ from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, dumps, fsync_dir, read_jsonl
 from freezeframe.store.index import committed_shard_ids, read_marker, shard_file
 from freezeframe.store.layout import FAILURES_FILE, SHARDS_DIR, marker_path
-from freezeframe.store.location import is_remote, store_path
-from freezeframe.store.shard import remove_bundle
+from freezeframe.store.location import is_remote, remove_tree, store_path
 from freezeframe.store.store import Store
 from freezeframe.store.writer import FeatureSetWriter
 
@@ -253,4 +252,4 @@ def _retract(shards_dir: Path, marker: dict) -> None:
     """Un-commit a shard: its marker goes first (readers stop seeing it), then its file."""
     marker_path(shards_dir, marker["shard_id"]).unlink(missing_ok=True)
     fsync_dir(shards_dir)
-    remove_bundle(shards_dir / shard_file(marker["shard_id"], marker["format"]))
+    remove_tree(shards_dir / shard_file(marker["shard_id"], marker["format"]))

@@ -31,14 +31,6 @@ def temp_owner_tag() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
-def feature_set_dir(store: Path, name: str) -> Path:
-    return store / name
-
-
-def shards_dir(store: Path, name: str) -> Path:
-    return store / name / SHARDS_DIR
-
-
 def marker_path(shards: Path, shard_id: str) -> Path:
     return shards / f"{shard_id}{MARKER_SUFFIX}"
 

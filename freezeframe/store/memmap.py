@@ -37,8 +37,8 @@ from freezeframe.store.feature_set import FeatureSet, block_source, read_frames
 from freezeframe.store.confine import UnsafeStoreError, check_regular, plain_name
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
-from freezeframe.store.location import is_remote, require_local
-from freezeframe.store.shard import _fsync_tree, remove_bundle
+from freezeframe.store.location import is_remote, remove_tree, require_local
+from freezeframe.store.shard import _fsync_tree
 
 MEMMAP_DIR = "memmap"
 MEMMAP_INDEX = "index.json"
@@ -98,11 +98,11 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
         _fsync_tree(temp)
         _swap_into_place(temp, fs.path / MEMMAP_DIR, export_id)
     except OSError as exc:  # a full disk, a quota: one sentence, nothing left behind
-        remove_bundle(temp)
+        remove_tree(temp)
         raise StoreError(f"export-memmap of {fs.name!r} failed writing {temp}: {exc.strerror or exc}; "
                          "nothing was changed.") from None
     except BaseException:
-        remove_bundle(temp)
+        remove_tree(temp)
         raise
     return index
 
@@ -136,7 +136,7 @@ def remove_stale_exports(fs_path: Path) -> None:
     for temp in fs_path.glob(f"{TEMP_PREFIX}{host}.*-{MEMMAP_DIR}-*"):
         pid_text = temp.name[len(TEMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
         if pid_text.isdigit() and int(pid_text) != os.getpid() and not process_alive(int(pid_text)):
-            remove_bundle(temp)
+            remove_tree(temp)
 
 
 def _swap_into_place(temp: Path, final: Path, export_id: str) -> None:
@@ -148,7 +148,7 @@ def _swap_into_place(temp: Path, final: Path, export_id: str) -> None:
     os.rename(temp, final)
     fsync_dir(final.parent)
     if old is not None:
-        remove_bundle(old)  # readers that mapped its files keep them until they close them
+        remove_tree(old)  # readers that mapped its files keep them until they close them
 
 
 class MemmapExport:

@@ -22,8 +22,7 @@ from freezeframe.store.backends import get_backend
 from freezeframe.store.files import fsync_dir, read_json
 from freezeframe.store.index import committed_shard_ids, read_marker
 from freezeframe.store.layout import PROVENANCE_FILE, REPLACES_KEY, TEMP_PREFIX, marker_path, temp_owner_tag
-from freezeframe.store.location import is_remote
-from freezeframe.store.shard import remove_bundle
+from freezeframe.store.location import is_remote, remove_tree
 from freezeframe.store.store import Store
 
 COPY_BYTES = 64 * 1024 * 1024  # rows copied per read when a shard keeps some of its videos
@@ -49,12 +48,12 @@ def remove_feature_set(store: str | Path, name: str) -> None:
     path = st.path / name
     if is_remote(path):  # no rename on object stores: the provenance file goes first, which hides the set
         (path / PROVENANCE_FILE).unlink()
-        remove_bundle(path)
+        remove_tree(path)
         return
     trash = st.path / f"{TEMP_PREFIX}{temp_owner_tag()}-removed-{name}"
     path.rename(trash)
     fsync_dir(st.path)
-    remove_bundle(trash)
+    remove_tree(trash)
 
 
 def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> RemoveReport:
@@ -134,4 +133,4 @@ def _unlink_shard(shards_dir: Path, marker: dict) -> None:
     """Un-commit a shard: its marker first (one atomic step), then its file."""
     marker_path(shards_dir, marker["shard_id"]).unlink(missing_ok=True)
     fsync_dir(shards_dir)
-    remove_bundle(shards_dir / marker["file"])
+    remove_tree(shards_dir / marker["file"])

@@ -196,12 +196,7 @@ class ShardWriter:
         if not marker_path(self.shards_dir, self.shard_id).exists():
             paths.append(self.final_path)
         for path in paths:
-            remove_bundle(path)
-
-
-def remove_bundle(path: StorePath) -> None:
-    """Delete a bundle: a directory tree (Zarr) or a single file (HDF5); a missing one is fine."""
-    remove_tree(path)
+            remove_tree(path)  # a bundle: a directory tree (Zarr) or one file (HDF5)
 
 
 def _fsync_file(path: str | Path) -> None:

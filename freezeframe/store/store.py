@@ -52,6 +52,14 @@ class Store:
         return f"Store({str(self.path)!r}, feature_sets={self.names()})"
 
 
+def open_feature_set(store: str | Path, name: str) -> FeatureSet:
+    """Feature set `name` of a store, or a one-line error naming the sets the store has."""
+    try:
+        return Store(store)[name]
+    except KeyError as exc:
+        raise StoreError(f"{exc.args[0]}.") from None
+
+
 def open_store(path: str | Path) -> Store:
     """Open an existing store for reading: a local directory or an fsspec URL (s3://bucket/store, memory://...)."""
     return Store(path)

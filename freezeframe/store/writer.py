@@ -21,9 +21,9 @@ from freezeframe.store.layout import (
     FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE,
     temp_owner_tag,
 )
-from freezeframe.store.location import is_remote
+from freezeframe.store.location import is_remote, remove_tree
 from freezeframe.store.location import store_path as store_path_of
-from freezeframe.store.shard import ShardWriter, _fsync_tree, remove_bundle
+from freezeframe.store.shard import ShardWriter, _fsync_tree
 from freezeframe.store.store import check_schema
 
 
@@ -97,7 +97,7 @@ class FeatureSetWriter:
                 os.link(temp, final)  # a file rename would silently replace another writer's bundle
         except OSError:
             pass  # another writer was first; theirs is identical
-        remove_bundle(temp)  # the link's other name, or the loser of the race (gone after a rename)
+        remove_tree(temp)  # the link's other name, or the loser of the race (gone after a rename)
         fsync_dir(self.path)
 
     def _write_bundle(self, path, arrays: dict[str, np.ndarray]) -> None:
@@ -115,7 +115,7 @@ class FeatureSetWriter:
             for temp in directory.glob(f"{TEMP_PREFIX}{host}.*"):
                 pid_text = temp.name[len(TEMP_PREFIX) + len(host) + 1:].split("-", 1)[0]
                 if pid_text.isdigit() and not process_alive(int(pid_text)):
-                    remove_bundle(temp)
+                    remove_tree(temp)
 
     def committed_ids(self) -> set[str]:
         return set(FeatureSet(self.store_path, self.name).video_ids())

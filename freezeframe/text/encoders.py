@@ -13,6 +13,8 @@ import torch
 
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
+from freezeframe.offline import hub_offline, quiet_logging
+from freezeframe.options import FieldError
 from freezeframe.store.provenance import package_version
 
 BACKBONES = ("bert", "clip-text")
@@ -36,13 +38,13 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise InputError(f"unknown text backbone {self.backbone!r}; choose {' or '.join(BACKBONES)}.")
+            raise FieldError("backbone", f"{self.backbone!r} is unknown; choose {' or '.join(BACKBONES)}.")
         if not self.model:
-            raise InputError("--model is required: a transformers model directory (bert) or an open_clip model name.")
+            raise FieldError("model", "is required: a transformers model directory (bert) or an open_clip model name.")
         if self.max_length < 2:
-            raise InputError("--max-length must be at least 2 (room for [CLS] and [SEP]).")
+            raise FieldError("max_length", "must be at least 2 (room for [CLS] and [SEP]).")
         if self.backbone == "bert" and not self.layers:
-            raise InputError("--layers needs at least one hidden-state index.")
+            raise FieldError("layers", "needs at least one hidden-state index.")
 
 
 class BertEncoder:
@@ -57,7 +59,7 @@ class BertEncoder:
         self.config, self.device = config, device
         local = Path(config.model).is_dir()
         try:
-            with W.quiet_logging(), W.hub_offline(True):
+            with quiet_logging(), hub_offline(True):
                 self.tokenizer = AutoTokenizer.from_pretrained(config.model)
                 self.model = AutoModel.from_pretrained(config.model).eval().to(device)
         except (OSError, ValueError) as exc:

@@ -1,20 +1,14 @@
-"""`freezeframe zeroshot`: class prompts through the CLIP text tower that made a video set, then a zero-shot head."""
+"""Zero-shot class embeddings: class-name prompts through a CLIP text tower (the job is `train.zeroshot`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from freezeframe.errors import InputError
-from freezeframe.heads.zeroshot import ZeroShotClassifier
+from freezeframe.text.encoders import ClipTextEncoder
 from freezeframe.userfiles import read_user_text
-from freezeframe.userfiles import read_labels
-from freezeframe.store.provenance import file_sha256
-from freezeframe.store.store import Store
-from freezeframe.text.encoders import ClipTextEncoder, TextConfig
 
 DEFAULT_TEMPLATES = ("a video of {}.", "a photo of {}.")
 
@@ -27,106 +21,15 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     return lines
 
 
-REMOTE_PREFIXES = ("hf-hub:", "local-dir:")
-
-
-def check_local_model(name: object, what: str, feature_set: str) -> None:
-    """A model name taken from a store's provenance may only name something local: a store never makes this
-    run fetch a model (an `hf-hub:` name would contact the hub) or read a folder it names (`local-dir:`)."""
-    if isinstance(name, str) and name.startswith(REMOTE_PREFIXES):
-        raise InputError(f"feature set {feature_set!r} names the {what} {name!r} in its provenance; models named "
-                         f"by a store are not fetched or opened from where it says, so pass --{what} yourself "
-                         "(the same name, if you trust it).")
-
-
-def prompt_tower_differences(backbone: dict, model: str | None, pretrained: str | None) -> list[str]:
-    """Which of a given --model/--pretrained differ from the image tower the set's provenance records (a weights file
-    is compared by its sha256 when the provenance has one, else by its resolved path)."""
-    differing = []
-    if model and backbone.get("model") and model != backbone["model"]:
-        differing.append("model")
-    if pretrained and backbone.get("pretrained"):
-        path = Path(pretrained)
-        if path.is_file() and backbone.get("checkpoint_sha256"):
-            same = file_sha256(path) == backbone["checkpoint_sha256"]
-        elif path.is_file():
-            same = str(path.resolve()) == str(backbone["pretrained"])
-        else:
-            same = pretrained == backbone["pretrained"]
-        if not same:
-            differing.append("pretrained")
-    return differing
-
-
 def class_embeddings(encoder: ClipTextEncoder, classes: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-    """Per class: the mean of its L2-normalised template prompt embeddings (renormalised by the classifier)."""
+    """(classes, dim): per class, the normalised mean of its L2-normalised template prompt embeddings, as
+    open_clip's `build_zero_shot_classifier` computes them."""
+    from open_clip import build_zero_shot_classifier
+
     for template in templates:
         if "{}" not in template:
             raise InputError(f"template {template!r} has no {{}} for the class name.")
-    rows = []
-    for name in classes:
-        prompts = [template.format(name) for template in templates]
-        embed = torch.from_numpy(np.concatenate([a["embed"] for a in encoder.encode(prompts)]).astype(np.float32))
-        rows.append(F.normalize(embed, dim=-1).mean(dim=0))
-    return torch.stack(rows)
+    return build_zero_shot_classifier(encoder.model, encoder.tokenizer, classes, list(templates),
+                                      device=encoder.device).T.float().cpu()
 
 
-def run_zeroshot(store: str | Path, feature_set: str, classes: list[str], labels_path: str | Path, *,
-                 templates: tuple[str, ...] = DEFAULT_TEMPLATES, model: str | None = None,
-                 pretrained: str | None = None, trust_checkpoint: bool = False,
-                 allow_provenance_mismatch: bool = False) -> dict:
-    """Top-1/top-5 and per-class accuracy of zero-shot classification of the labelled videos of `feature_set`.
-
-    The text tower is the CLIP model recorded in the set's provenance unless `model`/`pretrained` are given;
-    given ones must name that same model (else the prompts live in another embedding space) unless
-    `allow_provenance_mismatch`.
-    """
-    opened = Store(store)
-    if feature_set not in opened:
-        raise InputError(f"store {store} has no feature set {feature_set!r}; it has: {', '.join(opened.names())}.")
-    fs = opened[feature_set]
-    if "embed" not in fs.arrays():
-        raise InputError(f"feature set {feature_set!r} has no `embed` array; extract with --features embed.")
-    backbone = fs.provenance.get("backbone", {})
-    if not isinstance(backbone, dict):
-        raise InputError(f"feature set {feature_set!r} has a malformed provenance (backbone is not an object).")
-    if not model:
-        check_local_model(backbone.get("model"), "model", feature_set)
-    if not pretrained:
-        check_local_model(backbone.get("pretrained"), "pretrained", feature_set)
-    differing = prompt_tower_differences(backbone, model, pretrained)
-    if differing and not allow_provenance_mismatch:
-        raise InputError(f"feature set {feature_set!r} was made by model {backbone.get('model')!r} with weights "
-                         f"{backbone.get('pretrained')!r}; the prompts would come from another one (differs in: "
-                         f"{', '.join(differing)}); pass --allow-provenance-mismatch to use it anyway.")
-    model = model or backbone.get("model")
-    pretrained = pretrained or backbone.get("pretrained")
-    if not isinstance(model, str) or not isinstance(pretrained, str) or not model or not pretrained:
-        raise InputError(f"feature set {feature_set!r} was not made by an open_clip model; pass --model and "
-                         "--pretrained for the text tower.")
-    if len(set(classes)) != len(classes):
-        raise InputError("the classes file lists a class twice.")
-    labelled = read_labels(labels_path)
-    unknown = sorted({label for _, label in labelled} - set(classes))
-    if unknown:
-        raise InputError(f"labels {', '.join(map(repr, unknown[:3]))} of {labels_path} are not in the classes file.")
-    missing = [video_id for video_id, _ in labelled if video_id not in fs]
-    if missing:
-        raise InputError(f"{len(missing)} labelled videos are not in feature set {feature_set!r} "
-                         f"(e.g. {missing[0]!r}).")
-    encoder = ClipTextEncoder(TextConfig(backbone="clip-text", model=model, pretrained=pretrained,
-                                         seed=backbone.get("seed", 0), trust_checkpoint=trust_checkpoint),
-                              torch.device("cpu"))
-    head = ZeroShotClassifier(class_embeddings(encoder, classes, templates))
-    target = torch.tensor([classes.index(label) for _, label in labelled])
-    with torch.no_grad():
-        logits = torch.cat([head(torch.from_numpy(fs.read(video_id, "embed").astype(np.float32))[None])
-                            for video_id, _ in labelled])
-    ranked = logits.argsort(dim=1, descending=True)
-    top1 = ranked[:, 0] == target
-    result = {"top1": float(top1.float().mean()), "num_videos": len(labelled), "num_classes": len(classes),
-              "per_class": {name: float(top1[target == i].float().mean()) for i, name in enumerate(classes)
-                            if (target == i).any()}}
-    if len(classes) >= 5:
-        result["top5"] = float((ranked[:, :5] == target[:, None]).any(dim=1).float().mean())
-    return result

@@ -4,35 +4,33 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.nn as nn
 
+from freezeframe.devices import resolve_device
 from freezeframe.errors import InputError, StoreError
-from freezeframe.train.consensus import attach_consensus
-from freezeframe.train.curves import plot_confusion, plot_curves
-from freezeframe.train.evaluation import predict, scores
-from freezeframe.heads.probe import LinearProbe, pool_frames, sweep_l2
-from freezeframe.heads.registry import build_head, config_to_dict, head_config
-from freezeframe.train.run import RunInfo, load_head
-from freezeframe.train.loop import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
-                                        train_classifier)
-from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
-from freezeframe.userfiles import read_labels
+from freezeframe.heads.registry import HeadEntry, Solution, get_head, head_config
 from freezeframe.store.feature_set import FeatureSet, block_source
 from freezeframe.store.provenance import differences
-from freezeframe.store.store import Store
+from freezeframe.store.store import open_feature_set
+from freezeframe.train.checkpoints import BEST, save_weights
+from freezeframe.train.classification import Classification
+from freezeframe.train.consensus import attach_consensus
+from freezeframe.train.curves import plot_confusion, plot_curves
+from freezeframe.train.datasets import FeatureDataset, FrameSelection
+from freezeframe.train.evaluation import predict, scores
+from freezeframe.train.loop import TrainConfig, fit, seed_everything, write_metrics
+from freezeframe.train.run import RunInfo, load_head, new_run, prepare_run_dir
+from freezeframe.userfiles import read_labels
 
 # What a run records of its feature set's provenance, and what `eval` requires to match: the numbers of
 # another model, weights, preprocessing or frame sampling are not the features the head was trained on.
 MATCHED_PROVENANCE = ("backbone", "preprocess", "sampling", "compute_dtype", "frames_per_view")
-# Everything a training run writes into its directory (an --overwrite removes these and nothing else).
-RUN_FILES = ("run.json", LAST, BEST, METRICS_FILE, "curves.png")
 
 
 PRELOAD_LIMIT = 2 * 1024**3
@@ -45,14 +43,6 @@ def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
     row_bytes = sum(int(np.prod(stored[s]["shape"], dtype=np.int64)) * np.dtype(stored[s]["dtype"]).itemsize
                     for s in sources)
     return row_bytes * sum(fs.video_info(v)["n_frames"] for v in video_ids if v in fs)
-
-
-def open_feature_set(store: str | Path, feature_set: str) -> FeatureSet:
-    """The feature set, or a one-line error naming the sets the store has."""
-    try:
-        return Store(store)[feature_set]
-    except KeyError as exc:
-        raise StoreError(f"{exc.args[0]}.") from None
 
 
 def matched_provenance(fs: FeatureSet) -> dict:
@@ -73,20 +63,6 @@ def check_provenance(run_provenance: dict | None, fs: FeatureSet, allow_mismatch
     return found
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a directory that holds a run unless told to continue it or replace it."""
-    present = [name for name in RUN_FILES if (out / name).exists()]
-    if resume and overwrite:
-        raise InputError("pass either --resume or --overwrite, not both.")
-    if not present or resume:
-        return
-    if not overwrite:
-        raise InputError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it "
-                         f"or --overwrite to replace it.")
-    for name in present:
-        (out / name).unlink()
-
-
 def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
     """Video ids and class indices of a label CSV; classes are the sorted train labels unless given."""
     rows = read_labels(path)
@@ -101,18 +77,20 @@ def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[li
     return [v for v, _ in rows], [index[label] for _, label in rows], classes
 
 
-def default_frames(kind: str, store: str | Path, feature_set: str, train: bool) -> str:
-    if kind == "probe":
-        return "all"
-    if not train and Store(store)[feature_set].provenance.get("frames_per_view"):
-        return "views"
-    return "sparse-random:8" if train else "uniform:8"
-
-
-def _frames_per_item(selection: FrameSelection, store: str | Path, feature_set: str) -> int:
+def _frames_per_item(selection: FrameSelection, fs: FeatureSet) -> int:
     if selection.mode == "views":
-        return Store(store)[feature_set].provenance["frames_per_view"]
+        return fs.provenance["frames_per_view"]
     return selection.num_frames
+
+
+def _frames(entry: HeadEntry, fs: FeatureSet, train_frames: str | None, eval_frames: str | None) -> tuple[str, str]:
+    """Training and evaluation frames: the given ones, else the head's defaults (views for a --clips set)."""
+    train_frames = train_frames or entry.frames[0]
+    if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips-random":
+        eval_frames = train_frames.replace("clips-random", "clips", 1)  # ClipBERT: the same clips, centred
+    if eval_frames is None and entry.frames[1] != "all" and fs.provenance.get("frames_per_view"):
+        eval_frames = "views"  # (a head that evaluates on `all` frames reads every view's frames anyway)
+    return train_frames, eval_frames or entry.frames[1]
 
 
 def train_run(
@@ -132,26 +110,23 @@ def train_run(
     preload: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train a head of `kind` on a feature set; returns the final metrics.
+    """Train a classification head of `kind` on a feature set; returns the final metrics.
 
     `preload=None` reads the head's arrays into memory once when they fit in `PRELOAD_LIMIT` bytes.
     An `out` that already holds a run needs `resume` or `overwrite`; a start that fails leaves nothing behind.
     """
+    entry = get_head(kind)
+    if entry.task != "classification":
+        raise InputError(f"head {kind!r} trains on {entry.task} data, not on labels.")
     out = Path(out)
     prepare_run_dir(out, resume, overwrite)
     fs = open_feature_set(store, feature_set)
-    train_frames = train_frames or default_frames(kind, store, feature_set, train=True)
-    if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips-random":
-        eval_frames = train_frames.replace("clips-random", "clips", 1)  # ClipBERT: the same clips, centred
-    eval_frames = eval_frames or default_frames(kind, store, feature_set, train=False)
+    train_frames, eval_frames = _frames(entry, fs, train_frames, eval_frames)
     train_sel, eval_sel = FrameSelection.parse(train_frames), FrameSelection.parse(eval_frames)
     ids, labels, classes = labelled_ids(train_labels)
-    head_cfg = head_config(kind, fs, len(classes), _frames_per_item(eval_sel, store, feature_set),
-                           **(head_options or {}))
+    head_cfg = head_config(kind, fs, len(classes), _frames_per_item(eval_sel, fs), **(head_options or {}))
     seed_everything(config.seed)  # the head's initial weights, too, follow --seed (not the process's RNG state)
-    head = attach_consensus(build_head(kind, head_cfg), train_sel)  # clips:N:T: per-clip logits combined
-    if kind == "evl" and head_cfg.cross_frame_attention:
-        head.load_frozen_qk(fs.frozen_weights())
+    head = attach_consensus(entry.build(head_cfg), train_sel)  # clips:N:T: per-clip logits combined
     arrays = head.required_arrays
     if preload is None:
         preload = preload_bytes(fs, ids, arrays) <= PRELOAD_LIMIT
@@ -160,73 +135,25 @@ def train_run(
     if val_labels is not None:
         val_ids, val_y, _ = labelled_ids(val_labels, classes)
         val_set = FeatureDataset(store, feature_set, val_ids, arrays, eval_sel, val_y, preload, config.seed)
-    if kind == "temporal":
-        head.set_input_stats(*channel_stats(train_set, head.config.array))
-    run = RunInfo(kind, config_to_dict(head_cfg), str(store), feature_set, classes, str(train_sel), str(eval_sel),
+    if entry.prepare is not None:
+        entry.prepare(head, fs, train_set)
+    run = RunInfo(kind, asdict(head_cfg), str(store), feature_set, classes, str(train_sel), str(eval_sel),
                   asdict(config), extra={"provenance": matched_provenance(fs)})
-    existed = out.exists()
-    run.save(out)
-    try:
-        if kind == "probe":
-            return _train_probe(head, train_set, val_set, config, out, log)
-        history = train_classifier(head, train_set, val_set, config, out, resume=resume, log=log)
-    except Exception:
-        if not (out / LAST).exists():  # nothing trained yet: leave no half-made run behind
-            _remove_run(out, existed)
-        raise
+    with new_run(out, run):
+        if entry.solve is not None:
+            return save_solution(entry.solve(head, train_set, val_set, config.seed), head, out, log)
+        history = fit(head, Classification(train_set, val_set, config), config, out, resume=resume, log=log)
     return history[-1] if history else {}
 
 
-def _remove_run(out: Path, keep_dir: bool) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    if not keep_dir and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-
-
-def channel_stats(dataset: FeatureDataset, array: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and standard deviation of `array` over every frame of the dataset's items."""
-    frames = torch.cat([dataset[i]["inputs"][array].float().flatten(0, -2) for i in range(len(dataset))])
-    return frames.mean(0), frames.std(0)
-
-
-def _pooled(probe: LinearProbe, dataset: FeatureDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
-    array = probe.config.array
-    for batch in DataLoader(dataset, batch_size=1 if dataset.selection.mode == "all" else 64, collate_fn=collate):
-        feats.append(pool_frames(batch["inputs"][array], probe.config.pooling))
-        labels.append(batch["label"])
-    return torch.cat(feats), torch.cat(labels)
-
-
-def _train_probe(probe: LinearProbe, train_set, val_set, config: TrainConfig, out: Path, log) -> dict:
-    """Sweep L2 on the validation split (or 20% of train when none is given), refit on train + val."""
-    x, y = _pooled(probe, train_set)
-    if val_set is not None:
-        vx, vy = _pooled(probe, val_set)
-        fit_x, fit_y, sweep_train = torch.cat([x, vx]), torch.cat([y, vy]), (x, y)
-    else:
-        order = list(range(len(y)))
-        random.Random(config.seed).shuffle(order)
-        cut = max(1, len(order) // 5)
-        val_idx, tr_idx = torch.tensor(order[:cut]), torch.tensor(order[cut:])
-        sweep_train, (vx, vy) = (x[tr_idx], y[tr_idx]), (x[val_idx], y[val_idx])
-        fit_x, fit_y = x, y
-    best_l2, sweep = sweep_l2(probe, sweep_train, (vx, vy))
-    probe.fit(fit_x, fit_y, l2=best_l2)
-    with torch.no_grad():
-        train_top1 = float((probe.linear(x).argmax(1) == y).float().mean())
-    metrics = {"epoch": 0, "l2": best_l2, "train_top1": train_top1,
-               "val_top1": max(r["val_top1"] for r in sweep), "num_train": int(len(fit_y))}
-    with open(out / METRICS_FILE, "w", encoding="utf-8") as handle:
-        for row in sweep:
-            handle.write(json.dumps({"sweep": True, **row}) + "\n")
-        handle.write(json.dumps(metrics) + "\n")
-    plot_curves(sweep, out / "curves.png", x="l2")
-    state = {"epoch": 0, "head": probe.state_dict(), "metrics": metrics}
-    save_atomic(state, out / BEST)
-    save_atomic(state, out / LAST)
-    log(f"probe: L2 {best_l2:.3g} chosen on validation (top-1 {metrics['val_top1']:.3f}); refit on {len(fit_y)} videos")
+def save_solution(solution: Solution, head: nn.Module, out: Path, log: Callable[[str], None]) -> dict:
+    """A closed-form fit's run files: its sweep and final metrics, the sweep's curve and the weights."""
+    write_metrics(out, [*({"sweep": True, **row} for row in solution.sweep), solution.metrics])
+    plot_curves(solution.sweep, out / "curves.png", x=solution.swept)
+    save_weights(head, out / BEST, {"epoch": 0, "metrics": solution.metrics})
+    metrics = solution.metrics
+    log(f"{solution.swept} {metrics[solution.swept]:.3g} chosen on validation (top-1 {metrics['val_top1']:.3f}); "
+        f"refit on {metrics['num_train']} videos")
     return metrics
 
 

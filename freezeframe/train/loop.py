@@ -1,9 +1,12 @@
-"""The training loop shared by gradient-trained heads: AdamW + cosine schedule, AMP on CUDA,
-a checkpoint every epoch, exact resume, metrics as JSON lines, best checkpoint kept, PNG curves.
+"""The one fit loop of gradient-trained heads, classifiers and contrastive towers alike: AdamW (or Adam) with a
+warm-up and cosine schedule, gradient clipping, AMP on CUDA, a checkpoint every epoch, exact resume, metrics as
+JSON lines, the best weights kept, PNG curves. What differs between tasks (data, loss, validation) is an
+`Objective`.
 
-Training length is counted in optimisation steps as well as epochs: a small training set gets
-more epochs so that training takes at least `min_steps` steps (50 videos in batches of 32 would
-otherwise get 20 steps from 10 epochs, too few for any head to learn).
+Training length is counted in optimisation steps as well as epochs: a run that would make fewer than
+`min_steps` steps gets more of them, either as more epochs (classification: 50 videos in batches of 32 would
+otherwise get 20 steps from 10 epochs, too few for any head to learn) or as more passes over the data per epoch
+(contrastive: each epoch ends with a retrieval evaluation and a checkpoint of the towers).
 """
 
 from __future__ import annotations
@@ -12,53 +15,102 @@ import json
 import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from freezeframe.checkpoints import load_checkpoint
 from freezeframe.devices import resolve_device
-from freezeframe.train.curves import plot_curves
 from freezeframe.limits import LIST_BYTES, read_limited
-from freezeframe.train.evaluation import evaluate, to_device
-from freezeframe.train.datasets import FeatureDataset, collate
+from freezeframe.options import FieldError, option
 from freezeframe.store.files import write_atomic
+from freezeframe.train.checkpoints import BEST, LAST, rng_state, save_atomic, save_weights, set_rng_state
+from freezeframe.train.curves import plot_curves
 
 METRICS_FILE = "metrics.jsonl"
-LAST, BEST = "last.pt", "best.pt"
+DEFAULT_EPOCHS = 10
+WARMUP_CAP = 0.1  # warm-up in steps takes at most this share of the run, so short runs still train
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # raised to reach min_steps, unless min_steps is 0
-    steps: int = 0  # when > 0: train for this many steps (rounded up to whole epochs); epochs is ignored
-    min_steps: int = 200
-    batch_size: int = 32
-    lr: float = 4e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.0
+    """How a head is trained; the fields made with `option` are `freezeframe train` options."""
+
+    epochs: int | None = option(None, "epochs to train exactly", shown=f"{DEFAULT_EPOCHS}, more to reach --min-steps")
+    steps: int = option(0, "optimisation steps to train, rounded up to whole epochs (0: count epochs)")
+    min_steps: int = option(200, "train at least this many steps: small training sets get more epochs (contrastive "
+                                 "heads: more passes per epoch)")
+    batch_size: int = option(32, "items per optimisation step")
+    lr: float = option(4e-4, "peak learning rate")
+    weight_decay: float = option(0.05, "AdamW's weight decay (Adam: none)")
+    warmup_epochs: float = option(0.0, "linear warm-up, in epochs (0: --warmup-steps)")
+    warmup_steps: int = option(0, f"linear warm-up steps, at most {WARMUP_CAP:g} of the run's steps")
+    clip_grad: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
+    optimizer: str = "adamw"  # a key of OPTIMIZERS
+    betas: tuple[float, float] = (0.9, 0.999)
     label_smoothing: float = 0.0
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
+    seed: int = option(0, "seed of the head's initial weights, the data order and random frames")
+    workers: int = option(0, "DataLoader worker processes")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto")
     amp: bool = True  # fp16 autocast with loss scaling, on CUDA only
     progress: bool = True
-    trust_checkpoint: bool = False  # resume from a last.pt that is a full pickle (it can run code)
+    trust_checkpoint: bool = option(False, "with --resume: load a last.pt that is a full pickle (it can run code; "
+                                           "only if you trust it)")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "min_steps", "warmup_steps", "clip_grad", "warmup_epochs", "workers"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, "must not be negative.")
+        if self.epochs is not None and self.epochs < 1:
+            raise FieldError("epochs", "must be at least 1.")
+        if self.batch_size < 1:
+            raise FieldError("batch_size", "must be at least 1.")
+        if self.optimizer not in OPTIMIZERS:
+            raise FieldError("optimizer", f"{self.optimizer!r} is unknown; choose {' or '.join(OPTIMIZERS)}.")
 
 
-def planned_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
-    """Epochs to run: enough for `steps` when given, else `epochs` raised to at least `min_steps` steps."""
-    steps_per_epoch = max(1, steps_per_epoch)
-    if config.steps > 0:
-        return math.ceil(config.steps / steps_per_epoch)
-    return max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+def plan_length(config: TrainConfig, steps_per_pass: int, more_passes: bool = False) -> tuple[int, int]:
+    """(epochs, passes over the data per epoch): `steps` when given, else `epochs` (default 10), with
+    `min_steps` reached by more epochs, or by more passes per epoch when `more_passes`."""
+    steps_per_pass = max(1, steps_per_pass)
+    if more_passes:
+        epochs = config.epochs or DEFAULT_EPOCHS
+        return epochs, max(1, math.ceil((config.steps or config.min_steps) / (epochs * steps_per_pass)))
+    if config.steps:
+        return math.ceil(config.steps / steps_per_pass), 1
+    if config.epochs is not None:
+        return config.epochs, 1
+    return max(DEFAULT_EPOCHS, math.ceil(config.min_steps / steps_per_pass)), 1
+
+
+class Objective(Protocol):
+    """What `fit` trains a head on: one task's data, loss and validation."""
+
+    modules: dict[str, nn.Module]  # trained and checkpointed with the head (e.g. a loss's temperature)
+    more_passes: bool  # reach min_steps with more passes per epoch instead of more epochs
+    score_key: str  # the validation metric that picks the best weights (else the lowest training loss)
+    shown: tuple[str, ...]  # metrics logged after each epoch
+    unit: str  # what one item is, for the log ("videos", "captions")
+
+    def __len__(self) -> int: ...
+
+    def steps_per_pass(self) -> int: ...
+
+    def batches(self, head: nn.Module, data_pass: int, device: torch.device) -> Iterable:
+        """One pass's batches (random draws and order depend only on the seed and `data_pass`)."""
+
+    def loss(self, head: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """The batch's loss, its item count and sums over its items to report as means (e.g. correct predictions)."""
+
+    def validate(self, head: nn.Module, device: torch.device) -> dict:
+        """Validation metrics (`val_...`), or nothing without validation data."""
 
 
 class TrainingInterrupted(Exception):
@@ -73,30 +125,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    """Every generator's state, as tensors and plain values (so a weights-only load reads it back)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)]
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj: object, path: Path) -> None:
-    """A checkpoint written whole or not at all (temporary name, fsync, rename)."""
-    write_atomic(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -134,7 +162,7 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
     state = load_checkpoint(run_dir / LAST, trust=config.trust_checkpoint, map_location=device)
     for name, part in parts.items():
         part.load_state_dict(state[name])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     start_epoch, best_score = state["epoch"] + 1, state["best_score"]
     # The checkpoint is the record of past epochs, not metrics.jsonl: a run killed after saving the
     # checkpoint but before (or while) appending that epoch's line must not lose or garble it.
@@ -147,19 +175,18 @@ CURVE_INTERVAL_S = 20.0  # curves.png is redrawn at most this often (and after t
 
 
 def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict, score: float, best_score: float,
-                 config: TrainConfig, shown: Sequence[str], log: Callable[[str], None] = print,
-                 total_epochs: int | None = None) -> float:
-    """Append `metrics` to `history` and checkpoint the epoch: best.pt (head only) when `score` beats `best_score`,
+                 config: TrainConfig, shown: Sequence[str], total_epochs: int,
+                 log: Callable[[str], None] = print) -> float:
+    """Append `metrics` to `history` and checkpoint the epoch: the best weights when `score` beats `best_score`,
     last.pt, its metrics line, curves; log the `shown` metrics. Returns the new best score."""
-    total_epochs = config.epochs if total_epochs is None else total_epochs
     improved = score > best_score
     best_score = max(best_score, score)
     history.append(metrics)
     epoch = metrics["epoch"]
     state = {"history": history, "epoch": epoch, **{name: part.state_dict() for name, part in parts.items()},
-             "rng": _rng_state(), "best_score": best_score, "config": asdict(config)}
-    if improved:  # before last.pt: a run killed in between redoes this epoch and rewrites best.pt alike
-        save_atomic({"epoch": epoch, "head": parts["head"].state_dict(), "metrics": metrics}, run_dir / BEST)
+             "rng": rng_state(), "best_score": best_score, "config": asdict(config)}
+    if improved:  # before last.pt: a run killed in between redoes this epoch and rewrites the best weights alike
+        save_weights(parts["head"], run_dir / BEST, {"epoch": epoch, "metrics": metrics})
     save_atomic(state, run_dir / LAST)
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
@@ -171,16 +198,9 @@ def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict,
     return best_score
 
 
-def train_classifier(
-    head: nn.Module,
-    train_set: FeatureDataset,
-    val_set: FeatureDataset | None,
-    config: TrainConfig,
-    run_dir: str | Path,
-    resume: bool = False,
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Train `head` on `train_set`; one checkpoint per epoch in `run_dir`. Returns the metrics history.
+def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str | Path, resume: bool = False,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Train `head` on `objective`; one checkpoint per epoch in `run_dir`. Returns the metrics history.
 
     Ctrl-C raises `TrainingInterrupted` once last.pt holds the last finished epoch (curves redrawn)."""
     run_dir = Path(run_dir)
@@ -188,23 +208,58 @@ def train_classifier(
     device = resolve_device(config.device)
     seed_everything(config.seed)
     head.to(device)
-    params = [p for p in head.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    epochs = planned_epochs(config, steps_per_epoch)
-    schedule = cosine_schedule(epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    for module in objective.modules.values():
+        module.to(device)
+    params = [p for m in (head, *objective.modules.values()) for p in m.parameters() if p.requires_grad]
+    decay = {"weight_decay": config.weight_decay} if config.optimizer == "adamw" else {}
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, betas=tuple(config.betas), **decay)
+    steps_per_pass = objective.steps_per_pass()
+    epochs, passes = plan_length(config, steps_per_pass, objective.more_passes)
+    steps_per_epoch = passes * steps_per_pass
+    total_steps = epochs * steps_per_epoch
+    warmup = (int(config.warmup_epochs * steps_per_epoch) if config.warmup_epochs
+              else min(config.warmup_steps, int(WARMUP_CAP * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total_steps, warmup))
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    parts = {"head": head, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    parts = {"head": head, **objective.modules, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     start_epoch, best_score, history = restore_last(run_dir, parts, config, device, resume, log)
     write_metrics(run_dir, history)
     if start_epoch == 0:
-        log(f"training {epochs} epochs of {steps_per_epoch} steps ({epochs * steps_per_epoch} steps, "
-            f"{len(train_set)} videos, batch {config.batch_size})")
+        each = f", {passes} passes per epoch to reach {config.min_steps} steps" if passes > 1 else ""
+        log(f"training {epochs} epochs of {steps_per_epoch} steps ({total_steps} steps, {len(objective)} "
+            f"{objective.unit}, batch {config.batch_size}{each})")
     try:
-        _run_epochs(head, train_set, val_set, config, run_dir, parts, history, best_score, range(start_epoch, epochs),
-                    epochs, device, use_amp, log)
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            sums: dict[str, float] = defaultdict(float)
+            total = 0
+            for data_pass in range(epoch * passes, (epoch + 1) * passes):
+                batches = objective.batches(head, data_pass, device)
+                head.train()
+                for batch in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                                  disable=not config.progress):
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                        loss, count, extra = objective.loss(head, batch, device)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if config.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    total += count
+                    sums["train_loss"] += float(loss.detach()) * count
+                    for key, value in extra.items():
+                        sums[key] += value
+            metrics = {"epoch": epoch, **{k: v / max(total, 1) for k, v in sums.items()},
+                       "lr": optimizer.param_groups[0]["lr"], "steps": (epoch + 1) * steps_per_epoch}
+            metrics.update(objective.validate(head, device))
+            metrics["seconds"] = time.perf_counter() - started
+            score = metrics.get(objective.score_key, -metrics["train_loss"])
+            best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, objective.shown,
+                                      epochs, log)
     except KeyboardInterrupt:
         done = len(history)
         if history:
@@ -212,39 +267,3 @@ def train_classifier(
         held = f"last.pt holds epoch {done}/{epochs}" if done else "no epoch had finished"
         raise TrainingInterrupted(f"interrupted during epoch {done + 1}/{epochs}; {held} in {run_dir}", done) from None
     return history
-
-
-def _run_epochs(head, train_set, val_set, config: TrainConfig, run_dir: Path, parts: dict, history: list[dict],
-                best_score: float, epoch_range: range, epochs: int, device: torch.device, use_amp: bool,
-                log: Callable[[str], None]) -> None:
-    optimizer, scheduler, scaler = parts["optimizer"], parts["scheduler"], parts["scaler"]
-    for epoch in epoch_range:
-        started = time.perf_counter()
-        train_set.set_epoch(epoch)
-        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order,
-                            collate_fn=collate, num_workers=config.workers, pin_memory=device.type == "cuda")
-        head.train()
-        total, correct, loss_sum = 0, 0, 0.0
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not config.progress):
-            inputs, labels = to_device(batch["inputs"], device), batch["label"].to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = head(inputs)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total += len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            loss_sum += float(loss.detach()) * len(labels)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / total, "train_top1": correct / total,
-                   "lr": optimizer.param_groups[0]["lr"]}
-        if val_set is not None:
-            val = evaluate(head, val_set, config.batch_size, device, config.workers)
-            metrics.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
-        metrics["seconds"] = time.perf_counter() - started
-        score = metrics.get("val_top1", -metrics["train_loss"])
-        shown = [k for k in metrics if k not in ("epoch", "lr", "seconds")]
-        best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, shown, log, epochs)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 
-from freezeframe.checkpoints import load_checkpoint
 from freezeframe.errors import InputError
-from freezeframe.limits import DOCUMENT_BYTES, read_limited
 from freezeframe.heads.registry import build_head, config_from_dict
-from freezeframe.train.loop import BEST, LAST
+from freezeframe.limits import DOCUMENT_BYTES, read_limited
+from freezeframe.train.checkpoints import BEST, BEST_BEFORE_SAFETENSORS, LAST, head_weights
 
 RUN_FILE = "run.json"
+# Everything a training run writes into its directory (an --overwrite removes these and nothing else).
+RUN_FILES = (RUN_FILE, LAST, BEST, BEST_BEFORE_SAFETENSORS, "metrics.jsonl", "curves.png")
 
 
 @dataclass
@@ -95,17 +98,43 @@ def _build_checked(info: RunInfo, state: dict, where: Path) -> nn.Module:
     return build_head(info.head, config)
 
 
-def load_head(run_dir: str | Path, checkpoint: str = BEST, trust_checkpoint: bool = False) -> tuple[nn.Module, RunInfo]:
-    """Rebuild the head of a run and load its best (or last) weights (weights only, unless `trust_checkpoint`)."""
+def load_head(run_dir: str | Path, checkpoint: str = "best",
+              trust_checkpoint: bool = False) -> tuple[nn.Module, RunInfo]:
+    """Rebuild the head of a run and load its `best` (or `last`) weights (weights only, unless `trust_checkpoint`)."""
     info = RunInfo.load(run_dir)
-    path = Path(run_dir) / checkpoint
-    if not path.exists():
-        path = Path(run_dir) / LAST
-    if not path.exists():
-        raise InputError(f"{run_dir} has no checkpoint yet.")
-    saved = load_checkpoint(path, trust=trust_checkpoint)
-    if not isinstance(saved, dict) or not isinstance(saved.get("head"), dict):
-        raise InputError(f"{path} holds no head weights (expected a dict with a 'head' state dict).")
-    head = _build_checked(info, saved["head"], Path(run_dir) / RUN_FILE)
-    head.load_state_dict(saved["head"])
+    weights, _ = head_weights(Path(run_dir), checkpoint, trust_checkpoint)
+    head = _build_checked(info, weights, Path(run_dir) / RUN_FILE)
+    head.load_state_dict(weights)
     return head.eval(), info
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a directory that holds a run unless told to continue it or replace it (which removes
+    the run's own files)."""
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if resume and overwrite:
+        raise InputError("pass either --resume or --overwrite, not both.")
+    if not present or resume:
+        return
+    if not overwrite:
+        raise InputError(f"{out} already holds a run ({', '.join(present)}); pass --resume to continue it "
+                         f"or --overwrite to replace it.")
+    for name in present:
+        (out / name).unlink()
+
+
+@contextlib.contextmanager
+def new_run(out: Path, run: RunInfo) -> Iterator[None]:
+    """Save `run` into `out` for the training inside; a run that fails before its first checkpoint leaves
+    nothing behind."""
+    existed = out.exists()
+    run.save(out)
+    try:
+        yield
+    except Exception:
+        if not (out / LAST).exists() and not (out / BEST).exists():
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise

@@ -1,81 +1,87 @@
 """Training the VideoCLIP head on cached video and text features, and its text<->video retrieval evaluation.
 
-What `freezeframe train videoclip` and `freezeframe eval RUN --captions ...` run. The loop shares the
-classifier loop's parts (cosine schedule, AMP on CUDA, last/best checkpoints, metrics.jsonl, exact resume);
-the best checkpoint is the one with the highest validation mean recall (R@1/5/10 both ways). Its length is
-counted in optimisation steps with a floor (`StepSchedule.min_steps`): when `epochs` passes over a small
-caption file give fewer steps, each epoch makes several passes, so a 64-caption pilot still learns. Warm-up
-is in steps and gradients are clipped, as VideoCLIP trains.
+What `freezeframe train videoclip` and `freezeframe eval RUN --captions ...` run: the shared fit loop with the
+contrastive objective below. The best checkpoint is the one with the highest validation mean recall (R@1/5/10
+both ways). Its length is counted in optimisation steps with a floor: when the epochs' passes over a small
+caption file give fewer than `min_steps` steps, each epoch makes several passes, so a 64-caption pilot still
+learns. Warm-up is in steps and gradients are clipped, as VideoCLIP trains (`CONTRASTIVE_TRAINING`).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from freezeframe.errors import InputError
 from freezeframe.heads.contrastive import LOSSES
+from freezeframe.heads.registry import get_head, head_config
+from freezeframe.heads.videoclip import VideoCLIP
+from freezeframe.options import FieldError, option
+from freezeframe.store.store import open_feature_set
+from freezeframe.text.captions import read_captions
+from freezeframe.train.loop import TrainConfig, fit, seed_everything
 from freezeframe.train.neighbourhoods import (ModelNeighbourBatches, NeighbourhoodBatches, RandomBatches,
                                               VideoClipBatches)
 from freezeframe.train.retrieval import first_caption_per_video, retrieval_metrics
-from freezeframe.train.run import RunInfo, load_head
-from freezeframe.train.loop import (TrainConfig, cosine_schedule, finish_epoch, resolve_device, restore_last,
-                                        seed_everything, write_metrics)
-from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig, build_videoclip
-from freezeframe.train.schedule import StepSchedule
-from freezeframe.train.videotext import VideoTextPairs, WindowSampling, collate_pairs, open_set
-from freezeframe.text.captions import read_captions
+from freezeframe.train.run import RunInfo, load_head, new_run, prepare_run_dir
+from freezeframe.train.videotext import SpanSeconds, VideoTextPairs, collate_pairs
 
 HEAD = "videoclip"
-TOWERS = ("light", "bert")
 RECALLS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10")
-
-
-OPTIMIZER_CLASSES = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+# VideoCLIP's training recipe: at least 500 steps, 1,000 warm-up steps (capped at a tenth of the run), gradients
+# clipped to norm 2; the published BERT towers train with Adam at 5e-5, betas (0.9, 0.98) (fairseq MMPT).
+CONTRASTIVE_TRAINING = TrainConfig(min_steps=500, warmup_steps=1000, clip_grad=2.0)
+TOWER_TRAINING = {"light": {}, "bert": {"lr": 5e-5, "optimizer": "adam", "betas": (0.9, 0.98)}}
 
 
 @dataclass(frozen=True)
 class VideoTextConfig:
-    """What a VideoCLIP run reads and how it batches; saved with the run (run.json `extra`)."""
+    """What a VideoCLIP run reads and how it pairs and batches; saved with the run (run.json `extra`)."""
 
-    text_set: str
-    loss: str = "videoclip"  # videoclip (raw dot products) or alpro (cosines over a learnable temperature)
-    array: str | None = None  # video array [default: video_embedding if stored, else embed]
-    text_layer: int | None = None  # tokens/<L> [default: the last stored layer]
-    window: WindowSampling = field(default_factory=WindowSampling)
-    retrieval_augmented: bool = False
-    clusters: int | None = None  # k-means clusters per epoch [default: one per batch of captions]
-    schedule: StepSchedule = field(default_factory=StepSchedule)
-    towers: str = "light"  # light, or bert: the published recipe (heads.videoclip_bert)
-    bert: str | None = None  # bert towers: the local BERT checkpoint directory
-    merge_tokens: tuple[int, int] | None = None  # bert: adjacent captions merged to a MIN..MAX token budget
-    normalize_video: bool = False  # each second's feature L2-normalised (the published recipe's S3D-G input)
-    videos_per_batch: int | None = None  # bert: batches of videos x clips (VideoCLIP's 32 x 16)
-    clips_per_video: int = 16
+    text_set: str = option("", "text feature set of the captions (extract-text --backbone bert)", shown="required")
+    loss: str = option("videoclip", "videoclip: InfoNCE on raw dot products (VideoCLIP); alpro: on cosines over a "
+                                    "learnable temperature (ALPRO)")
+    array: str | None = option(None, "video array", shown="video_embedding if stored, else embed")
+    text_layer: int | None = option(None, "token states tokens/<L> the light towers read", shown="the last stored")
+    span_seconds: tuple[int, int] = option((3, 32), "MIN,MAX seconds of the video span paired with each timed "
+                                                    "caption in training (VideoCLIP's 3,32)")
+    retrieval_augmented: bool = option(False, "draw each batch from one k-means cluster of the videos' pooled "
+                                              "features (re-clustered every epoch); with --videos-per-batch, from "
+                                              "nearest neighbours under the model being trained")
+    clusters: int | None = option(None, "k-means clusters", shown="captions / batch size")
+    merge_tokens: tuple[int, int] | None = option(None, "MIN,MAX: join each timed caption with the video's next "
+                                                        "ones up to a random MIN..MAX token budget (bert towers; "
+                                                        "VideoCLIP's 8,64)", shown="off")
+    normalize_video: bool = option(False, "L2-normalise each second's video feature (VideoCLIP's S3D-G input)")
+    videos_per_batch: int | None = option(None, "batches of videos x --clips-per-video captions each (VideoCLIP's "
+                                                "32 x 16) instead of --batch-size random captions", shown="off")
+    clips_per_video: int = option(16, "captions per video in --videos-per-batch batches")
 
     def __post_init__(self) -> None:
+        if not self.text_set:
+            raise FieldError("text_set", "is required: the text feature set of the captions.")
         if self.loss not in LOSSES:
-            raise InputError(f"unknown loss {self.loss!r}; choose {' or '.join(LOSSES)}.")
+            raise FieldError("loss", f"{self.loss!r} is unknown; choose {' or '.join(LOSSES)}.")
         if self.clusters is not None and self.clusters < 1:
-            raise InputError("--clusters must be at least 1.")
-        if self.towers not in TOWERS:
-            raise InputError(f"unknown towers {self.towers!r}; choose {' or '.join(TOWERS)}.")
-        if self.towers == "bert" and not self.bert:
-            raise InputError("--towers bert needs --bert: a local BERT checkpoint directory.")
+            raise FieldError("clusters", "must be at least 1.")
         if self.merge_tokens is not None and not 2 <= self.merge_tokens[0] <= self.merge_tokens[1]:
-            raise InputError("--merge-tokens takes MIN,MAX with 2 <= MIN <= MAX.")
+            raise FieldError("merge_tokens", "takes MIN,MAX with 2 <= MIN <= MAX.")
+        SpanSeconds(*self.span_seconds)
 
-    @property
-    def token_ids(self) -> bool:
-        """Whether the text tower reads token ids (BERT towers) rather than cached token states."""
-        return self.towers == "bert"
+    @classmethod
+    def from_saved(cls, saved: dict) -> "VideoTextConfig":
+        """The config of a run.json `extra`; runs saved before spans were named keep their `window` lengths."""
+        if "window" in saved:
+            saved = {**saved, "span_seconds": (saved["window"]["min_seconds"], saved["window"]["max_seconds"])}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
 
 
 def similarity(video: torch.Tensor, text: torch.Tensor, loss: str) -> torch.Tensor:
@@ -110,110 +116,84 @@ def mean_recall(metrics: dict) -> float:
     return sum(metrics[k] for k in RECALLS) / len(RECALLS)
 
 
-def train_videoclip(model: VideoCLIP, train_set: VideoTextPairs, val_set: VideoTextPairs | None,
-                    config: TrainConfig, run_dir: str | Path, *, loss: str = "videoclip",
-                    batches: RandomBatches | None = None, schedule: StepSchedule = StepSchedule(),
-                    resume: bool = False, log: Callable[[str], None] = print) -> list[dict]:
-    """Contrastive training of `model` on (window, caption) pairs; one checkpoint per epoch. Returns the history.
+class Contrastive:
+    """The contrastive objective of the fit loop: (span, caption) pairs in batches from `batches` (random ones of
+    `config.batch_size` by default), a symmetric InfoNCE `loss`, retrieval on the validation pairs."""
 
-    `batches` defaults to random batches of `config.batch_size`; pass `NeighbourhoodBatches` for
-    retrieval-augmented ones. An epoch is `schedule.passes_per_epoch` passes over the captions.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    criterion = LOSSES[loss]().to(device)
-    model.to(device)
-    params = [p for p in [*model.parameters(), *criterion.parameters()] if p.requires_grad]
-    decay = {"weight_decay": config.weight_decay} if schedule.optimizer == "adamw" else {}
-    optimizer = OPTIMIZER_CLASSES[schedule.optimizer](params, lr=config.lr, betas=tuple(schedule.betas), **decay)
-    batches = batches or RandomBatches(len(train_set), config.batch_size, config.seed)
-    passes = schedule.passes_per_epoch(config.epochs, len(batches))
-    steps_per_epoch = passes * len(batches)
-    total_steps = config.epochs * steps_per_epoch
-    warmup = int(config.warmup_epochs * steps_per_epoch) if config.warmup_epochs else schedule.warmup(total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total_steps, warmup))
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    parts = {"head": model, "loss": criterion, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    start_epoch, best_score, history = restore_last(run_dir, parts, config, device, resume, log)
-    write_metrics(run_dir, history)
-    if start_epoch == 0 and passes > 1:
-        log(f"{len(train_set)} captions make {len(batches)} steps a pass: {passes} passes per epoch, "
-            f"{total_steps} steps in all (--min-steps {schedule.min_steps})")
+    more_passes = True
+    score_key = "val_mean_recall"
+    shown = ("train_loss", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")
+    unit = "captions"
 
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        total, loss_sum = 0, 0.0
-        for data_pass in range(epoch * passes, (epoch + 1) * passes):
-            train_set.set_epoch(data_pass)
-            batches.set_epoch(data_pass)
-            if hasattr(batches, "refresh"):  # model-based neighbourhoods: re-embed with the current weights
-                batches.refresh(model, train_set, device)
-            loader = DataLoader(train_set, batch_sampler=batches, collate_fn=collate_pairs,
-                                num_workers=config.workers, pin_memory=device.type == "cuda")
-            model.train()
-            for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                              disable=not config.progress):
-                inputs = [batch[k].to(device, non_blocking=True) for k in model.INPUTS]
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    video, text = model(*inputs)
-                    value = criterion(video, text)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(value).backward()
-                if schedule.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, schedule.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                total += len(batch["index"])
-                loss_sum += float(value.detach()) * len(batch["index"])
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(total, 1), "lr": optimizer.param_groups[0]["lr"],
-                   "steps": (epoch + 1) * steps_per_epoch}
-        if val_set is not None:
-            val = retrieval_eval(model, val_set, loss, config.batch_size, device)
-            metrics.update({f"val_{k}": v for k, v in val.items() if k != "num_pairs"})
-            metrics["val_mean_recall"] = mean_recall(val)
-        metrics["seconds"] = time.perf_counter() - started
-        score = metrics.get("val_mean_recall", -metrics["train_loss"])
-        shown = ("train_loss", "val_t2v_r1", "val_v2t_r1", "val_mean_recall")
-        best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, shown, log)
-    return history
+    def __init__(self, train_set: VideoTextPairs, val_set: VideoTextPairs | None, config: TrainConfig,
+                 loss: str = "videoclip", batches: RandomBatches | None = None) -> None:
+        self.train_set, self.val_set, self.config, self.loss_name = train_set, val_set, config, loss
+        self.sampler = batches or RandomBatches(len(train_set), config.batch_size, config.seed)
+        self.modules: dict[str, nn.Module] = {"loss": LOSSES[loss]()}
+
+    def __len__(self) -> int:
+        return len(self.train_set)
+
+    def steps_per_pass(self) -> int:
+        return len(self.sampler)
+
+    def batches(self, head: nn.Module, data_pass: int, device: torch.device) -> Iterable:
+        self.train_set.set_epoch(data_pass)
+        self.sampler.set_epoch(data_pass)
+        if hasattr(self.sampler, "refresh"):  # model-based neighbourhoods: re-embed with the current weights
+            self.sampler.refresh(head, self.train_set, device)
+        return DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate_pairs,
+                          num_workers=self.config.workers, pin_memory=device.type == "cuda")
+
+    def loss(self, head: nn.Module, batch: dict, device: torch.device) -> tuple[torch.Tensor, int, dict[str, float]]:
+        video, text = head(*[batch[k].to(device, non_blocking=True) for k in head.INPUTS])
+        return self.modules["loss"](video, text), len(batch["index"]), {}
+
+    def validate(self, head: nn.Module, device: torch.device) -> dict:
+        if self.val_set is None:
+            return {}
+        val = retrieval_eval(head, self.val_set, self.loss_name, self.config.batch_size, device)
+        return {**{f"val_{k}": v for k, v in val.items() if k != "num_pairs"}, "val_mean_recall": mean_recall(val)}
 
 
 def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path, out: str | Path,
-                        data: VideoTextConfig, *, val_captions: str | Path | None = None,
-                        head_options: dict | None = None, config: TrainConfig = TrainConfig(),
-                        resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Train a VideoCLIP head from a captions file; returns the final epoch's metrics."""
-    texts = open_set(store, data.text_set, "text feature set")
+                        data: VideoTextConfig, *, head: str = HEAD, val_captions: str | Path | None = None,
+                        head_options: dict | None = None, config: TrainConfig = CONTRASTIVE_TRAINING,
+                        resume: bool = False, overwrite: bool = False,
+                        log: Callable[[str], None] = print) -> dict:
+    """Train a contrastive head (VideoCLIP's by default) from a captions file; returns the final epoch's metrics.
+
+    A contrastive head's config has `max_seconds`, `max_tokens` and `reads_token_ids`, and its module lists the
+    batch entries its forward takes in `INPUTS`, returning (video embeddings, text embeddings).
+
+    An `out` that already holds a run needs `resume` or `overwrite`; a start that fails leaves nothing behind."""
+    out = Path(out)
+    prepare_run_dir(out, resume, overwrite)
+    videos, texts = open_feature_set(store, video_set), open_feature_set(store, data.text_set)
     max_tokens = int(texts.provenance.get("max_length") or 64)
     if data.merge_tokens:
         max_tokens = max(max_tokens, data.merge_tokens[1] + 2)
-    defaults = {"towers": data.towers, "checkpoint": data.bert, "max_seconds": VideoClipConfig.max_seconds}
-    if data.towers == "bert":
-        defaults.update(max_seconds=32, video_layers=6, text_layers=0)  # MMPT: 32 s, 6 video layers, all text
-    options = {"max_tokens": max_tokens, **defaults, **(head_options or {})}
-    if data.window.max_seconds > options["max_seconds"]:
-        raise InputError(f"--window-seconds maximum {data.window.max_seconds} exceeds the head's "
-                         f"{options['max_seconds']} seconds.")
-    read = dict(array=data.array, text_layer=data.text_layer, max_tokens=options["max_tokens"],
-                max_seconds=options["max_seconds"], token_ids=data.token_ids, normalize_video=data.normalize_video)
-    train_set = VideoTextPairs(store, video_set, data.text_set, read_captions(captions), sampling=data.window,
+    head_cfg = head_config(head, videos, texts, array=data.array, text_layer=data.text_layer, max_tokens=max_tokens,
+                           **(head_options or {}))
+    spans = SpanSeconds(*data.span_seconds)
+    if spans.max_seconds > head_cfg.max_seconds:
+        raise FieldError("span_seconds", f"maximum {spans.max_seconds} exceeds the head's {head_cfg.max_seconds} "
+                                         "seconds.")
+    read = dict(array=data.array, text_layer=data.text_layer, max_tokens=head_cfg.max_tokens,
+                max_seconds=head_cfg.max_seconds, token_ids=head_cfg.reads_token_ids,
+                normalize_video=data.normalize_video)
+    train_set = VideoTextPairs(store, video_set, data.text_set, read_captions(captions), spans=spans,
                                seed=config.seed, merge_tokens=data.merge_tokens, **read)
     val_set = None
     if val_captions is not None:
         val_set = VideoTextPairs(store, video_set, data.text_set, first_caption_per_video(read_captions(val_captions)),
                                  **read)
-    head_config = VideoClipConfig(video_dim=train_set.video_dim, text_dim=train_set.text_dim, **options)
     seed_everything(config.seed)  # initial weights follow --seed
-    model = build_videoclip(head_config)
+    model = get_head(head).build(head_cfg)
     saved = replace(data, array=train_set.array, text_layer=train_set.text_layer)  # what evaluation reads
-    RunInfo(HEAD, asdict(head_config), str(store), video_set, [],
-            f"overlapped:{data.window.min_seconds}-{data.window.max_seconds}s", "whole-video", asdict(config),
-            extra=asdict(saved)).save(out)
+    run = RunInfo(head, asdict(head_cfg), str(store), video_set, [],
+                  f"overlapped:{spans.min_seconds}-{spans.max_seconds}s", "whole-video", asdict(config),
+                  extra=asdict(saved))
     batches = None
     if data.videos_per_batch:
         kind = ModelNeighbourBatches if data.retrieval_augmented else VideoClipBatches
@@ -221,34 +201,26 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
     elif data.retrieval_augmented:
         batches = NeighbourhoodBatches(train_set.item_videos(), train_set.pooled_videos(), config.batch_size,
                                        data.clusters, config.seed)
-    history = train_videoclip(model, train_set, val_set, config, out, loss=data.loss, batches=batches,
-                              schedule=data.schedule, resume=resume, log=log)
+    with new_run(out, run):
+        history = fit(model, Contrastive(train_set, val_set, config, data.loss, batches), config, out, resume, log)
     return history[-1] if history else {}
-
-
-def load_text_config(info: RunInfo) -> VideoTextConfig:
-    extra = dict(info.extra)
-    extra["window"] = WindowSampling(**extra.get("window", {}))
-    if extra.get("merge_tokens") is not None:
-        extra["merge_tokens"] = tuple(extra["merge_tokens"])
-    schedule = dict(extra.get("schedule", {}))
-    extra["schedule"] = StepSchedule(**{**schedule, **({"betas": tuple(schedule["betas"])} if "betas" in schedule else {})})
-    return VideoTextConfig(**extra)
 
 
 def eval_videoclip_run(run_dir: str | Path, captions: str | Path, store: str | Path | None = None,
                        text_set: str | None = None, batch_size: int = 64, device: str = "auto",
                        trust_checkpoint: bool = False) -> dict:
     """Text->video and video->text retrieval of a run's best checkpoint: whole videos, one caption per video."""
+    from freezeframe.devices import resolve_device
+
     model, info = load_head(run_dir, trust_checkpoint=trust_checkpoint)
-    if info.head != HEAD:
+    if get_head(info.head).task != "contrastive":
         raise InputError(f"{run_dir} is a {info.head} run; evaluate it with --labels, not --captions.")
-    data = load_text_config(info)
+    data = VideoTextConfig.from_saved(info.extra)
     config = model.config
     dataset = VideoTextPairs(store or info.store, info.feature_set, text_set or data.text_set,
                              first_caption_per_video(read_captions(captions)), array=data.array,
                              text_layer=data.text_layer, max_seconds=config.max_seconds, max_tokens=config.max_tokens,
-                             token_ids=data.token_ids, normalize_video=data.normalize_video)
+                             token_ids=config.reads_token_ids, normalize_video=data.normalize_video)
     if dataset.video_dim != config.video_dim or dataset.text_dim != config.text_dim:
         raise InputError(f"features are {dataset.video_dim}-d video / {dataset.text_dim}-d text but the run was "
                          f"trained on {config.video_dim}-d / {config.text_dim}-d; pass the store and text set it "

@@ -1,11 +1,11 @@
-"""(video window, caption) pairs read from a video feature set and a text feature set, for VideoCLIP heads.
+"""(video span, caption) pairs read from a video feature set and a text feature set, for VideoCLIP heads.
 
 Video rows are placed in time by their stored `timestamps` (seconds) and averaged into one row per second
-(`per_second`), so a set extracted at any `--fps` reads as the per-second features VideoCLIP takes. A caption with start/end gets the window
-VideoCLIP trains on: a random second of the caption is the centre, a window length is drawn from
-`WindowSampling` and the window grows from the centre to either side at random, so video and text overlap
-without sharing start and end. A caption without start/end, and every evaluation item, uses the whole video
-(evenly thinned to the head's `max_seconds` rows when longer).
+(`per_second`), so a set extracted at any `--fps` reads as the per-second features VideoCLIP takes. A caption
+with start/end is paired with the video span VideoCLIP trains on: a random second of the caption is the centre,
+a span length is drawn from `SpanSeconds` and the span grows from the centre to either side at random, so video
+and text overlap without sharing start and end. A caption without start/end, and every evaluation item, uses the
+whole video (evenly thinned to the head's `max_seconds` rows when longer).
 """
 
 from __future__ import annotations
@@ -19,24 +19,24 @@ import torch
 from torch.utils.data import Dataset
 
 from freezeframe.errors import InputError
-from freezeframe.store.feature_set import FeatureSet
-from freezeframe.store.store import Store
+from freezeframe.heads.videoclip import check_pair_of_sets, default_text_layer, default_video_array, token_states_width
+from freezeframe.options import FieldError
+from freezeframe.store.store import open_feature_set
 from freezeframe.text.captions import Caption
 
 
 @dataclass(frozen=True)
-class WindowSampling:
-    """Training windows of `min_seconds`..`max_seconds` (uniform) around a random second of the caption.
-
-    VideoCLIP's defaults: 3 to 32 seconds.
-    """
+class SpanSeconds:
+    """Lengths of the video spans paired with timed captions in training: `min_seconds`..`max_seconds` (uniform),
+    around a random second of the caption. VideoCLIP's: 3 to 32 seconds."""
 
     min_seconds: int = 3
     max_seconds: int = 32
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_seconds <= self.max_seconds:
-            raise InputError(f"window seconds must satisfy 1 <= min <= max, got {self.min_seconds},{self.max_seconds}.")
+            raise FieldError("span_seconds",
+                             f"must satisfy 1 <= MIN <= MAX, got {self.min_seconds},{self.max_seconds}.")
 
 
 def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +73,12 @@ def caption_rows(timestamps: np.ndarray, start: float | None, end: float | None)
     return np.array([int(np.argmin(np.abs(timestamps - middle)))])
 
 
-def overlapped_window(timestamps: np.ndarray, start: float | None, end: float | None, sampling: WindowSampling,
-                      rng: np.random.Generator, max_rows: int) -> np.ndarray:
-    """Contiguous row indices of a training window that overlaps the caption (see the module docstring)."""
+def overlapping_span(timestamps: np.ndarray, start: float | None, end: float | None, spans: SpanSeconds,
+                     rng: np.random.Generator, max_rows: int) -> np.ndarray:
+    """Contiguous row indices of a training span that overlaps the caption (see the module docstring)."""
     n = len(timestamps)
     center = int(rng.choice(caption_rows(timestamps, start, end)))
-    seconds = int(rng.integers(sampling.min_seconds, sampling.max_seconds + 1))
+    seconds = int(rng.integers(spans.min_seconds, spans.max_seconds + 1))
     length = max(1, min(n, max_rows, round(seconds / row_step(timestamps))))
     # growing one row at a time to a random side is a binomial split of the extra rows, clipped at the video's ends
     left = min(int(rng.binomial(length - 1, 0.5)), center)
@@ -94,50 +94,25 @@ def whole_video_rows(n: int, max_rows: int) -> np.ndarray:
     return np.linspace(0, n - 1, max_rows).round().astype(np.int64)
 
 
-def default_video_array(feature_set: FeatureSet) -> str:
-    """`video_embedding` (S3D-G windows) when the set stores it, else the per-frame `embed`."""
-    return "video_embedding" if "video_embedding" in feature_set.arrays() else "embed"
-
-
-def default_text_layer(text_set: FeatureSet) -> int:
-    """The last hidden state the text set stores."""
-    layers = text_set.provenance.get("layers") or []
-    if not layers:
-        raise InputError(f"text set {text_set.name!r} holds no BERT token states (extract it with "
-                         "`extract-text --backbone bert`).")
-    return max(layers)
-
-
-def open_set(store: str | Path, name: str, what: str) -> FeatureSet:
-    opened = Store(store)
-    if name not in opened:
-        raise InputError(f"store {store} has no {what} {name!r}; it has: {', '.join(opened.names()) or 'none'}.")
-    return opened[name]
-
-
 class VideoTextPairs(Dataset):
     """Items `{"video": (rows, dim), "tokens": (tokens, text_dim), "text_mask": (tokens,), "index": int}`.
 
     Everything a run needs is read into memory once (pooled per-second features and token states are small).
-    `sampling=None` gives every caption the whole video (evaluation); otherwise captions with start/end get
-    overlapped windows that depend only on (seed, epoch, index), so a resumed run draws the same ones.
+    `spans=None` gives every caption the whole video (evaluation); otherwise captions with start/end get
+    overlapping spans that depend only on (seed, epoch, index), so a resumed run draws the same ones.
     `token_ids`: "tokens" holds the stored token ids (BERT towers) instead of token states. `merge_tokens`
     (MIN, MAX; training with token ids): a timed caption is joined with the video's next captions until a
-    budget drawn from MIN..MAX tokens is reached, and its window is placed on the merged span (VideoCLIP).
+    budget drawn from MIN..MAX tokens is reached, and its span is placed on the merged captions' time (VideoCLIP).
     `normalize_video`: each second's feature L2-normalised (VideoCLIP's S3D-G input).
     """
 
     def __init__(self, store: str | Path, video_set: str, text_set: str, captions: Sequence[Caption], *,
                  array: str | None = None, text_layer: int | None = None, max_seconds: int = 64,
-                 max_tokens: int = 64, sampling: WindowSampling | None = None, seed: int = 0,
+                 max_tokens: int = 64, spans: SpanSeconds | None = None, seed: int = 0,
                  token_ids: bool = False, merge_tokens: tuple[int, int] | None = None,
                  normalize_video: bool = False) -> None:
-        videos = open_set(store, video_set, "video feature set")
-        texts = open_set(store, text_set, "text feature set")
-        if videos.provenance.get("kind") == "text":
-            raise InputError(f"{video_set!r} is a text feature set; pass a video feature set to --set.")
-        if texts.provenance.get("kind") != "text":
-            raise InputError(f"{text_set!r} is not a text feature set; pass one made by extract-text to --text-set.")
+        videos, texts = open_feature_set(store, video_set), open_feature_set(store, text_set)
+        check_pair_of_sets(videos, texts)
         self.array = array or default_video_array(videos)
         self.text_layer = default_text_layer(texts) if text_layer is None else text_layer
         stored, stored_text = videos.arrays(), texts.arrays()
@@ -150,10 +125,8 @@ class VideoTextPairs(Dataset):
         if token_ids and token_array not in stored_text:
             raise InputError(f"text set {text_set!r} stores no token_ids; BERT towers need a set made by "
                              "`extract-text --backbone bert`.")
-        if not token_ids and token_array not in stored_text:
-            layers = [name.split("/")[1] for name in stored_text if name.startswith("tokens/")]
-            raise InputError(f"text set {text_set!r} has no layer {self.text_layer}; its stored layers are "
-                             f"{', '.join(layers) or 'none'}.")
+        if not token_ids:
+            token_states_width(texts, self.text_layer)
         self.captions = list(captions)
         missing_videos = sorted({c.video_id for c in self.captions if c.video_id not in videos})
         if missing_videos:
@@ -165,7 +138,7 @@ class VideoTextPairs(Dataset):
                              f"(e.g. {', '.join(map(repr, missing_text[:3]))}); run extract-text on this captions "
                              f"file with --name {text_set}.")
         timed = any(c.start is not None or c.end is not None for c in self.captions)
-        if timed and sampling is not None and "timestamps" not in stored:
+        if timed and spans is not None and "timestamps" not in stored:
             raise InputError(f"feature set {video_set!r} stores no timestamps, so caption start/end cannot be placed "
                              "in its videos; re-extract it with this version or drop start/end from the captions.")
         self.video_ids = sorted({c.video_id for c in self.captions})
@@ -185,7 +158,7 @@ class VideoTextPairs(Dataset):
                            for c, t in zip(self.captions, self.tokens)]
         self.video_dim = int(stored[self.array]["shape"][0])
         self.text_dim = 0 if token_ids else int(stored_text[token_array]["shape"][0])
-        self.max_seconds, self.sampling, self.seed, self.epoch = max_seconds, sampling, seed, 0
+        self.max_seconds, self.spans, self.seed, self.epoch = max_seconds, spans, seed, 0
         self.token_ids, self.max_tokens = token_ids, max_tokens
         self.merge_tokens = merge_tokens if token_ids else None
         self.next_caption = _next_captions(self.captions)
@@ -220,14 +193,14 @@ class VideoTextPairs(Dataset):
         """The item's video rows and its tokens (ids or states), drawn for (seed, epoch, index)."""
         caption = self.captions[index]
         timestamps = self.timestamps[caption.video_id]
-        if self.sampling is None or (caption.start is None and caption.end is None):
+        if self.spans is None or (caption.start is None and caption.end is None):
             return whole_video_rows(len(timestamps), self.max_seconds), self.tokens[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         tokens, start, end = self.tokens[index], caption.start, caption.end
         if self.merge_tokens is not None:
             chain, tokens = self.merged(index, rng)
             end = self.captions[chain[-1]].end if self.captions[chain[-1]].end is not None else end
-        return overlapped_window(timestamps, start, end, self.sampling, rng, self.max_seconds), tokens
+        return overlapping_span(timestamps, start, end, self.spans, rng, self.max_seconds), tokens
 
     def rows(self, index: int) -> np.ndarray:
         return self.rows_and_tokens(index)[0]

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from freezeframe.errors import InputError
+from freezeframe.options import FieldError
 from freezeframe.extract.preprocess import PreprocessConfig
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,9 +50,18 @@ class Backbone(Protocol):
 
 
 def check_precision(precision: str) -> None:
-    """Refuse an unknown `--precision` with one sentence (every config calls this from `__post_init__`)."""
+    """Refuse an unknown precision with one sentence (every config calls this from `__post_init__`)."""
     if precision not in ("auto", *PRECISIONS):
-        raise InputError(f"unknown --precision {precision!r}; choose auto, fp32, fp16 or bf16.")
+        raise FieldError("precision", f"{precision!r} is unknown; choose auto, fp32, fp16 or bf16.")
+
+
+def check_features(features: tuple[str, ...], known: tuple[str, ...], layers: tuple[int, ...]) -> None:
+    """Refuse features a backbone does not compute, and token maps of no block (configs' `__post_init__`)."""
+    unknown = set(features) - set(known)
+    if unknown or not features:
+        raise FieldError("features", f"{sorted(unknown) or '(none)'} unknown; choose from {', '.join(known)}.")
+    if "tokens" in features and not layers:
+        raise FieldError("layers", "must name at least one block whose tokens are stored.")
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -1,8 +1,8 @@
 """Frozen open_clip image tower: per-frame embeddings, pre-projection CLS and chosen blocks' token maps.
 
-Token maps come from forward hooks on `visual.transformer.resblocks`; for EVL's cross-frame
-attention the backbone also hands over each chosen block's frozen pre-attention norm and q/k
-projection (see `freezeframe.heads.qk`).
+Token maps come from open_clip's `forward_intermediates` (block outputs, CLS first); for EVL's
+cross-frame attention the backbone also stores each chosen block's input (the previous block's output)
+and hands over its frozen pre-attention norm and q/k projection (see `freezeframe.heads.qk`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from freezeframe.checkpoints import UntrustedCheckpointError
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, FrozenBackbone, check_precision,
-                                                compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import option, register_backbone
+                                                check_features, compute_dtype, frozen_call)
+from freezeframe.extract.backbones.registry import register_backbone
+from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
+from freezeframe.offline import hub_offline, quiet_logging
 from freezeframe.store.provenance import file_sha256, package_version
 
 CLIP_FEATURES = ("embed", "cls", "tokens")
@@ -45,9 +47,7 @@ class ClipConfig:
     trust_checkpoint: bool = option(False, TRUST_HELP)
 
     def __post_init__(self) -> None:
-        unknown = set(self.features) - set(CLIP_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'}; choose from {', '.join(CLIP_FEATURES)}.")
+        check_features(self.features, CLIP_FEATURES, self.layers)
         check_precision(self.precision)
 
     def default_name(self) -> str:
@@ -88,7 +88,7 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0, trust_checkpoint:
     name = resolve_model_name(model)
     what = f"open_clip model {name}"
     path = W.checkpoint_path(pretrained)
-    with W.quiet_logging():
+    with quiet_logging():
         if W.is_random(pretrained):
             torch.manual_seed(seed)
             clip_model = open_clip.create_model(name, pretrained=None)
@@ -117,7 +117,7 @@ def load_open_clip(model: str, pretrained: str, seed: int = 0, trust_checkpoint:
             quick_gelu = bool(pretrained_cfg.get("quick_gelu")) and not (
                 (open_clip.get_model_config(name) or {}).get("quick_gelu", False))
             try:
-                with W.hub_offline(offline):
+                with hub_offline(offline):
                     clip_model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
             except Exception as exc:  # noqa: BLE001
                 if offline:
@@ -162,12 +162,12 @@ class ClipBackbone(FrozenBackbone):
             fill_color=preprocess_cfg.get("fill_color", 0),
         )
         self.blocks: list[int] = []
-        self._captured: dict[str, torch.Tensor] = {}
-        self._hooks = []
+        self._first_block_input: list[torch.Tensor] = []
         if "tokens" in config.features:
-            self._hook_blocks()
-        if "cls" in config.features:
-            self._hook_cls()
+            self._choose_blocks()
+        if "cls" in config.features and (getattr(self.visual, "attn_pool", None) is not None
+                                         or not hasattr(self.visual, "ln_post")):
+            raise BackboneError(f"'cls' is defined for ViT towers with token pooling; {self.config.model} has none.")
 
     # ---- set-up ----------------------------------------------------------------------------
     def _resblocks(self) -> nn.ModuleList:
@@ -180,41 +180,32 @@ class ClipBackbone(FrozenBackbone):
             )
         return blocks
 
-    def _hook_blocks(self) -> None:
+    def _choose_blocks(self) -> None:
         resblocks = self._resblocks()
         depth = len(resblocks)
-        if not self.config.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
         blocks = set()
         for layer in self.config.layers:
             if not -depth <= layer < depth:
                 raise InputError(f"--layers {layer} is out of range for a {depth}-block image tower.")
             blocks.add(layer % depth)
         self.blocks = sorted(blocks)
-        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        if 0 in self.blocks:
+            # The one capture forward_intermediates cannot give: block 0's input (the patch embeddings after
+            # ln_pre) is no block's output, so a pre-hook keeps it. Every other block input is an intermediate.
+            batch_first = getattr(self.visual.transformer, "batch_first", True)
 
-        def as_batch_first(x: torch.Tensor) -> torch.Tensor:
-            return x if batch_first else x.transpose(0, 1)
+            def keep_input(_module, args) -> None:
+                self._first_block_input.append(args[0] if batch_first else args[0].transpose(0, 1))
 
-        for b in self.blocks:
-            def save_input(_module, args, b=b):
-                self._captured[f"block_input/{b}"] = as_batch_first(args[0])
+            resblocks[0].register_forward_pre_hook(keep_input)
 
-            def save_output(_module, _args, output, b=b):
-                self._captured[f"tokens/{b}"] = as_batch_first(output)
-
-            self._hooks.append(resblocks[b].register_forward_pre_hook(save_input))
-            self._hooks.append(resblocks[b].register_forward_hook(save_output))
-
-    def _hook_cls(self) -> None:
-        if getattr(self.visual, "attn_pool", None) is not None or not hasattr(self.visual, "ln_post"):
-            raise BackboneError(f"'cls' is defined for ViT towers with token pooling; {self.config.model} has none.")
-        visual = self.visual
-
-        def save_cls(_module, _args, output):
-            self._captured["cls"] = visual._global_pool(output)[0] if output.ndim == 3 else output
-
-        self._hooks.append(visual.ln_post.register_forward_hook(save_cls))
+    def _taken_blocks(self) -> list[int]:
+        """Block outputs to take from forward_intermediates: the chosen blocks, the block before each one (its
+        input, for EVL), and the last block when `cls` is stored (pooled from it as open_clip pools)."""
+        taken = set(self.blocks) | {b - 1 for b in self.blocks if b > 0}
+        if "cls" in self.config.features:
+            taken.add(len(self._resblocks()) - 1)
+        return sorted(taken)
 
     # ---- outputs -----------------------------------------------------------------------------
     def stored_arrays(self) -> list[str]:
@@ -227,14 +218,26 @@ class ClipBackbone(FrozenBackbone):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Preprocessed images (n, 3, h, w) -> {array name: (n, ...) tensor} in the compute dtype."""
-        self._captured.clear()
         images = images.to(self.device, non_blocking=True)
-        embed = frozen_call(self.visual, images, self.compute_dtype, self.device)
-        if isinstance(embed, tuple):
-            embed = embed[0]
-        out = {"embed": embed, **self._captured}
-        self._captured.clear()
+        taken = self._taken_blocks()
+        if not taken:  # embeddings only: the tower's own forward (any open_clip tower, ViT or not)
+            embed = frozen_call(self.visual, images, self.compute_dtype, self.device)
+            return {"embed": embed[0] if isinstance(embed, tuple) else embed}
+        out = frozen_call(lambda x: self._intermediates(x, taken), images, self.compute_dtype, self.device)
         return {name: out[name] for name in self.stored_arrays()}
+
+    def _intermediates(self, images: torch.Tensor, taken: list[int]) -> dict[str, torch.Tensor]:
+        self._first_block_input.clear()
+        out = self.visual.forward_intermediates(images, indices=taken, output_fmt="NLC", output_extra_tokens=True)
+        outputs = {b: torch.cat([prefix, patches], dim=1) for b, prefix, patches in
+                   zip(taken, out["image_intermediates_prefix"], out["image_intermediates"])}  # (n, 1 + L, C)
+        arrays = {"embed": out["image_features"]}
+        for b in self.blocks:
+            arrays[f"tokens/{b}"] = outputs[b]
+            arrays[f"block_input/{b}"] = outputs[b - 1] if b > 0 else self._first_block_input.pop()
+        if "cls" in self.config.features:
+            arrays["cls"] = self.visual._pool(outputs[taken[-1]])[0]
+        return arrays
 
     # ---- what the store records ---------------------------------------------------------------
     def provenance(self) -> dict:

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
-                                                center_crop, check_precision, compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import WindowDefaults, option, register_backbone
+                                                center_crop, check_features, check_precision, compute_dtype, frozen_call)
+from freezeframe.extract.backbones.inception import add_inception_stages
+from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
+from freezeframe.options import FieldError, option
 from freezeframe.extract.backbones.s3d import S3DG_INCEPTIONS
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
@@ -99,14 +101,7 @@ class InceptionI3d(nn.Module):
         self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(64, 64)
         self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
-        dim = 192
-        for name, widths in I3D_INCEPTIONS:
-            self.add_module(name, Inception(dim, *widths))
-            dim = getattr(self, name).dim_out
-            self.stages.append(name)
-        for before, (pool, kernel, stride) in I3D_POOLS.items():
-            self.add_module(pool, MaxPoolSame(kernel, stride))
-            self.stages.insert(self.stages.index(before), pool)
+        dim = add_inception_stages(self, self.stages, 192, I3D_INCEPTIONS, Inception, I3D_POOLS, MaxPoolSame)
         self.logits = Unit3D(dim, num_classes, logits=True)
 
     @property
@@ -150,15 +145,10 @@ class I3DConfig:
     trust_checkpoint: bool = option(False, TRUST_HELP)
 
     def __post_init__(self) -> None:
-        unknown = set(self.features) - set(I3D_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'} for i3d; choose from "
-                             f"{', '.join(I3D_FEATURES)}.")
-        if "tokens" in self.features and not self.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
+        check_features(self.features, I3D_FEATURES, self.layers)
         if self.image_size < 2 or self.resize_size < self.image_size or (self.resize_size - self.image_size) % 2:
-            raise InputError("--resize-size must be at least --image-size, by an even number of pixels (e.g. 256 and "
-                             "224), and --image-size at least 2.")
+            raise FieldError("resize_size", "must be at least image_size, by an even number of pixels (e.g. 256 and "
+                                            "224), and image_size at least 2.")
         check_precision(self.precision)
 
     def default_name(self) -> str:

@@ -7,13 +7,11 @@ builder with `@register_backbone(...)`; the CLI, the runner, the Ray engine and 
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from freezeframe.errors import InputError
+from freezeframe.options import FieldError, Option, format_default, options_of
 
 
 @dataclass(frozen=True)
@@ -43,27 +41,12 @@ class BackboneEntry:
     def takes_windows(self) -> bool:
         return self.windows is not None
 
-    def fields(self) -> list[dataclasses.Field]:
-        """The config fields a user sets (all but the preset ones), in declaration order."""
-        return [f for f in dataclasses.fields(self.config) if f.name not in self.preset]
-
     def make_config(self, **values: Any) -> Any:
         """The config of this entry from field values (unnamed fields keep their defaults)."""
         return self.config(**{**values, **self.preset})
 
 
 REGISTRY: dict[str, BackboneEntry] = {}
-
-
-def option(default: Any, help: str, flag: str | None = None, default_factory: Callable | None = None) -> Any:
-    """A config field that is also a CLI option: its default and help are written once, here.
-
-    `flag` names the option when it is not `--` + the field name (e.g. S3D's `weights` is `--pretrained`).
-    """
-    metadata = {"help": help, **({"flag": flag} if flag else {})}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 def register_backbone(name: str, *, config: type, summary: str, arrays: str, preprocess: str,
@@ -111,52 +94,19 @@ def entry_for_config(config: Any) -> BackboneEntry:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """A CLI option generated from config fields: `--flag`, how its text parses, and each backbone's default."""
+    """A CLI option generated from config fields: `--flag` and, per backbone, the field it sets."""
 
     flag: str
-    kind: str  # str, int, float, bool, ints (comma list), strs (comma list)
-    fields: dict[str, str]  # backbone name -> field name
-    defaults: dict[str, Any]  # backbone name -> default
-    helps: dict[str, str]  # backbone name -> help
+    kind: str  # how its text parses (freezeframe.options.KINDS)
+    per_backbone: dict[str, Option]  # backbone name -> its field's option
 
-    def parse(self, text: Any) -> Any:
-        """The field value of a CLI value; a value that does not parse is one sentence."""
-        if self.kind in ("bool",) or not isinstance(text, str):
-            return text
-        try:
-            if self.kind == "int":
-                return int(text)
-            if self.kind == "float":
-                return float(text)
-            if self.kind == "ints":
-                return tuple(int(part) for part in text.split(",") if part.strip())
-            if self.kind == "strs":
-                return tuple(part.strip() for part in text.split(",") if part.strip())
-        except ValueError:
-            wanted = "a comma list of integers" if self.kind == "ints" else "a number"
-            raise InputError(f"{self.flag} {text!r} is not {wanted}.") from None
-        return text
+    @property
+    def fields(self) -> dict[str, str]:
+        return {name: o.field for name, o in self.per_backbone.items()}
 
-
-KINDS = {str: "str", int: "int", float: "float", bool: "bool", tuple[int, ...]: "ints", tuple[str, ...]: "strs"}
-
-
-def _field_kind(config: type, f: dataclasses.Field) -> str:
-    hint = typing.get_type_hints(config)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if hint not in KINDS and len(args) == 1 and typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = args[0]  # `int | None`: an int, or the backbone's own choice when not given
-    if hint not in KINDS:
-        raise TypeError(f"{config.__name__}.{f.name}: option fields are str, int, float, bool or tuples of int/str")
-    return KINDS[hint]
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
-
-
-def field_default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {name: o.default for name, o in self.per_backbone.items()}
 
 
 def backbone_options() -> list[OptionSpec]:
@@ -164,14 +114,11 @@ def backbone_options() -> list[OptionSpec]:
     specs: dict[str, OptionSpec] = {}
     for name in backbone_names():
         entry = REGISTRY[name]
-        for f in entry.fields():
-            if "help" not in f.metadata:
-                continue  # not user-facing
-            flag, kind = flag_of(f), _field_kind(entry.config, f)
-            spec = specs.setdefault(flag, OptionSpec(flag, kind, {}, {}, {}))
-            if spec.kind != kind:
-                raise TypeError(f"{flag} parses as {spec.kind} for one backbone and {kind} for {name}")
-            spec.fields[name], spec.defaults[name], spec.helps[name] = f.name, field_default(f), f.metadata["help"]
+        for o in options_of(entry.config, exclude=entry.preset):
+            spec = specs.setdefault(o.flag, OptionSpec(o.flag, o.kind, {}))
+            if spec.kind != o.kind:
+                raise TypeError(f"{o.flag} parses as {spec.kind} for one backbone and {o.kind} for {name}")
+            spec.per_backbone[name] = o
     return list(specs.values())
 
 
@@ -188,30 +135,25 @@ def config_from_options(name: str, given: Mapping[str, Any]) -> Any:
         if name not in spec.fields:
             raise InputError(f"{flag} is not an option of --backbone {name} (it is for "
                              f"{', '.join(spec.fields)}); see `freezeframe extract --help`.")
-        values[spec.fields[name]] = spec.parse(text)
-    for field_name in entry.required:
-        if field_name not in values:
-            f = next(f for f in entry.fields() if f.name == field_name)
-            raise InputError(f"--backbone {name} needs {flag_of(f)}: {f.metadata['help']}")
-    return entry.make_config(**values)
-
-
-def format_default(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    if value is None:
-        return "the model's own"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+        values[spec.fields[name]] = spec.per_backbone[name].parse(text)
+    options = options_of(entry.config, exclude=entry.preset)
+    for o in options:
+        if o.field in entry.required and o.field not in values:
+            raise InputError(f"--backbone {name} needs {o.flag}: {o.help}")
+    try:
+        return entry.make_config(**values)
+    except FieldError as exc:  # the config names its field; the command line names the flag
+        flag = next((o.flag for o in options if o.field == exc.field), exc.field)
+        raise InputError(f"{flag} {exc.problem}") from None
 
 
 def _grouped(spec: OptionSpec) -> list[tuple[list[str], Any, str]]:
     """The backbones of an option grouped by (default, help), in registry order."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for name in spec.fields:
-        groups.setdefault((repr(spec.defaults[name]), spec.helps[name]), []).append(name)
-    return [(names, spec.defaults[names[0]], spec.helps[names[0]]) for names in groups.values()]
+    for name, o in spec.per_backbone.items():
+        groups.setdefault((repr(o.default), o.help), []).append(name)
+    return [(names, spec.per_backbone[names[0]].default, spec.per_backbone[names[0]].help)
+            for names in groups.values()]
 
 
 def _required(spec: OptionSpec, names: list[str]) -> bool:

@@ -21,7 +21,9 @@ from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
                                                 check_precision, compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import WindowDefaults, option, register_backbone
+from freezeframe.extract.backbones.inception import add_inception_stages
+from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
+from freezeframe.options import FieldError, option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
@@ -146,14 +148,7 @@ class S3DG(nn.Module):
         self.conv_2c = STConv3d(64, 192, 3, padding=1, separable=True)
         self.gating = SelfGating(192)
         self.stages = ["conv_2b", "conv_2c", "gating"]
-        dim = 192
-        for name, widths in S3DG_INCEPTIONS:
-            self.add_module(name, GatedInception(dim, *widths))
-            dim = getattr(self, name).dim_out
-            self.stages.append(name)
-        for before, (pool, kernel, stride) in S3DG_POOLS.items():
-            self.add_module(pool, MaxPool3dSame(kernel, stride))
-            self.stages.insert(self.stages.index(before), pool)
+        dim = add_inception_stages(self, self.stages, 192, S3DG_INCEPTIONS, GatedInception, S3DG_POOLS, MaxPool3dSame)
         self.fc = nn.Linear(dim, embed_dim)
 
     @staticmethod
@@ -186,7 +181,7 @@ class S3DConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 2:
-            raise InputError("--image-size must be at least 2 pixels.")
+            raise FieldError("image_size", "must be at least 2 pixels.")
         if self.kind not in S3D_KINDS:
             raise InputError(f"unknown S3D kind {self.kind!r}; choose s3d (torchvision Kinetics-400) or s3dg "
                              "(MIL-NCE HowTo100M).")

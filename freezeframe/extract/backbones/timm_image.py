@@ -20,8 +20,9 @@ import torch.nn as nn
 from freezeframe.errors import BackboneError, InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
-                                                center_crop, check_precision, compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import option, register_backbone
+                                                center_crop, check_features, check_precision, compute_dtype, frozen_call)
+from freezeframe.extract.backbones.registry import register_backbone
+from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
@@ -45,12 +46,7 @@ class TimmConfig:
     trust_checkpoint: bool = option(False, TRUST_HELP)
 
     def __post_init__(self) -> None:
-        unknown = set(self.features) - set(TIMM_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'} for timm; choose from "
-                             f"{', '.join(TIMM_FEATURES)}.")
-        if "tokens" in self.features and not self.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
+        check_features(self.features, TIMM_FEATURES, self.layers)
         check_precision(self.precision)
 
     def default_name(self) -> str:

@@ -18,8 +18,9 @@ import torch.nn as nn
 from freezeframe.errors import InputError
 from freezeframe.extract.backbones import weights as W
 from freezeframe.extract.backbones.base import (PRECISION_HELP, SEED_HELP, TRUST_HELP, WEIGHTS_HELP, FrozenBackbone,
-                                                center_crop, check_precision, compute_dtype, frozen_call)
-from freezeframe.extract.backbones.registry import WindowDefaults, option, register_backbone
+                                                center_crop, check_features, check_precision, compute_dtype, frozen_call)
+from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
+from freezeframe.options import FieldError, option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
@@ -46,7 +47,14 @@ class VideoArch:
     pooled: Callable[[nn.Module], nn.Module]  # the module whose (first) input, or output, is the pooled vector
     pooled_is_output: bool
     tokens: Callable  # a block's output -> (n, N, C)
-    exact_input: bool = False  # positional encodings fixed to the weights' window size (MViT)
+    exact_input: Callable[[nn.Module], tuple[int, int]] | None = None  # (frames, size) a network's position
+    # embeddings are made for, when it takes no other window (MViT)
+
+
+def _mvit_input(net: nn.Module) -> tuple[int, int]:
+    """The window an MViT's relative position embeddings fit: its token grid times the patch stride."""
+    grid, stride = net.pos_encoding, net.conv_proj.stride
+    return grid.temporal_size * stride[0], grid.spatial_size[0] * stride[1]
 
 
 def _resnet_blocks(net: nn.Module) -> list[nn.Module]:
@@ -57,7 +65,7 @@ VIDEO_ARCHS = {
     "r3d_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
     "mc3_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
     "r2plus1d_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
-    "mvit_v2_s": VideoArch(lambda net: list(net.blocks), lambda net: net.head, False, _sequence, exact_input=True),
+    "mvit_v2_s": VideoArch(lambda net: list(net.blocks), lambda net: net.head, False, _sequence, _mvit_input),
     "swin3d_t": VideoArch(lambda net: list(net.features)[::2], lambda net: net.head, False, _nthwc),
     "s3d": VideoArch(lambda net: list(net.features), lambda net: net.features, True, _ncthw),
 }
@@ -82,14 +90,9 @@ class TorchvisionVideoConfig:
     def __post_init__(self) -> None:
         if self.model not in VIDEO_ARCHS:
             raise InputError(f"unknown torchvision video model {self.model!r}; choose one of {', '.join(VIDEO_ARCHS)}.")
-        unknown = set(self.features) - set(VIDEO_FEATURES)
-        if unknown or not self.features:
-            raise InputError(f"unknown --features {sorted(unknown) or '(none)'} for torchvision-video; choose from "
-                             f"{', '.join(VIDEO_FEATURES)}.")
-        if "tokens" in self.features and not self.layers:
-            raise InputError("--features tokens needs at least one block in --layers.")
+        check_features(self.features, VIDEO_FEATURES, self.layers)
         if self.image_size is not None and self.image_size < 2:
-            raise InputError("--image-size must be at least 2 pixels.")
+            raise FieldError("image_size", "must be at least 2 pixels.")
         check_precision(self.precision)
 
     def default_name(self) -> str:
@@ -154,6 +157,7 @@ class TorchvisionVideoBackbone(FrozenBackbone):
             resize += (resize - config.image_size) % 2  # an even margin: the two centre crops are one
             crop, preprocess = config.image_size, PreprocessConfig(**{**preprocess.__dict__, "size": (resize, resize)})
         self.crop, self.preprocess = crop, preprocess
+        self.exact = self.arch.exact_input(self.net) if self.arch.exact_input else None
         self.blocks = self._blocks() if "tokens" in config.features else []
         self._captured: dict[str, torch.Tensor] = {}
         self._hook()
@@ -185,10 +189,11 @@ class TorchvisionVideoBackbone(FrozenBackbone):
         return [f for f in ("pooled", "logits") if f in self.config.features] + [f"tokens/{b}" for b in self.blocks]
 
     def check_window(self, frames: int, height: int, width: int) -> None:
-        """Refuse windows smaller than the weights' minimum (MViT: exactly its 16 x 224 x 224)."""
-        frames_min, size_min = self.minimum
+        """Refuse windows smaller than the weights' minimum (MViT: exactly the window it was made for, 16 x 224 x
+        224 for torchvision's)."""
+        frames_min, size_min = self.exact or self.minimum
         crop = min(self.crop, height, width)
-        if self.arch.exact_input and (frames != frames_min or crop != size_min):
+        if self.exact and (frames, crop) != self.exact:
             raise InputError(f"{self.config.model} has positional encodings for {frames_min} frames of {size_min}x"
                              f"{size_min}; got T={frames}, {crop}x{crop} (use --window-frames {frames_min} and the "
                              "default --image-size).")

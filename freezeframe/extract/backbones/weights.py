@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import logging
 import socket
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -30,32 +27,6 @@ def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
-
-
-@contextlib.contextmanager
-def quiet_logging() -> Iterator[None]:
-    """Silence library log lines (e.g. open_clip's download errors) while we raise our own sentence."""
-    logging.disable(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-@contextlib.contextmanager
-def hub_offline(offline: bool) -> Iterator[None]:
-    """Make huggingface_hub use only its local cache, so a missing network fails at once instead of retrying."""
-    if not offline:
-        yield
-        return
-    import huggingface_hub.constants as hub_constants
-
-    before = hub_constants.HF_HUB_OFFLINE
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = before
 
 
 def download_hosts(pretrained_cfg: dict) -> list[str]:
