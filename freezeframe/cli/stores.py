@@ -90,7 +90,7 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     index = export_memmap(fs, names, log=click.echo)
     click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(index['videos'])} videos, "
-               f"{index['num_frames']} frames from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
+               f"{index['num_rows']} rows from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
 
 
 @main.command("export-npy")

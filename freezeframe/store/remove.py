@@ -20,14 +20,13 @@ import numpy as np
 from freezeframe.errors import InputError, StoreError
 from freezeframe.store.backends import get_backend
 from freezeframe.store.files import fsync_dir, read_json
-from freezeframe.store.index import committed_shard_ids, read_marker
+from freezeframe.store.markers import VIDEO_FIELDS, committed_shard_ids, read_marker
 from freezeframe.store.layout import PROVENANCE_FILE, REPLACES_KEY, TEMP_PREFIX, marker_path, temp_owner_tag
 from freezeframe.store.location import is_remote
 from freezeframe.store.shard import remove_bundle
 from freezeframe.store.store import Store
 
 COPY_BYTES = 64 * 1024 * 1024  # rows copied per read when a shard keeps some of its videos
-SHARD_KEYS = ("id", "row_start", "n_frames")  # per-video marker fields a copy recomputes
 
 
 @dataclass
@@ -117,11 +116,11 @@ def _copy_videos(writer, marker: dict, videos: list[dict]) -> dict:
     shard.compression = marker.get("compression", "none")
     try:
         for video in videos:
-            start, n = video["row_start"], video["n_frames"]
+            start, n = video["row_start"], video["n_rows"]
             for lo in range(start, start + max(n, 1), step):  # a video of 0 rows still gets its (empty) append
                 hi = min(start + n, lo + step)
                 shard.append(video["id"], {a: reader.read(a, lo, hi) for a in names})
-            shard.end_video(video["id"], {k: v for k, v in video.items() if k not in SHARD_KEYS})
+            shard.end_video(video["id"], {k: v for k, v in video.items() if k not in VIDEO_FIELDS})
         return shard.commit({REPLACES_KEY: [marker["shard_id"]]})
     except BaseException:
         shard.abort()
