@@ -26,6 +26,7 @@ from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.layout import TEMP_PREFIX
 from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
+from freezeframe.store.segment import Segment
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "mpeg4": "test_mpeg4.avi",
@@ -93,25 +94,23 @@ def test_export_equals_store_reads_exactly(store):
     index = json.loads((directory / MEMMAP_INDEX).read_text())
     assert index["shards"] == fs.shard_ids and len(fs.shard_ids) == 2
     assert set(index["arrays"]) == set(fs.arrays())
-    assert sorted(index["videos"]) == fs.video_ids()
-    row = 0
-    for video_id in sorted(index["videos"]):  # contiguous rows in sorted video id order
-        where = index["videos"][video_id]
-        assert (where["row_start"], where["n_frames"], where["shard"]) == (
-            row, fs.video_info(video_id)["n_frames"], fs.video_info(video_id)["shard"])
-        row += where["n_frames"]
-    assert row == index["num_frames"] == fs.num_frames
+    table = Segment.open(directory / index["video_table"])  # the video index as exported: ids, shards, rows
+    assert table.ids() == fs.video_ids()
+    assert [tuple(table.entry(i)) for i in range(table.n)] == [tuple(fs.locate(v)) for v in fs.video_ids()]
+    offsets = np.load(directory / index["row_offsets"])  # contiguous rows in sorted video id order
+    assert offsets.tolist() == np.cumsum([0] + [fs.locate(v).n_rows for v in fs.video_ids()]).tolist()
+    assert offsets[-1] == index["num_rows"] == fs.num_rows
     for array, meta in index["arrays"].items():
         flat = np.load(directory / meta["file"], mmap_mode="r")
-        assert flat.shape == (fs.num_frames, *fs.arrays()[array]["shape"])
+        assert flat.shape == (fs.num_rows, *fs.arrays()[array]["shape"])
         assert flat.dtype == np.dtype(fs.arrays()[array]["dtype"])
-        for video_id, where in index["videos"].items():
+        for i, video_id in enumerate(fs.video_ids()):
             expected = fs.read(video_id, array)
-            got = flat[where["row_start"]: where["row_start"] + where["n_frames"]]
+            got = flat[offsets[i]:offsets[i + 1]]
             assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True), (array, video_id)
     export = open_memmap_export(fs, index["arrays"])
     for video_id in fs.video_ids():
-        n = fs.video_info(video_id)["n_frames"]
+        n = fs.locate(video_id).n_rows
         for frames in (None, slice(1, None, 2), np.array([n - 1, 0, 0, 1]), np.array([], dtype=np.int64)):
             assert np.array_equal(export.read(video_id, "tokens/3", frames), fs.read(video_id, "tokens/3", frames))
 
@@ -217,7 +216,8 @@ def test_export_is_atomic(store, monkeypatch):
     # a replacing export: new files only, old ones gone, no temporaries left; the held maps stay readable
     second = export_memmap(fs, ["embed", "cls"])
     names = sorted(p.name for p in (fs.path / MEMMAP_DIR).iterdir())
-    assert names == sorted([MEMMAP_INDEX] + [m["file"] for m in second["arrays"].values()])
+    assert names == sorted([MEMMAP_INDEX, second["video_table"], second["row_offsets"]]
+                           + [m["file"] for m in second["arrays"].values()])
     assert all(second["export_id"] in n for n in names if n != MEMMAP_INDEX)
     assert not [p for p in fs.path.iterdir() if p.name.startswith(TEMP_PREFIX) and p != dead]
     for video_id, value in expected.items():
@@ -235,7 +235,7 @@ LIVE_FILES = ["short_32frames.mp4", "lowfps_6fps.mp4", "test_mpeg4.avi", "archer
 
 def snapshot_read(store: str, name: str, array: str) -> dict[str, tuple[int, bytes]]:
     fs = FeatureSet(Path(store), name)
-    return {v: (fs.video_info(v)["n_frames"], fs.read(v, array).tobytes()) for v in fs.video_ids()}
+    return {v: (fs.locate(v).n_rows, fs.read(v, array).tobytes()) for v in fs.video_ids()}
 
 
 def reader_process(store: str, name: str, stop_file: str, queue) -> None:
@@ -248,7 +248,7 @@ def reader_process(store: str, name: str, stop_file: str, queue) -> None:
         fs.refresh()
         for video_id in fs.video_ids():
             value = fs.read(video_id, "tokens/3")
-            seen.setdefault(video_id, set()).add((fs.video_info(video_id)["n_frames"], value.shape[0], value.tobytes()))
+            seen.setdefault(video_id, set()).add((fs.locate(video_id).n_rows, value.shape[0], value.tobytes()))
         rounds += 1
         if stop:
             break

@@ -205,7 +205,7 @@ def test_plain_zarr_lists_feature_sets_shards_and_arrays_with_dimension_names(de
     assert shard["embed"].metadata.dimension_names == ("frame", "embed_dim")
     assert shard["timestamps"].metadata.dimension_names == ("frame",)
     video = shard.attrs["videos"][0]
-    np.testing.assert_array_equal(tokens[video["row_start"]:video["row_start"] + video["n_frames"]],
+    np.testing.assert_array_equal(tokens[video["row_start"]:video["row_start"] + video["n_rows"]],
                                   fs.read(video["id"], "tokens/3"))
     assert "commit marker" in shard.attrs["committed_by"]
 

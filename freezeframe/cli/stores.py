@@ -24,12 +24,15 @@ def inspect(store, as_json) -> None:
 
 @main.command()
 @click.argument("store")
-def verify(store) -> None:
+@click.option("--quick", is_flag=True, help="Check the commit markers and the index only; read no array.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes that check shards at once [default: the CPUs, at most 8].")
+def verify(store, quick, jobs) -> None:
     """Check every committed shard of STORE: readable, checksums and index consistent. Exit 1 on any problem."""
     from freezeframe.store import verify_store
     from freezeframe.summary import plural
 
-    report = verify_store(store)
+    report = verify_store(store, quick=quick, jobs=jobs)
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for problem in report.problems:
@@ -89,7 +92,7 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     fs = st[feature_set]
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     index = export_memmap(fs, names, log=click.echo)
-    click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(index['videos'])} videos, "
+    click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(fs)} videos, "
                f"{index['num_rows']} rows from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
 
 

@@ -21,7 +21,8 @@ from typing import Iterable
 
 import numpy as np
 
-from freezeframe.store.files import MalformedFileError, write_bytes_atomic
+from freezeframe.store.confine import UnsafeStoreError
+from freezeframe.store.files import write_bytes_atomic
 from freezeframe.store.layout import INDEX_DIR, LEGACY_INDEX_FILE, SEGMENT_SUFFIX, SHARDS_DIR, TEMP_PREFIX, new_shard_id
 from freezeframe.store.location import StorePath, remove_tree
 from freezeframe.store.markers import committed_shard_ids, read_markers, replacements, served_shards
@@ -162,13 +163,12 @@ def open_segments(fs_dir: StorePath) -> dict[str, Segment]:
         segments = {}
         try:
             for path in segment_files(fs_dir):
-                with contextlib.suppress(DamagedIndexError):
+                # damaged, a link, a special file or unreadable: not used (verify names it)
+                with contextlib.suppress(DamagedIndexError, UnsafeStoreError, PermissionError):
                     segments[path.name] = Segment.open(path)
             return segments
         except FileNotFoundError:
             continue
-        except (OSError, MalformedFileError):  # a link or a special file where a segment should be: not read
-            return {}
     return {}
 
 

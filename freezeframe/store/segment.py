@@ -29,7 +29,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from freezeframe.limits import DOCUMENT_BYTES
+from freezeframe.limits import DOCUMENT_BYTES, limit
 from freezeframe.store.confine import open_regular
 from freezeframe.store.files import MalformedFileError
 from freezeframe.store.location import StorePath, is_remote
@@ -121,6 +121,7 @@ class Segment:
     def check_entries(self) -> None:
         """Every entry at once (`entry` checks one): DamagedIndexError unless all lie inside their shards."""
         c = self.columns
+        _check_offsets(c["id_offsets"], c["id_bytes"], self.where)
         if self.n and (c["shard"].min() < 0 or c["shard"].max() >= len(self.shard_ids) or c["row_start"].min() < 0
                        or c["n_rows"].min() < 0
                        or np.any(c["row_start"] + c["n_rows"] > c["shard_rows"][c["shard"]])):
@@ -202,7 +203,7 @@ class Segment:
         if len(buffer) < 16 or bytes(buffer[:8]) != MAGIC:
             raise DamagedIndexError(f"{where}: not a freezeframe index segment.")
         length = int.from_bytes(buffer[8:16], "little")
-        if length > min(DOCUMENT_BYTES, len(buffer) - 16):
+        if length > min(limit(DOCUMENT_BYTES), len(buffer) - 16):
             raise DamagedIndexError(f"{where}: the header runs past the file.")
         try:
             header = json.loads(bytes(buffer[16:16 + length]))
@@ -245,10 +246,14 @@ def _strings(values: list[bytes], prefix: str) -> dict[str, np.ndarray]:
     return {f"{prefix}_offsets": offsets, f"{prefix}_bytes": np.frombuffer(b"".join(values), "u1")}
 
 
-def _decode_all(offsets: np.ndarray, blob: np.ndarray, where: object) -> list[str]:
-    """Every string of an offsets + bytes column pair (DamagedIndexError when the offsets do not fit the bytes)."""
+def _check_offsets(offsets: np.ndarray, blob: np.ndarray, where: object) -> None:
     if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0):
         raise DamagedIndexError(f"{where}: a string column's offsets do not fit its bytes.")
+
+
+def _decode_all(offsets: np.ndarray, blob: np.ndarray, where: object) -> list[str]:
+    """Every string of an offsets + bytes column pair (DamagedIndexError when the offsets do not fit the bytes)."""
+    _check_offsets(offsets, blob, where)
     data = blob.tobytes()
     bounds = offsets.tolist()
     try:
