@@ -1,4 +1,4 @@
-"""Store commands: inspect, verify, convert, export-memmap, export-npy, rm."""
+"""Store commands: inspect, verify, convert, publish, export-memmap, export-npy, rm."""
 
 from __future__ import annotations
 
@@ -71,6 +71,25 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
         click.echo(f"convert failed: {len(report.problems)} mismatches between {src} and {dst}", err=True)
         sys.exit(1)
     click.echo(f"ok: {dst} holds an exact {store_format}/{compression} copy")
+
+
+@main.command()
+@click.argument("store")
+@click.argument("dest")
+@click.option("--set", "names", multiple=True, help="Feature set to publish (repeatable) [default: all].")
+def publish(store, dest, names) -> None:
+    """Verify STORE and copy it to DEST (an fsspec URL or an empty directory) as a read-only published store.
+
+    DEST gets what readers use and a manifest of sha256 hashes (published.json), written last. Others open it with
+    open_store(DEST) (or any command taking a store): what they read is fetched into a local cache
+    ($FREEZEFRAME_CACHE_DIR, default ~/.cache/freezeframe) and checked against the manifest first.
+    """
+    from freezeframe.store.publish import publish_store
+    from freezeframe.summary import plural
+
+    report = publish_store(store, dest, names, log=click.echo)
+    click.echo(f"published {plural(report.videos, 'video')} in {plural(report.files, 'file')} "
+               f"({report.bytes / 1e6:.1f} MB) to {dest}; manifest sha256 {report.manifest_sha256}")
 
 
 @main.command("export-memmap")

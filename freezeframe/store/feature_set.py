@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROV
 from freezeframe.store.markers import read_marker, shard_file
 from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
 from freezeframe.store.location import store_path as store_path_of
+
+if TYPE_CHECKING:
+    from freezeframe.store.published import PublishedStore
 
 MARKERS_KEPT = 256  # markers `video_info` keeps parsed (about 10 KB each for 64 videos)
 
@@ -57,8 +61,9 @@ class FeatureSet:
     axis of every array: frames, windows of frames (S3D) or a caption's token rows (text sets).
     """
 
-    def __init__(self, store_path: Path, name: str) -> None:
+    def __init__(self, store_path: Path, name: str, published: "PublishedStore | None" = None) -> None:
         self.name = name
+        self.published = published  # shards of a published store are fetched (and checked) when first read
         self.path = store_path_of(store_path) / name
         if not is_remote(self.path) and (self.path.is_symlink() or (self.path / SHARDS_DIR).is_symlink()
                                          or (self.path / INDEX_DIR).is_symlink()):
@@ -170,6 +175,8 @@ class FeatureSet:
     def _reader(self, shard_id: str, shard: ShardInfo):
         reader = self._readers.get(shard_id)
         if reader is None:
+            if self.published is not None:
+                self.published.fetch_shard(self.path, shard_file(shard_id, shard.format))
             reader = get_backend(shard.format).reader(self.path / SHARDS_DIR / shard_file(shard_id, shard.format))
             self._readers[shard_id] = reader
         return reader

@@ -43,6 +43,7 @@ from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.location import is_remote, require_local
 from freezeframe.store.segment import DamagedIndexError, Segment
 from freezeframe.store.shard import _fsync_tree, remove_bundle
+from freezeframe.store.store import check_writable
 
 MEMMAP_DIR = "memmap"
 MEMMAP_INDEX = "index.json"
@@ -62,6 +63,7 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
     stored name); default: every stored array. Replaces an older export.
     """
     require_local(fs.path, "export-memmap")
+    check_writable(fs.path.parent)
     stored = fs.arrays()
     if not len(fs):
         raise StoreError(f"feature set {fs.name!r} has no committed videos to export.")

@@ -24,7 +24,7 @@ from freezeframe.store.markers import VIDEO_FIELDS, committed_shard_ids, read_ma
 from freezeframe.store.layout import PROVENANCE_FILE, REPLACES_KEY, TEMP_PREFIX, marker_path, temp_owner_tag
 from freezeframe.store.location import is_remote
 from freezeframe.store.shard import remove_bundle
-from freezeframe.store.store import Store
+from freezeframe.store.store import Store, check_writable
 
 COPY_BYTES = 64 * 1024 * 1024  # rows copied per read when a shard keeps some of its videos
 
@@ -42,9 +42,7 @@ class RemoveReport:
 
 def remove_feature_set(store: str | Path, name: str) -> None:
     """Delete feature set `name` whole: one rename makes it invisible, then its files go."""
-    st = Store(store)
-    if name not in st:
-        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    st = _writable_store(store, name)
     path = st.path / name
     if is_remote(path):  # no rename on object stores: the provenance file goes first, which hides the set
         (path / PROVENANCE_FILE).unlink()
@@ -60,9 +58,7 @@ def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> Rem
     """Delete committed videos of feature set `name`, shard by shard, each shard's change committed atomically."""
     from freezeframe.store.writer import FeatureSetWriter
 
-    st = Store(store)
-    if name not in st:
-        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    st = _writable_store(store, name)
     wanted = set(video_ids)
     if not wanted:
         raise InputError("no videos given to remove.")
@@ -95,6 +91,14 @@ def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> Rem
     report.removed_videos = sorted(set(report.removed_videos))
     writer.write_index()
     return report
+
+
+def _writable_store(store: str | Path, name: str) -> Store:
+    st = Store(store)
+    check_writable(st.path)
+    if name not in st:
+        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    return st
 
 
 def clear_replaced(shards_dir: Path) -> int:

@@ -60,9 +60,15 @@ def default_jobs() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def verify_store(path: str | Path, quick: bool = False, jobs: int | None = None) -> VerifyReport:
-    """Check every feature set of the store at `path` (see the module's docstring); `quick`: markers and index."""
-    store = Store(path)
+def verify_store(path: str | Path, quick: bool = False, jobs: int | None = None,
+                 cache_dir: str | Path | None = None) -> VerifyReport:
+    """Check every feature set of the store at `path` (see the module's docstring); `quick`: markers and index.
+
+    A published store is checked in its local cache (`cache_dir`), after fetching (and checking against its
+    manifest) every file a full verify reads."""
+    store = Store(path, cache_dir)
+    if store.published is not None and not quick:
+        store.published.fetch_all()
     report = VerifyReport()
     for name in store.names():
         try:

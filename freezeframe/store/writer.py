@@ -24,7 +24,7 @@ from freezeframe.store.layout import (
 from freezeframe.store.location import is_remote
 from freezeframe.store.location import store_path as store_path_of
 from freezeframe.store.shard import ShardWriter, _fsync_tree, remove_bundle
-from freezeframe.store.store import check_schema
+from freezeframe.store.store import check_schema, check_writable
 
 
 class FeatureSetWriter:
@@ -48,6 +48,7 @@ class FeatureSetWriter:
         self.backend.check_compression(compression)
         if not name or name.startswith(".") or "/" in name or "\\" in name:
             raise StoreError(f"invalid feature set name {name!r}: use letters, digits, '-', '_' and '.'.")
+        check_writable(self.store_path)
         self.store_path.mkdir(parents=True, exist_ok=True)
         create_json_once(self.store_path / SCHEMA_FILE, {"format": "freezeframe", "schema_version": SCHEMA_VERSION})
         check_schema(self.store_path)
