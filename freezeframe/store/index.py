@@ -110,42 +110,35 @@ def shard_info_of(marker: dict) -> ShardInfo:
 def segment_from_markers(markers: dict[str, dict], shard_ids: Iterable[str]) -> tuple[Segment, list]:
     """A segment of the videos of `shard_ids` (their markers in `markers`) and the duplicates found: on a video
     committed twice, the earliest shard keeps it."""
-    best: dict[str, tuple[str, int, int]] = {}
-    duplicates = []
-    for shard_id in sorted(shard_ids):
-        for video in markers[shard_id]["videos"]:
-            kept = best.setdefault(video["id"], (shard_id, video["row_start"], video["n_rows"]))
-            if kept[0] != shard_id:
-                duplicates.append((video["id"], kept[0], shard_id))
-    entries = sorted((video_id.encode("utf-8"), *where) for video_id, where in best.items())
+    shard_ids = sorted(shard_ids)
+    keys, shard, starts, rows = [], [], [], []
+    for position, shard_id in enumerate(shard_ids):
+        videos = markers[shard_id]["videos"]
+        keys += [video["id"].encode("utf-8") for video in videos]
+        shard += [position] * len(videos)
+        starts += [video["row_start"] for video in videos]
+        rows += [video["n_rows"] for video in videos]
     shards = {shard_id: shard_info_of(markers[shard_id]) for shard_id in shard_ids}
-    return Segment.build(entries, shards, replacements(markers)), duplicates
+    return Segment.build(keys, np.array(shard, np.int64), np.array(starts, np.int64), np.array(rows, np.int64),
+                         shards, replacements(markers))
 
 
 def merge_segments(segments: list[Segment]) -> Segment:
     """One segment of all videos and shards of `segments` (shards held twice are taken once; on a video held
     twice, the earliest shard keeps it)."""
     shards: dict[str, ShardInfo] = {}
-    keys: list[bytes] = []
-    parts = []
     for segment in segments:
         segment.check_entries()
         for position, shard_id in enumerate(segment.shard_ids):
             shards.setdefault(shard_id, segment.shard_info(position))
-        keys += _keys(segment)
-        parts.append((np.array(segment.shard_ids, dtype=object)[segment.columns["shard"]],
-                      segment.columns["row_start"], segment.columns["n_rows"]))
-    shard_of = np.concatenate([p[0] for p in parts]) if parts else np.array([], object)
-    starts = np.concatenate([p[1] for p in parts]) if parts else np.array([], np.int64)
-    rows = np.concatenate([p[2] for p in parts]) if parts else np.array([], np.int64)
-    order = sorted(range(len(keys)), key=lambda i: (keys[i], shard_of[i]))
-    entries = []
-    for i in order:
-        if entries and entries[-1][0] == keys[i]:
-            continue  # the same video from a later shard
-        entries.append((keys[i], shard_of[i], int(starts[i]), int(rows[i])))
-    pairs = sorted({pair for segment in segments for pair in segment.replaces})
-    return Segment.build(entries, shards, pairs)
+    table = {shard_id: position for position, shard_id in enumerate(sorted(shards))}
+    keys = [key for segment in segments for key in _keys(segment)]
+    shard = np.concatenate([np.array([table[s] for s in segment.shard_ids], np.int64)[segment.columns["shard"]]
+                            for segment in segments])
+    starts = np.concatenate([segment.columns["row_start"] for segment in segments])
+    rows = np.concatenate([segment.columns["n_rows"] for segment in segments])
+    pairs = [pair for segment in segments for pair in segment.replaces]
+    return Segment.build(keys, shard, starts, rows, shards, pairs)[0]
 
 
 # ---- reading ----------------------------------------------------------------------------------------------------
@@ -243,8 +236,9 @@ def add_to_index(fs_dir: StorePath, markers: dict[str, dict]) -> None:
         return
     new, _duplicates = segment_from_markers(markers, fresh)
     merged = []
-    committed = set(committed_shard_ids(fs_dir / SHARDS_DIR))
-    for segment in sorted(choose_segments(on_disk.values(), committed), key=lambda s: s.n):
+    # (segments holding shards removed since are merged as they are: readers skip the result, the next write_index
+    # rebuilds it; listing every marker here would cost ~20 ms at a million videos)
+    for segment in sorted(choose_segments(on_disk.values(), held), key=lambda s: s.n):
         if segment.n <= GROWTH * new.n or any(segment.find(key) >= 0 for key in _keys(new)):
             new = merge_segments([segment, new])
             merged.append(names[id(segment)])

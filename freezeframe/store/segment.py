@@ -138,20 +138,32 @@ class Segment:
 
     # ---- building and writing ------------------------------------------------------------------------------
     @classmethod
-    def build(cls, entries: Iterable[tuple[bytes, str, int, int]], shards: dict[str, ShardInfo],
-              replaces: list[tuple[str, str]], where: object = "index") -> "Segment":
-        """A segment of `entries` (UTF-8 id, shard id, row_start, n_rows), sorted by id and unique, over `shards`."""
-        entries = list(entries)
+    def build(cls, keys: list[bytes], shard: np.ndarray, row_start: np.ndarray, n_rows: np.ndarray,
+              shards: dict[str, ShardInfo], replaces: Iterable[tuple[str, str]],
+              where: object = "index") -> tuple["Segment", list[tuple[str, str, str]]]:
+        """A segment of the entries (UTF-8 id, position of its shard in sorted(`shards`), row start, rows), in any
+        order, and the duplicates left out: of a video given twice the earliest shard keeps it; the rest are
+        returned as (video id, kept shard, other shard)."""
         shard_ids = sorted(shards)
-        position = {shard_id: i for i, shard_id in enumerate(shard_ids)}
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: ties keep the order given
+        ordered = [keys[i] for i in order]
+        keep = np.ones(len(order), bool)
+        duplicates = []
+        for j in [j for j in range(1, len(ordered)) if ordered[j] == ordered[j - 1]]:  # rare: a video twice
+            first = j - 1
+            while not keep[first]:
+                first -= 1
+            kept, other = (first, j) if shard[order[first]] <= shard[order[j]] else (j, first)
+            keep[other] = False
+            duplicates.append((ordered[j].decode("utf-8"), shard_ids[shard[order[kept]]], shard_ids[shard[order[other]]]))
+        rows = np.asarray(order, np.int64)[keep]
         layouts = sorted({(info.format, info.compression) for info in shards.values()})
         array_keys = sorted({json.dumps(info.arrays, sort_keys=True) for info in shards.values()})
-        ids = [key for key, *_ in entries]
         columns = {
-            **_strings(ids, "id"),
-            "shard": np.fromiter((position[e[1]] for e in entries), "<i4", len(entries)),
-            "row_start": np.fromiter((e[2] for e in entries), "<i8", len(entries)),
-            "n_rows": np.fromiter((e[3] for e in entries), "<i8", len(entries)),
+            **_strings([key for key, kept in zip(ordered, keep) if kept], "id"),
+            "shard": np.asarray(shard, "<i4")[rows],
+            "row_start": np.asarray(row_start, "<i8")[rows],
+            "n_rows": np.asarray(n_rows, "<i8")[rows],
             **_strings([s.encode() for s in shard_ids], "shard"),
             "shard_rows": np.array([shards[s].num_rows for s in shard_ids], "<i8"),
             "shard_layout": np.array([layouts.index((shards[s].format, shards[s].compression)) for s in shard_ids],
@@ -159,7 +171,8 @@ class Segment:
             "shard_arrays": np.array([array_keys.index(json.dumps(shards[s].arrays, sort_keys=True))
                                       for s in shard_ids], "<i4"),
         }
-        return cls(columns, layouts, [json.loads(key) for key in array_keys], sorted(replaces), where)
+        segment = cls(columns, layouts, [json.loads(key) for key in array_keys], sorted(set(replaces)), where)
+        return segment, duplicates
 
     def to_bytes(self) -> bytes:
         """The segment file: magic, header length, header, then the columns (offsets relative to the first)."""

@@ -5,8 +5,8 @@ no HDF5 external data) whose arrays have the marker's shapes and dtypes and chec
 use equal to the markers entry by entry; the provenance and the frozen-weights bundle equal to the hashes the
 markers recorded; a memmap export's arrays equal to the checksums in its index and its rows to the committed videos.
 
-`quick` checks the markers and the index only (nothing of the arrays is read). Shards are checked in parallel
-processes (`jobs`) when there are many.
+`quick` checks the markers and the index only (nothing of the arrays is read). A full check reads shards in `jobs`
+threads at once (reading and hashing release the GIL, so big shards check in parallel).
 
 Stores written before markers carried provenance and frozen hashes (or exports without checksums) still
 verify: what cannot be checked is a warning that says so, never a problem.
@@ -14,9 +14,8 @@ verify: what cannot be checked is a warning that says so, never a problem.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from freezeframe.store.files import read_json
 from freezeframe.store.index import load_index, merge_segments, open_segments, segment_from_markers
 from freezeframe.store.layout import (FROZEN_NAME, INDEX_DIR, LEGACY_INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE,
                                       SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE)
-from freezeframe.store.location import is_remote
 from freezeframe.store.markers import committed_shard_ids, read_marker, replacements, served_shards, shard_file
 from freezeframe.store.provenance import provenance_sha256
 from freezeframe.store.segment import DamagedIndexError, Segment
@@ -40,8 +38,6 @@ from freezeframe.store.store import Store
 # terabytes is a problem found at once, not hours of hashing fill values
 MAX_EXPANSION = 1024
 EXPANSION_FLOOR = 256 * MIB
-# fewer shards are checked in this process: starting a worker costs about a second, a shard ~5 ms (a marker ~0.3 ms)
-PARALLEL_MIN_SHARDS = {"full": 64, "quick": 2048}
 
 
 @dataclass
@@ -143,19 +139,15 @@ def _check_bundle(shards_dir: Path, shard_id: str, marker: dict, where: str) -> 
     return problems
 
 
-def _check_shard_job(job: tuple[str, str, str, bool]) -> tuple[dict | None, list[str]]:
-    shards_dir, shard_id, where, quick = job
-    return check_shard(Path(shards_dir), shard_id, where, quick)
-
-
 def check_shards(shards_dir, shard_ids: list[str], name: str, quick: bool, jobs: int):
-    """(marker, problems) of every shard, in order; in `jobs` processes when there are many local shards."""
-    work = [(str(shards_dir), shard_id, f"{name}/{SHARDS_DIR}/{shard_id}", quick) for shard_id in shard_ids]
-    if jobs <= 1 or len(work) < PARALLEL_MIN_SHARDS["quick" if quick else "full"] or is_remote(shards_dir):
-        return [check_shard(shards_dir, shard_id, where, quick) for _dir, shard_id, where, _quick in work]
-    # spawned, not forked: the parent may hold zarr's event-loop thread, which a fork would copy mid-lock
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_check_shard_job, work, chunksize=max(1, min(64, len(work) // (4 * jobs)))))
+    """(marker, problems) of every shard, in order; a full check in `jobs` threads (markers alone are parsed here:
+    JSON holds the GIL)."""
+    def check(shard_id: str):
+        return check_shard(shards_dir, shard_id, f"{name}/{SHARDS_DIR}/{shard_id}", quick)
+    if quick or jobs <= 1:
+        return [check(shard_id) for shard_id in shard_ids]
+    with ThreadPoolExecutor(jobs, thread_name_prefix="freezeframe-verify") as pool:
+        return list(pool.map(check, shard_ids))
 
 
 def verify_feature_set(fs_dir: Path, name: str, report: VerifyReport, quick: bool = False, jobs: int = 1) -> None:
