@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -92,18 +94,32 @@ def collect_sources(inputs: Sequence[str | Path]) -> list[VideoSource]:
     if not inputs:
         raise InputError("no inputs given: pass video files, folders or list files.")
     sources: list[VideoSource] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            sources.extend(_scan_folder(path))
-        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            sources.extend(_read_list(path))
-        elif path.exists():
-            sources.append(VideoSource(_id_from(path, path.parent), str(path)))
-        else:
-            raise InputError(f"input {item} does not exist.")
-    check_unique(sources)
+    with _collector_paused():
+        for item in inputs:
+            path = Path(item)
+            if path.is_dir():
+                sources.extend(_scan_folder(path))
+            elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+                sources.extend(_read_list(path))
+            elif path.exists():
+                sources.append(VideoSource(_id_from(path, path.parent), str(path)))
+            else:
+                raise InputError(f"input {item} does not exist.")
+        check_unique(sources)
     return sources
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector off while a list of a million sources is built: they hold no cycles, and its
+    passes over every object made so far are half the time of reading such a list."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def check_unique(sources: Iterable[VideoSource]) -> None:

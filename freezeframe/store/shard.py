@@ -7,7 +7,7 @@ Rows of every array are the set's rows (frames, windows or token rows); each vid
 video can be discarded until it is ended (a decode error half-way through loses nothing else).
 
 A commit costs little beyond the bytes: each array's sha256 is computed from the blocks as they are written (read
-back only after a discarded video cut rows already written), and the bundle's files and folders are fsynced all at
+back only after a discarded video cut rows already written, or where zarr may store other bytes), and the bundle's files and folders are fsynced all at
 once from a thread pool (the filesystem commits them together) before the rename.
 """
 
@@ -174,7 +174,7 @@ class ShardWriter:
                 raise RuntimeError(f"array {name!r} has {rows} rows, expected {expected_rows}")
         arrays = {name: {"shape": list(shape), "dtype": str(dtype), "rows": expected_rows}
                   for name, (shape, dtype) in sorted(self._array_meta.items())}
-        if self._digests is not None:
+        if self._digests is not None and self._bundle.exact:
             for name, meta in arrays.items():
                 meta["sha256"] = self._digests[name].hexdigest()
         else:
