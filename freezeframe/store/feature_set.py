@@ -14,7 +14,7 @@ from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.files import read_json, read_jsonl
 from freezeframe.limits import check_read
 from freezeframe.store.confine import UnsafeStoreError
-from freezeframe.store.index import index_from_markers, load_index, merge_segments
+from freezeframe.store.index import index_from_markers, load_index
 from freezeframe.store.location import is_remote
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROVENANCE_FILE, SHARDS_DIR
 from freezeframe.store.markers import read_marker, shard_file
@@ -119,9 +119,7 @@ class FeatureSet:
 
     def video_table(self) -> Segment:
         """The whole index as one segment: every committed video's id, shard and rows (e.g. for an export)."""
-        def merged(index):
-            return index.segments[0] if len(index.segments) == 1 else merge_segments(index.segments)
-        return self._from_index(merged)
+        return self._from_index(lambda index: index.merged())
 
     def shard_info(self, shard_id: str) -> ShardInfo:
         """Format, compression, rows and arrays of a served shard."""

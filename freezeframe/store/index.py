@@ -35,12 +35,12 @@ GROWTH = 4  # a new segment is merged into every existing one at most this many 
 class VideoIndex:
     """The served shards of a feature set and where every committed video's rows are."""
 
-    def __init__(self, segments: list[Segment], shard_ids: list[str], duplicates: list[tuple[str, str, str]] = ()):
+    def __init__(self, segments: list[Segment], shard_ids: list[str]) -> None:
         self.segments = segments
         self.shard_ids = shard_ids  # served shards, sorted
-        self.duplicates = list(duplicates)  # (video id, kept shard, other shard) seen while reading markers
         self._shards = {shard_id: (segment, position) for segment in segments
                         for position, shard_id in enumerate(segment.shard_ids)}
+        self._merged: Segment | None = None
         self._ids: list[str] | None = None
 
     def locate(self, video_id: str) -> Entry | None:
@@ -58,24 +58,25 @@ class VideoIndex:
     def __contains__(self, video_id: str) -> bool:
         return self.locate(video_id) is not None
 
+    def merged(self) -> Segment:
+        """The whole index as one segment (merged once, when there are several)."""
+        if self._merged is None:
+            self._merged = self.segments[0] if len(self.segments) == 1 else merge_segments(self.segments)
+        return self._merged
+
     def video_ids(self) -> list[str]:
         """Every committed video id, sorted (decoded once per index)."""
         if self._ids is None:
-            if len(self.segments) == 1:
-                self._ids = self.segments[0].ids()
-            else:
-                self._ids = sorted({video_id for segment in self.segments for video_id in segment.ids()})
+            self._ids = self.merged().ids()
         return self._ids
 
     def __len__(self) -> int:
-        return self.segments[0].n if len(self.segments) == 1 else len(self.video_ids())
+        return self.merged().n
 
     @property
     def num_rows(self) -> int:
         """Rows of every committed video (a video committed twice counts once)."""
-        if len(self.segments) == 1:
-            return int(self.segments[0].columns["n_rows"].sum())
-        return sum(self.locate(video_id).n_rows for video_id in self.video_ids())
+        return int(self.merged().columns["n_rows"].sum())
 
     def shard_info(self, shard_id: str) -> ShardInfo:
         segment, position = self._shards[shard_id]
@@ -196,11 +197,9 @@ def load_index(fs_dir: StorePath, segments: Iterable[Segment] | None = None) -> 
         markers.update(read_markers(shards_dir, need))
         pairs |= set(replacements(markers))
     pending = [s for s in served if s not in covered]
-    duplicates = []
     if pending or not chosen:
-        segment, duplicates = segment_from_markers(markers, pending)
-        chosen.append(segment)
-    return VideoIndex(chosen, served, duplicates)
+        chosen.append(segment_from_markers(markers, pending)[0])
+    return VideoIndex(chosen, served)
 
 
 def index_from_markers(fs_dir: StorePath) -> VideoIndex:
@@ -234,7 +233,7 @@ def add_to_index(fs_dir: StorePath, markers: dict[str, dict]) -> None:
     fresh = [shard_id for shard_id in markers if shard_id not in held]  # a concurrent full merge took the rest
     if not fresh:
         return
-    new, _duplicates = segment_from_markers(markers, fresh)
+    new = segment_from_markers(markers, fresh)[0]
     merged = []
     # (segments holding shards removed since are merged as they are: readers skip the result, the next write_index
     # rebuilds it; listing every marker here would cost ~20 ms at a million videos)
@@ -255,10 +254,10 @@ def write_index(fs_dir: StorePath) -> VideoIndex:
     on_disk = open_segments(fs_dir)
     index = load_index(fs_dir, on_disk.values())
     if len(on_disk) != 1 or len(index.segments) > 1 or index.segments[0] not in on_disk.values():
-        segment = merge_segments(index.segments) if len(index.segments) > 1 else index.segments[0]
+        segment = index.merged()
         name = _write_segment(fs_dir, segment)
         _delete_segments(fs_dir, [n for n in on_disk if n != name])
-        index = VideoIndex([segment], index.shard_ids, index.duplicates)
+        index = VideoIndex([segment], index.shard_ids)
     remove_tree(fs_dir / LEGACY_INDEX_FILE)  # the JSON index of stores written before segments: stale from now on
     return index
 

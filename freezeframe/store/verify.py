@@ -25,7 +25,7 @@ from freezeframe.limits import MIB
 from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.claims import claimed_videos
 from freezeframe.store.files import read_json
-from freezeframe.store.index import load_index, merge_segments, open_segments, segment_from_markers
+from freezeframe.store.index import load_index, open_segments, segment_from_markers
 from freezeframe.store.layout import (FROZEN_NAME, INDEX_DIR, LEGACY_INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE,
                                       SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE)
 from freezeframe.store.markers import committed_shard_ids, read_marker, replacements, served_shards, shard_file
@@ -249,8 +249,7 @@ def _check_index(fs_dir: Path, name: str, truth: Segment, report: VerifyReport) 
             report.warnings.append(f"{where}/{file_name} is not a readable index segment; readers ignore it")
     try:
         index = load_index(fs_dir, segments.values())
-        served = merge_segments(index.segments) if len(index.segments) > 1 else index.segments[0]
-        difference = segment_difference(served, truth)
+        difference = segment_difference(index.merged(), truth)
     except DamagedIndexError as exc:
         report.warnings.append(f"{where}: damaged ({exc}); readers that meet the damage read the markers instead")
         return
