@@ -251,3 +251,17 @@ def test_verify_quick_reads_markers_and_index_only(indexed):
     marker.write_text("{")
     quick = run("--quick")
     assert quick.returncode == 1 and marker.name in quick.stdout
+
+
+def test_a_rerun_has_exactly_the_uncommitted_videos_left(indexed):
+    from freezeframe.extract.runner import videos_left
+    from freezeframe.extract.sources import VideoSource
+    from freezeframe.store.remove import remove_videos
+
+    store, writer = indexed
+    remove_videos(store, NAME, ["v010", "v011"])  # committed once, removed since: to do again
+    commit_shards(writer, 20, 1)  # committed after the index was merged: read from its marker
+    wanted = ["new-1", "v000", "v010", "v059", "v062", "new-2", "v011", "dir/../v000"]
+    sources = [VideoSource(video_id, f"/videos/{video_id}.mp4") for video_id in wanted]
+    left = videos_left(sources, FeatureSetWriter(store, NAME, PROVENANCE))
+    assert [s.video_id for s in left] == ["new-1", "v010", "new-2", "v011", "dir/../v000"]

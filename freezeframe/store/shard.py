@@ -7,8 +7,9 @@ Rows of every array are the set's rows (frames, windows or token rows); each vid
 video can be discarded until it is ended (a decode error half-way through loses nothing else).
 
 A commit costs little beyond the bytes: each array's sha256 is computed from the blocks as they are written (read
-back only after a discarded video cut rows already written, or where zarr may store other bytes), and the bundle's files and folders are fsynced all at
-once from a thread pool (the filesystem commits them together) before the rename.
+back only after a discarded video cut rows already written, or where zarr may store other bytes), and the bundle's
+files and folders are fsynced all at once from a thread pool (the filesystem commits them together) before the
+rename.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class ShardWriter:
                 raise RuntimeError("a shard writes one video at a time; end or discard the open one first")
             video = self._open[video_id] = _OpenVideo(video_id, self._row_cursor)
         for name, block in arrays.items():
+            if not block.dtype.isnative:  # stored and hashed in the machine's byte order, as readers return it
+                block = block.astype(block.dtype.newbyteorder("="))
             meta = (block.shape[1:], block.dtype)  # (str of a dtype costs ~7 us: once per array, at commit)
             known = self._array_meta.setdefault(name, meta)
             if known != meta:
