@@ -88,7 +88,8 @@ class Segment:
         c, m = self.columns, len(self.shard_ids)
         if len(set(self.shard_ids)) != m or any(len(c[k]) != m for k in ("shard_rows", "shard_layout", "shard_arrays")):
             raise DamagedIndexError(f"{self.where}: the shard table is inconsistent.")
-        if m and (c["shard_rows"].min() < 0 or not 0 <= c["shard_layout"].min() <= c["shard_layout"].max() < len(self.layouts)
+        if m and (c["shard_rows"].min() < 0
+                  or not 0 <= c["shard_layout"].min() <= c["shard_layout"].max() < len(self.layouts)
                   or not 0 <= c["shard_arrays"].min() <= c["shard_arrays"].max() < len(self.array_sets)):
             raise DamagedIndexError(f"{self.where}: a shard entry points outside the segment's tables.")
 
@@ -122,9 +123,13 @@ class Segment:
         """Every entry at once (`entry` checks one): DamagedIndexError unless all lie inside their shards."""
         c = self.columns
         _check_offsets(c["id_offsets"], c["id_bytes"], self.where)
-        if self.n and (c["shard"].min() < 0 or c["shard"].max() >= len(self.shard_ids) or c["row_start"].min() < 0
-                       or c["n_rows"].min() < 0
-                       or np.any(c["row_start"] + c["n_rows"] > c["shard_rows"][c["shard"]])):
+        if not self.n:
+            return
+        if c["shard"].min() < 0 or c["shard"].max() >= len(self.shard_ids) or c["row_start"].min() < 0 \
+                or c["n_rows"].min() < 0:
+            raise DamagedIndexError(f"{self.where}: a video entry lies outside its shard.")
+        room = c["shard_rows"][c["shard"]] - c["row_start"]  # (compared without adding: no int64 overflow)
+        if np.any(room < 0) or np.any(c["n_rows"] > room):
             raise DamagedIndexError(f"{self.where}: a video entry lies outside its shard.")
 
     def ids(self) -> list[str]:
