@@ -224,7 +224,8 @@ def _delete_segments(fs_dir: StorePath, names: Iterable[str]) -> None:
 
 def add_to_index(fs_dir: StorePath, markers: dict[str, dict]) -> None:
     """Index freshly committed shards (their markers): one new segment, merged into existing segments while the
-    next larger one is at most GROWTH times its size, or holds any of its videos."""
+    next larger one is at most GROWTH times its size. (A video also in another segment, committed twice, needs
+    no merge: readers serve its earliest shard whichever segments hold it.)"""
     if not markers:
         return
     on_disk = open_segments(fs_dir)
@@ -238,9 +239,10 @@ def add_to_index(fs_dir: StorePath, markers: dict[str, dict]) -> None:
     # (segments holding shards removed since are merged as they are: readers skip the result, the next write_index
     # rebuilds it; listing every marker here would cost ~20 ms at a million videos)
     for segment in sorted(choose_segments(on_disk.values(), held), key=lambda s: s.n):
-        if segment.n <= GROWTH * new.n or any(segment.find(key) >= 0 for key in _keys(new)):
-            new = merge_segments([segment, new])
-            merged.append(names[id(segment)])
+        if segment.n > GROWTH * new.n:
+            break
+        new = merge_segments([segment, new])
+        merged.append(names[id(segment)])
     _write_segment(fs_dir, new)
     _delete_segments(fs_dir, merged)
 
