@@ -89,7 +89,8 @@ for i in ids:
     latencies.append(time.perf_counter() - start)
 latencies.sort()
 print(json.dumps({"open_s": opened, "rss_mb": after["VmRSS"] - before["VmRSS"],
-                  "rss_anon_mb": after["RssAnon"] - before["RssAnon"], "rss_file_mb": after["RssFile"] - before["RssFile"],
+                  "rss_anon_mb": after["RssAnon"] - before["RssAnon"],
+                  "rss_file_mb": after["RssFile"] - before["RssFile"],
                   "read_ms_median": 1000 * latencies[len(latencies) // 2], "read_ms_p90": 1000 * latencies[180],
                   "rss_after_reads_mb": rss()["VmRSS"] - before["VmRSS"]}))
 """
@@ -122,7 +123,9 @@ store = sys.argv[1]
 out = {}
 start = time.perf_counter(); store_summary(open_store(store)); out["inspect_s"] = time.perf_counter() - start
 if "quick" in inspect.signature(verify_store).parameters:
-    start = time.perf_counter(); report = verify_store(store, quick=True); out["verify_quick_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = verify_store(store, quick=True)
+    out["verify_quick_s"] = time.perf_counter() - start
     assert report.ok, report.problems[:3]
 if sys.argv[2] == "full":
     start = time.perf_counter(); report = verify_store(store); out["verify_s"] = time.perf_counter() - start

@@ -133,7 +133,7 @@ def merge_segments(segments: list[Segment]) -> Segment:
         for position, shard_id in enumerate(segment.shard_ids):
             shards.setdefault(shard_id, segment.shard_info(position))
     table = {shard_id: position for position, shard_id in enumerate(sorted(shards))}
-    keys = [key for segment in segments for key in _keys(segment)]
+    keys = [key for segment in segments for key in segment.keys()]
     shard = np.concatenate([np.array([table[s] for s in segment.shard_ids], np.int64)[segment.columns["shard"]]
                             for segment in segments])
     starts = np.concatenate([segment.columns["row_start"] for segment in segments])
@@ -148,7 +148,8 @@ def segment_files(fs_dir: StorePath) -> list[StorePath]:
     directory = fs_dir / INDEX_DIR
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.name.endswith(SEGMENT_SUFFIX) and not p.name.startswith(TEMP_PREFIX))
+    return sorted(p for p in directory.iterdir()
+                  if p.name.endswith(SEGMENT_SUFFIX) and not p.name.startswith(TEMP_PREFIX))
 
 
 def open_segments(fs_dir: StorePath) -> dict[str, Segment]:
@@ -245,10 +246,6 @@ def add_to_index(fs_dir: StorePath, markers: dict[str, dict]) -> None:
         merged.append(names[id(segment)])
     _write_segment(fs_dir, new)
     _delete_segments(fs_dir, merged)
-
-
-def _keys(segment: Segment) -> list[bytes]:
-    return [video_id.encode("utf-8") for video_id in segment.ids()]
 
 
 def write_index(fs_dir: StorePath) -> VideoIndex:

@@ -114,7 +114,7 @@ def check_marker(marker: dict, shard_id: str, where: object) -> None:
     if not isinstance(videos, list):
         raise MalformedFileError(f"{where}: 'videos' is missing or not a list.")
     rows = marker["num_rows"]
-    for video in videos:  # (`type(x) is int` leaves out bools; about 1 us a video, which verify --quick repeats 1M times)
+    for video in videos:  # (`type(x) is int` leaves out bools: ~1 us a video, which verify --quick repeats 1M times)
         if type(video) is not dict or type(video.get("id")) is not str or type(video.get("row_start")) is not int \
                 or type(video.get("n_rows")) is not int or video["row_start"] < 0 or video["n_rows"] < 0:
             raise MalformedFileError(f"{where}: a video entry lacks a string 'id' or counts "

@@ -117,8 +117,9 @@ def _write_npy(path: Path, fs: FeatureSet, name: str, meta: dict, video_ids: lis
     dtype = np.dtype(meta["dtype"])
     digest = hashlib.sha256()
     with open(path, "xb") as handle:
-        np.lib.format.write_array_header_2_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": False, "shape": (int(offsets[-1]), *meta["shape"])})
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": (int(offsets[-1]), *meta["shape"])}
+        np.lib.format.write_array_header_2_0(handle, header)
         for i, video_id in enumerate(video_ids):  # the offsets follow this order: the file is written front to back
             value = fs.read(video_id, name)
             n = int(offsets[i + 1] - offsets[i])

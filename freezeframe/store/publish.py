@@ -54,7 +54,8 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
     chosen = list(names) if names else store.names()
     missing = [name for name in chosen if name not in store.names()]
     if missing:
-        raise StoreError(f"store {src} has no feature set {missing[0]!r}; it has: {', '.join(store.names()) or 'none'}.")
+        raise StoreError(f"store {src} has no feature set {missing[0]!r}; it has: "
+                         f"{', '.join(store.names()) or 'none'}.")
     checked = verify_store(src)
     if not checked.ok:
         raise StoreError(f"store {src} fails verification, so it is not published ({len(checked.problems)} problems; "
@@ -93,7 +94,8 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
         files = [PROVENANCE_FILE, ZARR_GROUP_FILE, FAILURES_FILE, f"{SHARDS_DIR}/{ZARR_GROUP_FILE}"]
         files += [f"{FROZEN_NAME}{backend.extension}" for backend in BACKENDS.values()]
         for shard_id, marker in markers.items():
-            files += [f"{SHARDS_DIR}/{shard_id}{MARKER_SUFFIX}", f"{SHARDS_DIR}/{shard_file(shard_id, marker['format'])}"]
+            files += [f"{SHARDS_DIR}/{shard_id}{MARKER_SUFFIX}",
+                      f"{SHARDS_DIR}/{shard_file(shard_id, marker['format'])}"]
         for relative in files:
             for path in _tree(fs_dir / relative):
                 put(f"{name}/{path.relative_to(fs_dir).as_posix()}", _blocks(path))

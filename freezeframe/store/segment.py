@@ -81,7 +81,11 @@ class Segment:
         self._shard = memoryview(columns["shard"]).cast("B").cast("i")
         self._start = memoryview(columns["row_start"]).cast("B").cast("q")
         self._rows = memoryview(columns["n_rows"]).cast("B").cast("q")
-        self.shard_ids = _decode_all(columns["shard_offsets"], columns["shard_bytes"], where)
+        try:
+            self.shard_ids = [key.decode("utf-8") for key in _split(columns["shard_offsets"], columns["shard_bytes"],
+                                                                     where)]
+        except UnicodeDecodeError:
+            raise DamagedIndexError(f"{where}: a shard id is not UTF-8.") from None
         self._check_shard_table()
 
     def _check_shard_table(self) -> None:
@@ -134,7 +138,14 @@ class Segment:
 
     def ids(self) -> list[str]:
         """Every video id, sorted."""
-        return _decode_all(self.columns["id_offsets"], self.columns["id_bytes"], self.where)
+        try:
+            return [key.decode("utf-8") for key in self.keys()]
+        except UnicodeDecodeError:
+            raise DamagedIndexError(f"{self.where}: a video id is not UTF-8.") from None
+
+    def keys(self) -> list[bytes]:
+        """Every video id as UTF-8 bytes, sorted."""
+        return _split(self.columns["id_offsets"], self.columns["id_bytes"], self.where)
 
     def shard_info(self, position: int) -> ShardInfo:
         fmt, compression = self.layouts[int(self.columns["shard_layout"][position])]
@@ -160,7 +171,8 @@ class Segment:
                 first -= 1
             kept, other = (first, j) if shard[order[first]] <= shard[order[j]] else (j, first)
             keep[other] = False
-            duplicates.append((ordered[j].decode("utf-8"), shard_ids[shard[order[kept]]], shard_ids[shard[order[other]]]))
+            duplicates.append((ordered[j].decode("utf-8"), shard_ids[shard[order[kept]]],
+                               shard_ids[shard[order[other]]]))
         rows = np.asarray(order, np.int64)[keep]
         layouts = sorted({(info.format, info.compression) for info in shards.values()})
         array_keys = sorted({json.dumps(info.arrays, sort_keys=True) for info in shards.values()})
@@ -269,12 +281,9 @@ def _check_offsets(offsets: np.ndarray, blob: np.ndarray, where: object) -> None
         raise DamagedIndexError(f"{where}: a string column's offsets do not fit its bytes.")
 
 
-def _decode_all(offsets: np.ndarray, blob: np.ndarray, where: object) -> list[str]:
-    """Every string of an offsets + bytes column pair (DamagedIndexError when the offsets do not fit the bytes)."""
+def _split(offsets: np.ndarray, blob: np.ndarray, where: object) -> list[bytes]:
+    """Every value of an offsets + bytes column pair (DamagedIndexError when the offsets do not fit the bytes)."""
     _check_offsets(offsets, blob, where)
     data = blob.tobytes()
     bounds = offsets.tolist()
-    try:
-        return [data[a:b].decode("utf-8") for a, b in zip(bounds, bounds[1:])]
-    except UnicodeDecodeError:
-        raise DamagedIndexError(f"{where}: an id is not UTF-8.") from None
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]

@@ -7,7 +7,8 @@ from pathlib import Path
 from freezeframe.errors import StoreError
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import read_json
-from freezeframe.store.layout import MIRROR_FILE, PROVENANCE_FILE, PUBLISHED_FILE, SCHEMA_FILE, SCHEMA_VERSION, TEMP_PREFIX
+from freezeframe.store.layout import (MIRROR_FILE, PROVENANCE_FILE, PUBLISHED_FILE, SCHEMA_FILE, SCHEMA_VERSION,
+                                      TEMP_PREFIX)
 from freezeframe.store.location import StorePath, store_path
 
 
