@@ -14,7 +14,7 @@ from freezeframe.cli.group import main
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see README, 'inspect --json').")
 def inspect(store, as_json) -> None:
-    """Summarise the feature sets of STORE: provenance, videos, frames, arrays, failures."""
+    """Summarise the feature sets of STORE: provenance, videos, rows, arrays, failures."""
     from freezeframe.store import open_store
     from freezeframe.summary import format_summary, store_summary
 
@@ -97,7 +97,7 @@ def publish(store, dest, names) -> None:
 @click.option("--set", "feature_set", required=True, help="Feature-set name inside the store.")
 @click.option("--arrays", default=None, help="Comma list of arrays to export [default: all stored arrays].")
 def export_memmap_command(store, feature_set, arrays) -> None:
-    """Write STORE/SET/memmap/: one flat .npy per array over all committed frames, for fast training reads.
+    """Write STORE/SET/memmap/: one flat .npy per array over all committed rows, for fast training reads.
 
     Built from the shards committed now and swapped in atomically (replacing an older export). Datasets use
     it only while it matches the committed shards; commit more and they read the shards until you re-export.
