@@ -32,7 +32,8 @@ def store_summary(store: Store, names: list[str] | None = None) -> dict:
             "storage": fs.storage(),
             "failures": fs.failures(),
         }
-    return {"store": str(store.path), "feature_sets": sets}
+    location = store.published.location if store.published is not None else store.path  # (not its local cache)
+    return {"store": str(location), "feature_sets": sets}
 
 
 def format_summary(summary: dict) -> str:

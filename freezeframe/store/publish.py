@@ -100,7 +100,9 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
             for path in _tree(fs_dir / relative):
                 put(f"{name}/{path.relative_to(fs_dir).as_posix()}", _blocks(path))
         if log:
-            log(f"{name}: {segment.n} videos, {len(markers)} shards published")
+            from freezeframe.summary import plural
+
+            log(f"{name}: {plural(segment.n, 'video')} in {plural(len(markers), 'shard')} published")
     body = dumps({"format": PUBLISHED_FORMAT, "version": PUBLISHED_VERSION, "source": str(store.path),
                   "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "feature_sets": chosen,
                   "files": manifest}, compact=True)
