@@ -71,7 +71,7 @@ def main() -> None:
         preprocess = ExactPreprocessor(backbone.preprocess)
         pixels = {}
         for source in sources:
-            indices = fs.read(source.video_id, "frame_indices")[selection.rows(fs.video_info(source.video_id)["n_frames"])]
+            indices = fs.read(source.video_id, "frame_indices")[selection.rows(fs.locate(source.video_id).n_rows)]
             reader = open_video(source.path)
             unique = np.unique(indices)
             pixels[source.video_id] = preprocess(reader.get(unique)[np.searchsorted(unique, indices)])

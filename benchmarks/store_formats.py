@@ -48,7 +48,7 @@ def measure(store: Path, name: str, reads: int, seed: int) -> dict:
     ids = fs.video_ids()
     row_bytes = sum(int(np.prod(m["shape"], dtype=np.int64)) * np.dtype(m["dtype"]).itemsize
                     for m in fs.arrays().values())
-    raw = fs.num_frames * row_bytes
+    raw = fs.num_rows * row_bytes
     fs.close()
     full = []
     for _ in range(5):  # a fresh FeatureSet each time: opening files is part of a full read
@@ -116,7 +116,7 @@ def main() -> None:
             rows[f"{fmt}/{compression}"] = {**measure(dst, name, args.reads, args.seed), "convert_s": convert_s}
 
     fs = open_store(source)[name]
-    meta = {"model": args.model, "weights": "random", "videos": len(fs), "frames": fs.num_frames,
+    meta = {"model": args.model, "weights": "random", "videos": len(fs), "frames": fs.num_rows,
             "arrays": {a: m["shape"] for a, m in fs.arrays().items()}, "extract_s": extract_s, "work": str(work)}
     if args.json:
         print(json.dumps({**meta, "stores": rows}, indent=1))

@@ -94,7 +94,7 @@ def prepare(work: Path, model: str, num_frames: int, device: str) -> tuple[str, 
     for i, array in enumerate(arrays):
         np.save(ceiling / f"{i}.npy", np.concatenate([fs.read(v, array) for v in fs.video_ids()]))
     for video_id in fs.video_ids():
-        n = fs.video_info(video_id)["n_frames"]
+        n = fs.locate(video_id).n_rows
         index[video_id] = (start, n)
         start += n
     (ceiling / "index.json").write_text(json.dumps(index))

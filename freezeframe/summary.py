@@ -25,13 +25,15 @@ def store_summary(store: Store, names: list[str] | None = None) -> dict:
         sets[name] = {
             "provenance": fs.provenance,
             "num_videos": len(fs),
-            "num_frames": fs.num_frames,
+            "num_rows": fs.num_rows,
+            "num_frames": fs.num_rows,  # the name before rows were called rows (windows and token rows are not frames)
             "num_shards": len(fs.shard_ids),
             "arrays": dict(sorted(fs.arrays().items(), key=lambda item: natural_key(item[0]))),
             "storage": fs.storage(),
             "failures": fs.failures(),
         }
-    return {"store": str(store.path), "feature_sets": sets}
+    location = store.published.location if store.published is not None else store.path  # (not its local cache)
+    return {"store": str(location), "feature_sets": sets}
 
 
 def format_summary(summary: dict) -> str:
@@ -45,7 +47,7 @@ def format_summary(summary: dict) -> str:
         text = p.get("kind") == "text"
         windows = p.get("sampling", {}).get("strategy") == "windows"
         items, row = ("caption", "token row") if text else ("video", "window" if windows else "frame")
-        lines.append(f"  {name}: {plural(fs['num_videos'], items)}, {plural(fs['num_frames'], row)} in "
+        lines.append(f"  {name}: {plural(fs['num_videos'], items)}, {plural(fs['num_rows'], row)} in "
                      f"{plural(fs['num_shards'], 'shard')}")
         lines.append(f"    backbone  {backbone.get('name', '')} {backbone.get('library', '?')} {backbone.get('model', '?')} "
                      f"weights={backbone.get('pretrained', backbone.get('weights_sha256', '?')[:12])}"

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from freezeframe.store import open_store, verify_store
-from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX
+from freezeframe.store.layout import INDEX_DIR, MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = REPO / "tests" / "data" / "videos"
@@ -163,7 +163,7 @@ def file_size_limits(reference: Path) -> list[tuple[int, int]]:
     the limit, and some file of that shard does not. Also one limit that fails before any shard."""
     fs_dir = reference / FEATURE_SET
     before = max(p.stat().st_size for p in fs_dir.rglob("*") if p.is_file() and SHARDS_DIR not in p.parts
-                 and p.name != "index.json")
+                 and INDEX_DIR not in p.parts)
     shard_sizes = []
     for shard_id, marker in sorted(markers(reference).items()):
         files = [p for p in (shards_dir(reference) / marker["file"]).rglob("*") if p.is_file()]

@@ -116,9 +116,9 @@ def test_bad_inputs_are_recorded_and_good_ones_committed(decoder, extract, input
         assert np.isfinite(feature_set.read(video_id, "embed").astype(np.float32)).all()
         np.testing.assert_array_equal(feature_set.read(video_id, "frame_indices"), frames)
         info = feature_set.video_info(video_id)
-        assert info["n_frames"] == 4 and info["source_frames"] == n_frames
+        assert info["n_rows"] == 4 and info["source_frames"] == n_frames
         assert info["decoder"] == ("pyav" if decoder == "auto" else decoder)
-    assert feature_set.num_frames == 4 * len(GOOD)
+    assert feature_set.num_rows == 4 * len(GOOD)
 
     verified = run_cli("verify", store)
     assert verified.exit_code == 0, verified.output

@@ -204,13 +204,14 @@ def test_oversize_metadata_and_list_files_fail_with_one_sentence(head_run, tmp_p
             read()
 
 
-def test_an_oversize_index_cache_is_rebuilt_from_the_markers(head_run, tmp_path, monkeypatch):
+def test_an_index_segment_declaring_an_oversize_header_is_ignored(head_run, tmp_path, monkeypatch):
     store = tmp_path / "store"
     shutil.copytree(head_run["root"] / "store", store)
     ids = open_store(store)[FEATURE_SET].video_ids()
-    index = store / FEATURE_SET / "index.json"
-    index.write_text(index.read_text() + " " * 2 * 1024 * 1024)  # still valid JSON, but 2 MiB
+    (segment,) = (store / FEATURE_SET / "index").iterdir()
+    data = segment.read_bytes()
+    segment.write_bytes(data[:8] + (2 << 20).to_bytes(8, "little") + data[16:] + b" " * (3 << 20))  # a 2 MiB header
     monkeypatch.setenv("FREEZEFRAME_MAX_FILE_MB", "1")
-    assert open_store(store)[FEATURE_SET].video_ids() == ids
+    assert open_store(store)[FEATURE_SET].video_ids() == ids  # read from the markers instead
     report = verify_store(store)
-    assert report.ok and any("index.json is unreadable" in w for w in report.warnings), report.warnings
+    assert report.ok and any("not a readable index segment" in w for w in report.warnings), report.warnings

@@ -207,7 +207,7 @@ def test_uncommitted_h5_shards_are_invisible_and_aborts_remove_files(stores, tmp
     renamed.append("unmarked-video", _arrays(fs, 1, 2))
     renamed.end_video("unmarked-video")
     with monkeypatch.context() as m:
-        m.setattr(shard_module, "write_json_atomic", lambda path, obj: (_ for _ in ()).throw(OSError("crash")))
+        m.setattr(shard_module, "write_json_atomic", lambda path, obj, **_: (_ for _ in ()).throw(OSError("crash")))
         with pytest.raises(OSError, match="crash"):
             renamed.commit()
     assert renamed.final_path.is_file() and not renamed.temp_path.exists()
@@ -233,7 +233,7 @@ def test_uncommitted_h5_shards_are_invisible_and_aborts_remove_files(stores, tmp
     shard.append("b", _arrays(fs, 4, 2))
     shard.end_video("b")
     marker = shard.commit()
-    assert (marker["format"], marker["compression"], marker["num_frames"]) == ("hdf5", "zstd", 7)
+    assert (marker["format"], marker["compression"], marker["num_rows"]) == ("hdf5", "zstd", 7)
     fs.refresh()
     for video_id, seed, n in (("a", 2, 5), ("b", 4, 2)):
         for array, want in _arrays(fs, seed, n).items():

@@ -98,7 +98,7 @@ def order_task(tmp_path_factory) -> SimpleNamespace:
                            small_train_csv=write_labels(root / "small-train.csv", train[:80]),
                            small_val_csv=write_labels(root / "small-val.csv", train[80:120]))
     fs = open_store(task.store)[ORDER]
-    assert len(fs) == 200 and {fs.video_info(v)["n_frames"] for v in fs.video_ids()} == {8}
+    assert len(fs) == 200 and {fs.locate(v).n_rows for v in fs.video_ids()} == {8}
     return task
 
 

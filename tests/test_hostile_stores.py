@@ -26,7 +26,9 @@ from freezeframe.store import open_store
 from freezeframe.store.convert import convert_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection
 from freezeframe.userfiles import read_labels
+from freezeframe.store.layout import INDEX_DIR, SEGMENT_SUFFIX
 from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
+from freezeframe.store.segment import Segment
 from freezeframe.store.verify import verify_store
 from freezeframe.store.writer import FeatureSetWriter
 
@@ -73,6 +75,12 @@ def edit_json(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
     path.write_text(json.dumps(data))
+
+
+def drop_index(store: Path) -> None:
+    """Remove the video index, so that readers take the (hostile) markers themselves."""
+    for segment in (store / "fs" / INDEX_DIR).iterdir():
+        segment.unlink()
 
 
 def problems_of(store: Path) -> list[str]:
@@ -147,7 +155,7 @@ def test_symlinked_shard_folder_and_hdf5_file_are_refused(tmp_path, outside):
 def test_marker_file_names_are_never_followed(store, name, run_cli):
     _, marker = shard_of(store)
     edit_json(marker, lambda m: m.update(file=name))
-    (store / "fs" / "index.json").unlink()
+    drop_index(store)
     message = one_line_error(run_cli, "inspect", store)
     assert marker.name in message
     assert any(marker.name[:-len(".done.json")] in p for p in problems_of(store))
@@ -227,11 +235,11 @@ def test_marker_and_hdf5_declaring_terabytes_are_a_quick_problem(tmp_path):
         f.create_dataset("embed", shape=(rows, 8), maxshape=(None, 8), chunks=(4096, 8), dtype=np.float16)
 
     def declare(m):
-        m["num_frames"] = rows
+        m["num_rows"] = rows
         m["arrays"]["embed"]["rows"] = rows
-        m["videos"][-1]["n_frames"] = rows - 3
+        m["videos"][-1]["n_rows"] = rows - 3
     edit_json(marker, declare)
-    (store / "fs" / "index.json").unlink()  # readers take the (hostile) marker itself
+    drop_index(store)  # readers take the (hostile) marker itself
     started = time.monotonic()
     problems = problems_of(store)
     assert time.monotonic() - started < 10
@@ -254,12 +262,12 @@ def test_fifo_chunk_never_hangs(store):
 
 def test_deeply_nested_and_malformed_json_are_one_line(store, run_cli):
     _, marker = shard_of(store)
-    (store / "fs" / "index.json").unlink()
+    drop_index(store)
     marker.write_text("[" * 100_000 + "]" * 100_000)
     assert marker.name in one_line_error(run_cli, "inspect", store)
     marker.write_bytes(b'{"shard_id": "\xff\xfe"}')
     assert "not UTF-8" in one_line_error(run_cli, "inspect", store)
-    marker.write_text(json.dumps({"format": "zarr", "file": "x", "num_frames": 1, "arrays": {}}))
+    marker.write_text(json.dumps({"format": "zarr", "file": "x", "num_rows": 1, "arrays": {}}))
     assert marker.name in one_line_error(run_cli, "inspect", store)
     assert problems_of(store)  # verify reports it, never crashes on it
     (store / "freezeframe.json").write_text("[1, 2]")
@@ -268,17 +276,25 @@ def test_deeply_nested_and_malformed_json_are_one_line(store, run_cli):
 
 # ---- 3. verify covers what readers are served ---------------------------------------------------------------------
 
-def test_index_cache_redirects_are_verify_problems_and_file_names_are_not_trusted(store, tmp_path):
+def test_index_redirects_are_verify_problems_and_shard_names_are_not_trusted(store, tmp_path):
     bundle, _ = shard_of(store)
     other = bundle.with_name("9999999999999-000000000000.zarr")
     make_store(tmp_path / "other")
     os.rename(shard_of(tmp_path / "other")[0], other)  # an unmarked shard
-    edit_json(store / "fs" / "index.json",
-              lambda index: [entry.update(file=other.name) for entry in index["shards"].values()])
+    (segment_path,) = (store / "fs" / INDEX_DIR).glob(f"*{SEGMENT_SUFFIX}")
+    segment = Segment.open(segment_path)
+    original = {name: np.array(column) for name, column in segment.columns.items()}  # (the map sees rewrites)
+
+    def rewrite(**columns):
+        edited = {**original, **columns}
+        segment_path.write_bytes(Segment(edited, segment.layouts, segment.array_sets, segment.replaces,
+                                         segment_path).to_bytes())
+    name = other.name[:-len(".zarr")].encode()
+    rewrite(shard_offsets=np.array([0, len(name)]), shard_bytes=np.frombuffer(name, np.uint8))
     assert np.array_equal(open_store(store)["fs"].read("a", "embed"), EMBED["a"])  # the marked shard, not `other`
-    assert any("index.json" in p for p in problems_of(store))
-    edit_json(store / "fs" / "index.json", lambda index: index["videos"]["b"].update(row_start=0))
-    assert any("index.json" in p for p in problems_of(store))
+    assert verify_store(store).ok and any(INDEX_DIR in w for w in verify_store(store).warnings)
+    rewrite(row_start=np.array([0, 0]))  # b pointed at a's rows
+    assert any(INDEX_DIR in p and "disagrees" in p for p in problems_of(store))
 
 
 def test_provenance_and_frozen_edits_are_verify_problems(store):
@@ -294,7 +310,7 @@ def test_provenance_and_frozen_edits_are_verify_problems(store):
 def test_stores_without_hashes_still_read_and_verify_with_warnings(store):
     _, marker = shard_of(store)
     edit_json(marker, lambda m: (m.pop("provenance_sha256"), m.pop("frozen_sha256")))
-    (store / "fs" / "index.json").unlink()
+    drop_index(store)
     assert np.array_equal(open_store(store)["fs"].read("b", "embed"), EMBED["b"])
     report = verify_store(store)
     assert report.ok
@@ -320,8 +336,8 @@ def test_memmap_export_is_verified_and_never_serves_outside_files(store, outside
     ds = FeatureDataset(store, "fs", ["a", "b"], ["embed"], FrameSelection("all"))
     assert not ds.uses_memmap and np.array_equal(ds[1]["inputs"]["embed"].numpy(), EMBED["b"])
     assert any(MEMMAP_INDEX in p for p in problems_of(store))
-    edit_json(directory / MEMMAP_INDEX, lambda ix: (ix["arrays"]["embed"].update(file=npy.name),
-                                                    ix["videos"]["b"].update(row_start=0)))
+    edit_json(directory / MEMMAP_INDEX, lambda ix: ix["arrays"]["embed"].update(file=npy.name))
+    np.save(directory / index["row_offsets"], np.array([0, 1, 5]))  # a's rows cut short, b's grown
     assert any("rows disagree" in p for p in problems_of(store))
 
 

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.layout import TEMP_PREFIX
 from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
+from freezeframe.store.segment import Segment
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "mpeg4": "test_mpeg4.avi",
@@ -93,25 +95,23 @@ def test_export_equals_store_reads_exactly(store):
     index = json.loads((directory / MEMMAP_INDEX).read_text())
     assert index["shards"] == fs.shard_ids and len(fs.shard_ids) == 2
     assert set(index["arrays"]) == set(fs.arrays())
-    assert sorted(index["videos"]) == fs.video_ids()
-    row = 0
-    for video_id in sorted(index["videos"]):  # contiguous rows in sorted video id order
-        where = index["videos"][video_id]
-        assert (where["row_start"], where["n_frames"], where["shard"]) == (
-            row, fs.video_info(video_id)["n_frames"], fs.video_info(video_id)["shard"])
-        row += where["n_frames"]
-    assert row == index["num_frames"] == fs.num_frames
+    table = Segment.open(directory / index["video_table"])  # the video index as exported: ids, shards, rows
+    assert table.ids() == fs.video_ids()
+    assert [tuple(table.entry(i)) for i in range(table.n)] == [tuple(fs.locate(v)) for v in fs.video_ids()]
+    offsets = np.load(directory / index["row_offsets"])  # contiguous rows in sorted video id order
+    assert offsets.tolist() == np.cumsum([0] + [fs.locate(v).n_rows for v in fs.video_ids()]).tolist()
+    assert offsets[-1] == index["num_rows"] == fs.num_rows
     for array, meta in index["arrays"].items():
         flat = np.load(directory / meta["file"], mmap_mode="r")
-        assert flat.shape == (fs.num_frames, *fs.arrays()[array]["shape"])
+        assert flat.shape == (fs.num_rows, *fs.arrays()[array]["shape"])
         assert flat.dtype == np.dtype(fs.arrays()[array]["dtype"])
-        for video_id, where in index["videos"].items():
+        for i, video_id in enumerate(fs.video_ids()):
             expected = fs.read(video_id, array)
-            got = flat[where["row_start"]: where["row_start"] + where["n_frames"]]
+            got = flat[offsets[i]:offsets[i + 1]]
             assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True), (array, video_id)
     export = open_memmap_export(fs, index["arrays"])
     for video_id in fs.video_ids():
-        n = fs.video_info(video_id)["n_frames"]
+        n = fs.locate(video_id).n_rows
         for frames in (None, slice(1, None, 2), np.array([n - 1, 0, 0, 1]), np.array([], dtype=np.int64)):
             assert np.array_equal(export.read(video_id, "tokens/3", frames), fs.read(video_id, "tokens/3", frames))
 
@@ -217,7 +217,8 @@ def test_export_is_atomic(store, monkeypatch):
     # a replacing export: new files only, old ones gone, no temporaries left; the held maps stay readable
     second = export_memmap(fs, ["embed", "cls"])
     names = sorted(p.name for p in (fs.path / MEMMAP_DIR).iterdir())
-    assert names == sorted([MEMMAP_INDEX] + [m["file"] for m in second["arrays"].values()])
+    assert names == sorted([MEMMAP_INDEX, second["video_table"], second["row_offsets"]]
+                           + [m["file"] for m in second["arrays"].values()])
     assert all(second["export_id"] in n for n in names if n != MEMMAP_INDEX)
     assert not [p for p in fs.path.iterdir() if p.name.startswith(TEMP_PREFIX) and p != dead]
     for video_id, value in expected.items():
@@ -235,7 +236,7 @@ LIVE_FILES = ["short_32frames.mp4", "lowfps_6fps.mp4", "test_mpeg4.avi", "archer
 
 def snapshot_read(store: str, name: str, array: str) -> dict[str, tuple[int, bytes]]:
     fs = FeatureSet(Path(store), name)
-    return {v: (fs.video_info(v)["n_frames"], fs.read(v, array).tobytes()) for v in fs.video_ids()}
+    return {v: (fs.locate(v).n_rows, fs.read(v, array).tobytes()) for v in fs.video_ids()}
 
 
 def reader_process(store: str, name: str, stop_file: str, queue) -> None:
@@ -248,7 +249,7 @@ def reader_process(store: str, name: str, stop_file: str, queue) -> None:
         fs.refresh()
         for video_id in fs.video_ids():
             value = fs.read(video_id, "tokens/3")
-            seen.setdefault(video_id, set()).add((fs.video_info(video_id)["n_frames"], value.shape[0], value.tobytes()))
+            seen.setdefault(video_id, set()).add((fs.locate(video_id).n_rows, value.shape[0], value.tobytes()))
         rounds += 1
         if stop:
             break
@@ -281,13 +282,20 @@ def test_many_readers_while_extract_commits(live_store, tmp_path):
          str(store), "--name", name, *TINY, *LIVE, "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    counts: list[int] = []  # videos listed, polled every few ms: commits come in a burst after the model loads
+
+    def watch() -> None:
+        while writer.poll() is None:
+            counts.append(len(FeatureSet(store, name).video_ids()))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     seen: dict[str, set] = {}
     polls = memmap_polls = 0
-    counts: list[int] = []
     while True:
         done = writer.poll() is not None
         ids = FeatureSet(store, name).video_ids()
-        counts.append(len(ids))
         ds = FeatureDataset(store, name, ids, ["embed", "tokens/3"], FrameSelection("all"))
         uses = ds.uses_memmap
         assert uses == (ds._open().shard_ids == export_shards)  # noqa: SLF001 - the export only while up to date
@@ -300,6 +308,7 @@ def test_many_readers_while_extract_commits(live_store, tmp_path):
         if done:
             break
     output = writer.communicate()[0]
+    watcher.join()
     assert writer.returncode == 0, output
     stop_file.touch()
     results = [queue.get(timeout=60) for _ in readers]
@@ -318,7 +327,7 @@ def test_many_readers_while_extract_commits(live_store, tmp_path):
         for video_id, values in reader_seen.items():
             assert values == [(4, 4, final[video_id][1])], video_id
     assert polls >= 2 and set(seen) == set(final)
-    # the DataLoader saw the store while the writer was half-way (otherwise this test proves little)
+    # readers saw the store while the writer was half-way (otherwise this test proves little)
     assert any(1 < c < len(final) for c in counts), counts
     # refresh() picks up the shards committed since opening
     assert opened_early.video_ids() == ["first"]

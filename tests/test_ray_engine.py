@@ -20,7 +20,8 @@ from freezeframe.cli import main
 from freezeframe.extract import ClipConfig, ExtractConfig, SamplingConfig, collect_sources
 from freezeframe.extract.ray_engine import RayConfig, WorkerError, run_ray_extraction
 from freezeframe.store import open_store, verify_store
-from freezeframe.store.layout import TEMP_PREFIX
+from freezeframe.store.layout import INDEX_DIR, TEMP_PREFIX
+from freezeframe.store.segment import Segment
 from freezeframe.summary import plural
 
 ALL = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
@@ -91,8 +92,9 @@ def test_ray_extraction_equals_local_and_the_driver_records_failures(ray_run, re
     records = failure_records(store)
     assert [(r["video_id"], r["path"]) for r in records] == [("corrupt", str(corrupt))]
     # the driver wrote the index; actors wrote the shards (none of them in this, the driver's, process)
-    index = json.loads((store / FEATURE_SET / "index.json").read_text())
-    assert sorted(index["videos"]) == IDS and sorted(index["shards"]) == sorted(markers(store))
+    (segment,) = (store / FEATURE_SET / INDEX_DIR).iterdir()
+    index = Segment.open(segment)
+    assert index.ids() == sorted(IDS) and index.shard_ids == sorted(markers(store))
     writers = {marker["writer"] for marker in markers(store).values()}
     assert writers and all(not w.endswith(f".{os.getpid()}") for w in writers), writers
     assert [p.name for p in shards_dir(store).iterdir() if p.name.startswith(TEMP_PREFIX)] == []

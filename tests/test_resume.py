@@ -72,8 +72,8 @@ def assert_same_features(store: Path, reference: Path, video_ids: list[str] | No
         assert ids == ref.video_ids()
     for video_id in ids:
         info, ref_info = fs.video_info(video_id), ref.video_info(video_id)
-        assert (info["n_frames"], Path(info["source"]).name, info["decoder"]) == \
-            (ref_info["n_frames"], Path(ref_info["source"]).name, ref_info["decoder"])
+        assert (info["n_rows"], Path(info["source"]).name, info["decoder"]) == \
+            (ref_info["n_rows"], Path(ref_info["source"]).name, ref_info["decoder"])
         for array in fs.arrays():
             got, want = fs.read(video_id, array), ref.read(video_id, array)
             assert got.dtype == want.dtype and got.shape == want.shape, (video_id, array)
@@ -123,7 +123,7 @@ def reference(corpus, tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary_line(result.stdout) == (24, 0)
     fs = open_store(store)[FEATURE_SET]
-    assert len(fs) == 24 and len(fs.shard_ids) == 24 and fs.num_frames == 24 * 4
+    assert len(fs) == 24 and len(fs.shard_ids) == 24 and fs.num_rows == 24 * 4
     return store
 
 

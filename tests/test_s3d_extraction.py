@@ -61,7 +61,7 @@ def s3dg_store(tmp_path_factory, sample_videos):
 def test_one_window_per_second_at_the_videos_real_times(s3dg_store):
     fs, _ = s3dg_store
     # 420 frames at 30 fps = 14 s; 57 at 6 fps = 9.5 s; 300 at 29.97 = 10.01 s; 32 at 30 fps = 1.07 s
-    assert {v: fs.video_info(v)["n_frames"] for v in fs.video_ids()} == {
+    assert {v: fs.locate(v).n_rows for v in fs.video_ids()} == {
         "v_ZNVhz7ctTq0": 14, "lowfps_6fps": 9, "ntsc_29.97fps": 10, "short_32frames": 1}
     np.testing.assert_array_equal(fs.read("v_ZNVhz7ctTq0", "frame_indices"), np.arange(420).reshape(14, 30))
     np.testing.assert_allclose(fs.read("v_ZNVhz7ctTq0", "timestamps"), np.arange(14), atol=1e-6)

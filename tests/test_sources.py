@@ -105,6 +105,21 @@ def test_text_list_one_path_a_line(tmp_path, tree, monkeypatch):
         ("other/f", str(tree / "other" / "f.mov"))]
 
 
+@pytest.mark.parametrize("folder", ["lists", "."])
+def test_text_list_lines_mean_what_pathlib_makes_of_them(tmp_path, monkeypatch, folder):
+    lines = ["a.mp4", "dir/b.mp4", "dir/c", "x/.hidden", ".hidden", "a/../b.mp4", "d.tar.gz", "dir/e.", "f..mp4",
+             "ü/ñ.webm", "a\\b.mp4", "..", "a/..", "./x.mp4", "x//y.mp4", "z/./y.mp4", "v/", "w/.", ".x/y", "a/.b"]
+    monkeypatch.chdir(tmp_path)
+    listing = Path(folder) / "videos.txt"
+    listing.parent.mkdir(exist_ok=True)
+    listing.write_text("\n".join(lines) + "\n")
+    expected = []
+    for line in lines:  # the meaning of a line, spelled with pathlib (the list reader skips it for plain lines)
+        raw = Path(line)
+        expected.append(VideoSource(str(raw.with_suffix("")) if raw.suffix else str(raw), str(listing.parent / raw)))
+    assert collect_sources([listing]) == expected
+
+
 def test_text_list_absolute_path_inside_its_folder(tmp_path, tree):
     (tree / "list.txt").write_text(f"{tree / 'sub' / 'c.mp4'}\n", encoding="utf-8")
     assert collect_sources([tree / "list.txt"]) == [VideoSource("sub/c", str(tree / "sub" / "c.mp4"))]

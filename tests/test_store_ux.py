@@ -205,7 +205,7 @@ def test_plain_zarr_lists_feature_sets_shards_and_arrays_with_dimension_names(de
     assert shard["embed"].metadata.dimension_names == ("frame", "embed_dim")
     assert shard["timestamps"].metadata.dimension_names == ("frame",)
     video = shard.attrs["videos"][0]
-    np.testing.assert_array_equal(tokens[video["row_start"]:video["row_start"] + video["n_frames"]],
+    np.testing.assert_array_equal(tokens[video["row_start"]:video["row_start"] + video["n_rows"]],
                                   fs.read(video["id"], "tokens/3"))
     assert "commit marker" in shard.attrs["committed_by"]
 
@@ -311,7 +311,7 @@ def test_rm_videos_rewrites_their_shards_and_verifies(tmp_path, run_cli, store_f
 
 def test_a_crash_after_the_rewritten_shard_commits_serves_the_new_state(tmp_path, run_cli):
     from freezeframe.store.remove import _copy_videos
-    from freezeframe.store.index import committed_shard_ids, read_marker
+    from freezeframe.store.markers import committed_shard_ids, read_marker
 
     store = tmp_path / "store"
     data = _two_shards(store)

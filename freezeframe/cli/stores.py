@@ -1,4 +1,4 @@
-"""Store commands: inspect, verify, convert, export-memmap, export-npy, rm."""
+"""Store commands: inspect, verify, convert, publish, export-memmap, export-npy, rm."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from freezeframe.store.store import open_feature_set
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see README, 'inspect --json').")
 def inspect(store, as_json) -> None:
-    """Summarise the feature sets of STORE: provenance, videos, frames, arrays, failures."""
+    """Summarise the feature sets of STORE: provenance, videos, rows, arrays, failures."""
     from freezeframe.store import open_store
     from freezeframe.summary import format_summary, store_summary
 
@@ -25,12 +25,15 @@ def inspect(store, as_json) -> None:
 
 @main.command()
 @click.argument("store")
-def verify(store) -> None:
+@click.option("--quick", is_flag=True, help="Check the commit markers and the index only; read no array.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes that check shards at once [default: the CPUs, at most 8].")
+def verify(store, quick, jobs) -> None:
     """Check every committed shard of STORE: readable, checksums and index consistent. Exit 1 on any problem."""
     from freezeframe.store import verify_store
     from freezeframe.summary import plural
 
-    report = verify_store(store)
+    report = verify_store(store, quick=quick, jobs=jobs)
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for problem in report.problems:
@@ -71,12 +74,31 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
     click.echo(f"ok: {dst} holds an exact {store_format}/{compression} copy")
 
 
+@main.command()
+@click.argument("store")
+@click.argument("dest")
+@click.option("--set", "names", multiple=True, help="Feature set to publish (repeatable) [default: all].")
+def publish(store, dest, names) -> None:
+    """Verify STORE and copy it to DEST (an fsspec URL or an empty directory) as a read-only published store.
+
+    DEST gets what readers use and a manifest of sha256 hashes (published.json), written last. Others open it with
+    open_store(DEST) (or any command taking a store): what they read is fetched into a local cache
+    ($FREEZEFRAME_CACHE_DIR, default ~/.cache/freezeframe) and checked against the manifest first.
+    """
+    from freezeframe.store.publish import publish_store
+    from freezeframe.summary import plural
+
+    report = publish_store(store, dest, names, log=click.echo)
+    click.echo(f"published {plural(report.videos, 'video')} in {plural(report.files, 'file')} "
+               f"({report.bytes / 1e6:.1f} MB) to {dest}; manifest sha256 {report.manifest_sha256}")
+
+
 @main.command("export-memmap")
 @click.argument("store")
 @click.option("--set", "feature_set", required=True, help="Feature-set name inside the store.")
 @click.option("--arrays", default=None, help="Comma list of arrays to export [default: all stored arrays].")
 def export_memmap_command(store, feature_set, arrays) -> None:
-    """Write STORE/SET/memmap/: one flat .npy per array over all committed frames, for fast training reads.
+    """Write STORE/SET/memmap/: one flat .npy per array over all committed rows, for fast training reads.
 
     Built from the shards committed now and swapped in atomically (replacing an older export). Datasets use
     it only while it matches the committed shards; commit more and they read the shards until you re-export.
@@ -86,8 +108,8 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     fs = open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     index = export_memmap(fs, names, log=click.echo)
-    click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(index['videos'])} videos, "
-               f"{index['num_frames']} frames from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
+    click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(fs)} videos, "
+               f"{index['num_rows']} rows from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
 
 
 @main.command("export-npy")

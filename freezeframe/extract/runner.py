@@ -205,8 +205,7 @@ def run_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: E
     try:
         writer = FeatureSetWriter(config.store, name, feature_set_provenance(backbone, config), format=config.format,
                                   compression=config.compression, frozen=backbone.frozen_weights() or None)
-        committed = writer.committed_ids()
-        todo = [s for s in sources if s.video_id not in committed]
+        todo = videos_left(sources, writer)
         report = ExtractionReport(config.store, name, total=len(sources), skipped=len(sources) - len(todo),
                                   failures_path=str(writer.failures_path))
         if not todo:
@@ -231,6 +230,13 @@ def run_extraction(sources: Sequence[VideoSource], backbone: Backbone, config: E
                          "rerun finishes the rest once the cause (disk space, quota, file size limit) is fixed.") from exc
     report.seconds = time.perf_counter() - start
     return report
+
+
+def videos_left(sources: Sequence[VideoSource], writer: FeatureSetWriter) -> list[VideoSource]:
+    """The sources whose videos are not committed yet, in input order: a rerun's work (at a million videos, a
+    second or so: committed ids come from the memory-mapped index)."""
+    committed = writer.committed_ids()
+    return [s for s in sources if s.video_id not in committed]
 
 
 # ---- input and usage checks: cheap, before any model loads or anything is written ---------------------------

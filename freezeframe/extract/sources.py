@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
@@ -13,6 +16,8 @@ VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".3gp", ".ogv", ".gif"}
 )
 LIST_EXTENSIONS = frozenset({".csv", ".txt", ".lst", ".list"})
+# what pathlib would change in a list line: absolute, empty or "." components, a trailing "/"
+_NOT_PLAIN = re.compile(r"^\.?/|//|/\.(/|$)|/$|^\.$")
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,16 @@ def _read_list(list_file: Path) -> list[VideoSource]:
             out.append(VideoSource(row.get("video_id") or _id_from(raw, None), str(path)))
         return out
     out = []
+    prefix = "" if str(base) == "." else str(base).rstrip("/") + "/"
     for line in lines:
-        raw = Path(line.strip())
+        text = line.strip()
+        if text and not _NOT_PLAIN.search(text):  # what pathlib gives, without building paths: ~1 us a line, not ~20
+            name = text.rsplit("/", 1)[-1]
+            dot = name.rfind(".")
+            out.append(VideoSource(text[:len(text) - len(name) + dot] if 0 < dot < len(name) - 1 else text,
+                                   prefix + text))
+            continue
+        raw = Path(text)
         path = raw if raw.is_absolute() else base / raw
         out.append(VideoSource(_id_from(raw, None) if not raw.is_absolute() else _id_from(raw, base), str(path)))
     return out
@@ -81,18 +94,32 @@ def collect_sources(inputs: Sequence[str | Path]) -> list[VideoSource]:
     if not inputs:
         raise InputError("no inputs given: pass video files, folders or list files.")
     sources: list[VideoSource] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            sources.extend(_scan_folder(path))
-        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            sources.extend(_read_list(path))
-        elif path.exists():
-            sources.append(VideoSource(_id_from(path, path.parent), str(path)))
-        else:
-            raise InputError(f"input {item} does not exist.")
-    check_unique(sources)
+    with _collector_paused():
+        for item in inputs:
+            path = Path(item)
+            if path.is_dir():
+                sources.extend(_scan_folder(path))
+            elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+                sources.extend(_read_list(path))
+            elif path.exists():
+                sources.append(VideoSource(_id_from(path, path.parent), str(path)))
+            else:
+                raise InputError(f"input {item} does not exist.")
+        check_unique(sources)
     return sources
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector off while a list of a million sources is built: they hold no cycles, and its
+    passes over every object made so far are half the time of reading such a list."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def check_unique(sources: Iterable[VideoSource]) -> None:

@@ -31,7 +31,8 @@ from typing import Iterator, Sequence
 
 from freezeframe.faults import fault_point
 from freezeframe.store.files import dumps, read_json
-from freezeframe.store.index import committed_shard_ids, load_index, read_marker
+from freezeframe.store.index import load_index
+from freezeframe.store.markers import committed_shard_ids, read_marker
 from freezeframe.store.layout import SHARDS_DIR, TEMP_PREFIX
 from freezeframe.store.location import StorePath, is_remote
 
@@ -82,9 +83,9 @@ class CommittedVideos:
 
     def __init__(self, feature_set_dir: Path) -> None:
         self.shards_dir = feature_set_dir / SHARDS_DIR
-        index = load_index(feature_set_dir, self.shards_dir)
-        self.ids: set[str] = set(index.videos)
-        self._shards: set[str] = set(index.shards)
+        index = load_index(feature_set_dir)
+        self.ids: set[str] = set(index.video_ids())
+        self._shards: set[str] = set(index.shard_ids)
 
     def refresh(self) -> set[str]:
         for shard_id in committed_shard_ids(self.shards_dir):

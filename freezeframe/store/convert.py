@@ -27,14 +27,13 @@ from freezeframe.errors import StoreError
 from freezeframe.store.backends import get_backend
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, dumps, fsync_dir, read_jsonl
-from freezeframe.store.index import committed_shard_ids, read_marker, shard_file
+from freezeframe.store.markers import VIDEO_FIELDS, committed_shard_ids, read_marker, shard_file
 from freezeframe.store.layout import FAILURES_FILE, SHARDS_DIR, marker_path
 from freezeframe.store.location import is_remote, remove_tree, store_path
 from freezeframe.store.store import Store
 from freezeframe.store.writer import FeatureSetWriter
 
 WINDOW_BYTES = 64 * 1024 * 1024  # rows are copied and compared in windows of about this size (bounded memory)
-VIDEO_KEYS = ("id", "row_start", "n_frames")
 
 
 @dataclass
@@ -104,7 +103,7 @@ def _convert_set(src_fs: FeatureSet, dst: Path, name: str, format: str, compress
     writer = FeatureSetWriter(dst, name, src_fs.provenance, format=format, compression=compression, frozen=frozen)
     committed_before = writer.committed_ids()
     src_shards = src_fs.path / SHARDS_DIR
-    owner = {video_id: src_fs.video_info(video_id)["shard"] for video_id in src_fs.video_ids()}
+    owner = {video_id: src_fs.locate(video_id).shard for video_id in src_fs.video_ids()}
 
     for shard_id in committed_shard_ids(src_shards):
         marker = read_marker(src_shards, shard_id)
@@ -158,11 +157,11 @@ def _copy_shard(writer: FeatureSetWriter, reader, marker: dict, videos: list[dic
     try:
         for video in videos:
             video_id = video["id"]
-            for lo, hi in _windows(reader, names, video["row_start"], video["n_frames"]):
+            for lo, hi in _windows(reader, names, video["row_start"], video["n_rows"]):
                 shard.append(video_id, {a: reader.read(a, lo, hi) for a in names})
-            if video["n_frames"] == 0:
+            if video["n_rows"] == 0:
                 shard.append(video_id, {a: reader.read(a, video["row_start"], video["row_start"]) for a in names})
-            shard.end_video(video_id, {k: v for k, v in video.items() if k not in VIDEO_KEYS})
+            shard.end_video(video_id, {k: v for k, v in video.items() if k not in VIDEO_FIELDS})
         return shard.commit({"converted_from": src_shard})
     except BaseException:
         shard.abort()
@@ -190,7 +189,7 @@ def _check_shard(writer: FeatureSetWriter, new: dict, src_reader, src: dict, whe
                 continue
             for array in sorted(src["arrays"]):
                 offset = video["row_start"] - theirs["row_start"]
-                for lo, hi in _windows(src_reader, [array], theirs["row_start"], theirs["n_frames"]):
+                for lo, hi in _windows(src_reader, [array], theirs["row_start"], theirs["n_rows"]):
                     if not _same(src_reader.read(array, lo, hi), dst_reader.read(array, lo + offset, hi + offset)):
                         problems.append(f"{where}: video {video_id!r} array {array!r} differs in the copy "
                                         f"(rows {lo - theirs['row_start']}..{hi - theirs['row_start']})")
@@ -209,10 +208,10 @@ def _check_video(src_fs: FeatureSet, dst_fs: FeatureSet, video_id: str, name: st
         drop = ("shard", "row_start")
         if {k: v for k, v in info.items() if k not in drop} != {k: v for k, v in theirs.items() if k not in drop}:
             return [f"{where} is described differently in the destination"]
-        arrays = src_fs._index.shards[theirs["shard"]]["arrays"]
-        if sorted(dst_fs._index.shards[info["shard"]]["arrays"]) != sorted(arrays):
+        arrays = src_fs.shard_info(theirs["shard"]).arrays
+        if sorted(dst_fs.shard_info(info["shard"]).arrays) != sorted(arrays):
             return [f"{where} has different arrays in the destination"]
-        n = theirs["n_frames"]
+        n = theirs["n_rows"]
         for array, meta in sorted(arrays.items()):
             row_bytes = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
             step = max(1, WINDOW_BYTES // max(1, row_bytes))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,10 +14,17 @@ from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.files import read_json, read_jsonl
 from freezeframe.limits import check_read
 from freezeframe.store.confine import UnsafeStoreError
-from freezeframe.store.index import load_index, shard_file
+from freezeframe.store.index import index_from_markers, load_index
 from freezeframe.store.location import is_remote
-from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SHARDS_DIR
+from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROVENANCE_FILE, SHARDS_DIR
+from freezeframe.store.markers import read_marker, shard_file
+from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
 from freezeframe.store.location import store_path as store_path_of
+
+if TYPE_CHECKING:
+    from freezeframe.store.published import PublishedStore
+
+MARKERS_KEPT = 256  # markers `video_info` keeps parsed (about 10 KB each for 64 videos)
 
 
 def block_source(array: str, stored: dict) -> str:
@@ -48,107 +57,151 @@ def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None
 class FeatureSet:
     """A named set of features in a store, e.g. `store["clip-vit-b-32-openai"]`.
 
-    Only committed shards are visible; call `refresh()` to see shards committed since opening.
+    Only committed shards are visible; call `refresh()` to see shards committed since opening. Rows are the first
+    axis of every array: frames, windows of frames (S3D) or a caption's token rows (text sets).
     """
 
-    def __init__(self, store_path: Path, name: str) -> None:
+    def __init__(self, store_path: Path, name: str, published: "PublishedStore | None" = None) -> None:
         self.name = name
+        self.published = published  # shards of a published store are fetched (and checked) when first read
         self.path = store_path_of(store_path) / name
-        if not is_remote(self.path) and (self.path.is_symlink() or (self.path / SHARDS_DIR).is_symlink()):
-            raise UnsafeStoreError(f"{self.path} (or its {SHARDS_DIR} folder) is a symbolic link; a feature set "
-                                   "is read only inside its store.")
+        if not is_remote(self.path) and (self.path.is_symlink() or (self.path / SHARDS_DIR).is_symlink()
+                                         or (self.path / INDEX_DIR).is_symlink()):
+            raise UnsafeStoreError(f"{self.path} (or its {SHARDS_DIR} or {INDEX_DIR} folder) is a symbolic link; a "
+                                   "feature set is read only inside its store.")
         provenance_path = self.path / PROVENANCE_FILE
         if not provenance_path.exists():
             raise StoreError(f"{self.path} is not a feature set (no {PROVENANCE_FILE}).")
         self.provenance: dict = read_json(provenance_path, kind=dict)
         self._readers: dict[str, object] = {}
+        self._markers: OrderedDict[str, dict] = OrderedDict()  # recently read markers, for video_info
         self._checked: set[tuple[str, str]] = set()  # (shard, array) whose stored shape matched the marker
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the commit markers so that newly committed shards become visible."""
-        self._index = load_index(self.path, self.path / SHARDS_DIR)
+        """Look at the commit markers again, so that newly committed shards become visible."""
+        self._index = load_index(self.path)
+
+    def _from_index(self, lookup):
+        """`lookup(index)`, or, when the index turns out damaged, the same from an index built from the markers."""
+        try:
+            return lookup(self._index)
+        except DamagedIndexError:
+            self._index = index_from_markers(self.path)  # the markers are the truth; verify reports the damage
+            return lookup(self._index)
 
     # ---- listing ---------------------------------------------------------------------------
     def video_ids(self) -> list[str]:
-        return sorted(self._index.videos)
+        return list(self._from_index(lambda index: index.video_ids()))
 
     def __len__(self) -> int:
-        return len(self._index.videos)
+        return self._from_index(len)
 
     def __contains__(self, video_id: object) -> bool:
-        return video_id in self._index.videos
+        return isinstance(video_id, str) and self._from_index(lambda index: video_id in index)
 
     @property
-    def num_frames(self) -> int:
-        return sum(video["n_frames"] for video in self._index.videos.values())
+    def num_rows(self) -> int:
+        """Rows of all committed videos (frames, windows, or caption token rows)."""
+        return self._from_index(lambda index: index.num_rows)
 
     @property
     def shard_ids(self) -> list[str]:
-        return sorted(self._index.shards)
+        return list(self._index.shard_ids)
 
     def arrays(self) -> dict[str, dict]:
-        """Array name -> {"shape": per-frame dims, "dtype": str}, as committed."""
-        out: dict[str, dict] = {}
-        for shard in self._index.shards.values():
-            for name, meta in shard["arrays"].items():
-                out.setdefault(name, {"shape": list(meta["shape"]), "dtype": meta["dtype"]})
-        return dict(sorted(out.items()))
+        """Array name -> {"shape": per-row dims, "dtype": str}, as committed."""
+        return self._index.arrays()
 
     def storage(self) -> list[dict]:
         """How the committed shards are stored: [{"format", "compression", "shards"}], one entry per combination."""
-        counts: dict[tuple[str, str], int] = {}
-        for shard in self._index.shards.values():
-            key = (shard["format"], shard.get("compression", "none"))
-            counts[key] = counts.get(key, 0) + 1
-        return [{"format": fmt, "compression": compression, "shards": n}
-                for (fmt, compression), n in sorted(counts.items())]
+        return self._index.storage()
+
+    def video_table(self) -> Segment:
+        """The whole index as one segment: every committed video's id, shard and rows (e.g. for an export)."""
+        return self._from_index(lambda index: index.merged())
+
+    def shard_info(self, shard_id: str) -> ShardInfo:
+        """Format, compression, rows and arrays of a served shard."""
+        return self._index.shard_info(shard_id)
+
+    def locate(self, video_id: str) -> Entry:
+        """Where a committed video's rows are: (shard, row_start, n_rows); KeyError when it is not committed."""
+        entry = self._from_index(lambda index: index.locate(video_id))
+        if entry is None:
+            raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}")
+        return entry
 
     def video_info(self, video_id: str) -> dict:
-        """Where a video lives and how it was decoded: shard, row_start, n_frames, source, decoder."""
-        try:
-            return dict(self._index.videos[video_id])
-        except KeyError:
-            raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}") from None
+        """Where a video lives and how it was decoded: shard, row_start, n_rows, source, decoder, ... (its marker's
+        entry, which the index must agree with)."""
+        for _attempt in range(2):
+            entry = self.locate(video_id)
+            video = next((v for v in self._marker(entry.shard)["videos"] if v["id"] == video_id), None)
+            if video is not None and (video["row_start"], video["n_rows"]) == entry[1:]:
+                return {"shard": entry.shard, **{k: v for k, v in video.items() if k != "id"}}
+            self._index = index_from_markers(self.path)  # the index disagrees with the marker, the truth
+        raise StoreError(f"feature set {self.name!r}: video {video_id!r} is not where its marker says; run "
+                         "freezeframe verify.")
+
+    def video_infos(self) -> dict[str, dict]:
+        """`video_info` of every committed video, reading each served shard's marker once."""
+        out: dict[str, dict] = {}
+        for shard_id in self.shard_ids:  # sorted: a video committed twice is served from its earliest shard
+            for video in self._marker(shard_id, keep=False)["videos"]:
+                out.setdefault(video["id"], {"shard": shard_id, **{k: v for k, v in video.items() if k != "id"}})
+        return out
+
+    def _marker(self, shard_id: str, keep: bool = True) -> dict:
+        marker = self._markers.get(shard_id)
+        if marker is None:
+            marker = read_marker(self.path / SHARDS_DIR, shard_id)
+            if keep:
+                self._markers[shard_id] = marker
+                if len(self._markers) > MARKERS_KEPT:
+                    self._markers.popitem(last=False)
+        return marker
 
     def failures(self) -> list[dict]:
         """The latest failure of each video that is still not committed."""
         latest: dict[str, dict] = {}
         for record in read_jsonl(self.path / FAILURES_FILE):
             latest[record.get("video_id")] = record
-        return [record for video_id, record in latest.items() if video_id not in self._index.videos]
+        return [record for video_id, record in latest.items() if video_id not in self]
 
     # ---- reading ---------------------------------------------------------------------------
-    def _reader(self, shard_id: str):
+    def _reader(self, shard_id: str, shard: ShardInfo):
         reader = self._readers.get(shard_id)
         if reader is None:
-            shard = self._index.shards[shard_id]
-            reader = get_backend(shard["format"]).reader(self.path / SHARDS_DIR / shard_file(shard_id, shard["format"]))
+            if self.published is not None:
+                self.published.fetch_shard(self.path, shard_file(shard_id, shard.format))
+            reader = get_backend(shard.format).reader(self.path / SHARDS_DIR / shard_file(shard_id, shard.format))
             self._readers[shard_id] = reader
         return reader
 
     def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
-        """Array `array` of one video; the first axis is frames (optionally only `frames` of them)."""
-        info = self.video_info(video_id)
-        shard = self._index.shards[info["shard"]]
-        if array not in shard["arrays"]:
+        """Array `array` of one video; the first axis is rows (optionally only the rows `frames`)."""
+        entry = self.locate(video_id)
+        shard = self.shard_info(entry.shard)
+        if array not in shard.arrays:
             raise KeyError(
-                f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard['arrays']))}"
+                f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard.arrays))}"
             )
-        reader = self._reader(info["shard"])
-        meta = shard["arrays"][array]
-        if (info["shard"], array) not in self._checked:
-            self._check_stored(reader, info["shard"], array, meta, shard["num_frames"])
+        reader = self._reader(entry.shard, shard)
+        meta = shard.arrays[array]
+        if (entry.shard, array) not in self._checked:
+            self._check_stored(reader, entry.shard, array, meta, shard)
         row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize  # (np.prod costs ~15 us a read)
 
         def read_rows(lo: int, hi: int) -> np.ndarray:
-            check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{info['shard']} array {array!r}")
+            check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}")
             return reader.read(array, lo, hi)
-        return read_frames(read_rows, info["row_start"], info["n_frames"], frames, video_id)
+        return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id)
 
-    def _check_stored(self, reader, shard_id: str, array: str, meta: dict, rows: int) -> None:
+    def _check_stored(self, reader, shard_id: str, array: str, meta: dict, shard: ShardInfo) -> None:
         """The stored array must have the shape and dtype its commit marker declares, before anything is read."""
-        where = self.path / SHARDS_DIR / shard_file(shard_id, self._index.shards[shard_id]["format"])
+        where = self.path / SHARDS_DIR / shard_file(shard_id, shard.format)
+        rows = shard.num_rows
         shape, dtype = reader.shape(array), reader.dtype(array)
         if shape != (rows, *meta["shape"]) or dtype != np.dtype(meta["dtype"]):
             raise StoreError(f"{where}: array {array!r} is stored as {shape} {dtype}, but its commit marker says "
@@ -198,4 +251,4 @@ class FeatureSet:
         self._readers.clear()
 
     def __repr__(self) -> str:
-        return f"FeatureSet({self.name!r}, videos={len(self)}, frames={self.num_frames})"
+        return f"FeatureSet({self.name!r}, videos={len(self)}, rows={self.num_rows})"

@@ -79,6 +79,8 @@ def _open(path: Path, mode: str):
 class Hdf5BundleWriter:
     """Appends rows to named datasets of a new HDF5 file; datasets are created on first append."""
 
+    exact = True  # stores every byte appended (so a shard hashes its arrays as it writes them)
+
     def __init__(self, path: Path, compression: str = "none", row_axis: str | None = "frame") -> None:
         self.path = path
         self.compression = compression

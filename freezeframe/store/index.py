@@ -1,169 +1,262 @@
-"""The video index of a feature set: video id -> shard and row range, rebuilt from commit markers.
+"""The video index of a feature set: video id -> shard, row start and row count, for every committed video.
 
-`index.json` is only a cache. It is used when it lists exactly the committed shards and every entry is well
-formed; otherwise the index is rebuilt from the markers, which are the source of truth. Shard file names are
-never taken from it (nor from markers): a shard's file is its id plus its format's extension. `verify` compares
-the cache with the markers field by field.
+A cache of the commit markers, which stay the truth. It lives in `NAME/index/` as immutable segment files
+(store/segment.py) that readers memory-map, so opening a feature set of a million videos parses no per-video JSON.
+
+Writers keep it incremental: every INDEX_EVERY commits a writer indexes its own new shards as one small segment and
+merges it with existing segments while the next larger one is at most GROWTH times its size (so a commit never
+rewrites an index proportional to the store, and there are O(log n) segments); at the end of a run everything is
+merged into one segment. Segments are written under a temporary name and renamed, and a merge deletes the segments
+it replaced, so concurrent writers need no lock: readers tolerate overlapping, stale or missing segments.
+
+Readers use a segment only when every shard in it is committed and served (not replaced by a removal) and no larger
+chosen segment holds any of its shards; shards that no chosen segment covers are read from their markers. On a video
+committed twice, the copy in the earliest shard (by shard id) is served, as when the index is built from markers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import contextlib
+from typing import Iterable
 
 import numpy as np
 
-from freezeframe.limits import LIST_BYTES
-from freezeframe.store.confine import plain_name
-from freezeframe.store.files import MalformedFileError, read_json, write_json_atomic
-from freezeframe.store.layout import INDEX_FILE, MARKER_SUFFIX, REPLACES_KEY, TEMP_PREFIX, shard_id_of_marker
+from freezeframe.store.confine import UnsafeStoreError
+from freezeframe.store.files import write_bytes_atomic
+from freezeframe.store.layout import INDEX_DIR, LEGACY_INDEX_FILE, SEGMENT_SUFFIX, SHARDS_DIR, TEMP_PREFIX, new_shard_id
+from freezeframe.store.location import StorePath, remove_tree
+from freezeframe.store.markers import committed_shard_ids, read_markers, replacements, served_shards
+from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
+
+INDEX_EVERY = 16  # a writer indexes its own commits in batches of this many shards
+GROWTH = 4  # a new segment is merged into every existing one at most this many times its size
 
 
-@dataclass
-class Index:
-    # shard id -> {"file", "format", "compression", "arrays", "num_frames"}
-    shards: dict[str, dict] = field(default_factory=dict)
-    videos: dict[str, dict] = field(default_factory=dict)  # video id -> {"shard", "row_start", "n_frames", ...}
-    duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # (video id, kept shard, other shard)
+class VideoIndex:
+    """The served shards of a feature set and where every committed video's rows are."""
 
-    def to_json(self) -> dict:
-        return {"shards": self.shards, "videos": self.videos}
+    def __init__(self, segments: list[Segment], shard_ids: list[str]) -> None:
+        self.segments = segments
+        self.shard_ids = shard_ids  # served shards, sorted
+        self._shards = {shard_id: (segment, position) for segment in segments
+                        for position, shard_id in enumerate(segment.shard_ids)}
+        self._merged: Segment | None = None
+        self._ids: list[str] | None = None
+
+    def locate(self, video_id: str) -> Entry | None:
+        """Where the video's rows are, or None when it is not committed."""
+        key = video_id.encode("utf-8")
+        found = None
+        for segment in self.segments:
+            position = segment.find(key)
+            if position >= 0:
+                entry = segment.entry(position)
+                if found is None or entry.shard < found.shard:
+                    found = entry
+        return found
+
+    def __contains__(self, video_id: str) -> bool:
+        return self.locate(video_id) is not None
+
+    def merged(self) -> Segment:
+        """The whole index as one segment (merged once, when there are several)."""
+        if self._merged is None:
+            self._merged = self.segments[0] if len(self.segments) == 1 else merge_segments(self.segments)
+        return self._merged
+
+    def video_ids(self) -> list[str]:
+        """Every committed video id, sorted (decoded once per index)."""
+        if self._ids is None:
+            self._ids = self.merged().ids()
+        return self._ids
+
+    def __len__(self) -> int:
+        return self.merged().n
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of every committed video (a video committed twice counts once)."""
+        return int(self.merged().columns["n_rows"].sum())
+
+    def shard_info(self, shard_id: str) -> ShardInfo:
+        segment, position = self._shards[shard_id]
+        return segment.shard_info(position)
+
+    def arrays(self) -> dict[str, dict]:
+        """Array name -> {"shape", "dtype"} over the served shards (the first shard's description of each)."""
+        out: dict[str, dict] = {}
+        for segment in self.segments:
+            for set_index in np.unique(segment.columns["shard_arrays"]):
+                for name, meta in segment.array_sets[set_index].items():
+                    out.setdefault(name, {"shape": list(meta["shape"]), "dtype": meta["dtype"]})
+        return dict(sorted(out.items()))
+
+    def storage(self) -> list[dict]:
+        """[{"format", "compression", "shards"}], one entry per combination among the served shards."""
+        counts: dict[tuple[str, str], int] = {}
+        for segment in self.segments:
+            for layout, n in zip(*np.unique(segment.columns["shard_layout"], return_counts=True)):
+                counts[segment.layouts[layout]] = counts.get(segment.layouts[layout], 0) + int(n)
+        return [{"format": fmt, "compression": compression, "shards": n}
+                for (fmt, compression), n in sorted(counts.items())]
 
 
-def committed_shard_ids(shards_dir: Path) -> list[str]:
-    if not shards_dir.is_dir():
+# ---- building from markers ------------------------------------------------------------------------------------
+
+def shard_info_of(marker: dict) -> ShardInfo:
+    arrays = {name: {"shape": list(meta["shape"]), "dtype": meta["dtype"]} for name, meta in marker["arrays"].items()}
+    return ShardInfo(marker["format"], marker.get("compression", "none"), marker["num_rows"], arrays)
+
+
+def segment_from_markers(markers: dict[str, dict], shard_ids: Iterable[str]) -> tuple[Segment, list]:
+    """A segment of the videos of `shard_ids` (their markers in `markers`) and the duplicates found: on a video
+    committed twice, the earliest shard keeps it."""
+    shard_ids = sorted(shard_ids)
+    keys, shard, starts, rows = [], [], [], []
+    for position, shard_id in enumerate(shard_ids):
+        videos = markers[shard_id]["videos"]
+        keys += [video["id"].encode("utf-8") for video in videos]
+        shard += [position] * len(videos)
+        starts += [video["row_start"] for video in videos]
+        rows += [video["n_rows"] for video in videos]
+    shards = {shard_id: shard_info_of(markers[shard_id]) for shard_id in shard_ids}
+    return Segment.build(keys, np.array(shard, np.int64), np.array(starts, np.int64), np.array(rows, np.int64),
+                         shards, replacements(markers))
+
+
+def merge_segments(segments: list[Segment]) -> Segment:
+    """One segment of all videos and shards of `segments` (shards held twice are taken once; on a video held
+    twice, the earliest shard keeps it)."""
+    shards: dict[str, ShardInfo] = {}
+    for segment in segments:
+        segment.check_entries()
+        for position, shard_id in enumerate(segment.shard_ids):
+            shards.setdefault(shard_id, segment.shard_info(position))
+    table = {shard_id: position for position, shard_id in enumerate(sorted(shards))}
+    keys = [key for segment in segments for key in segment.keys()]
+    shard = np.concatenate([np.array([table[s] for s in segment.shard_ids], np.int64)[segment.columns["shard"]]
+                            for segment in segments])
+    starts = np.concatenate([segment.columns["row_start"] for segment in segments])
+    rows = np.concatenate([segment.columns["n_rows"] for segment in segments])
+    pairs = [pair for segment in segments for pair in segment.replaces]
+    return Segment.build(keys, shard, starts, rows, shards, pairs)[0]
+
+
+# ---- reading ----------------------------------------------------------------------------------------------------
+
+def segment_files(fs_dir: StorePath) -> list[StorePath]:
+    directory = fs_dir / INDEX_DIR
+    if not directory.is_dir():
         return []
-    # a marker being written atomically sits under a temporary name first: not (yet) a commit
-    return sorted(shard_id_of_marker(p) for p in shards_dir.glob(f"*{MARKER_SUFFIX}")
-                  if not p.name.startswith(TEMP_PREFIX))
+    return sorted(p for p in directory.iterdir()
+                  if p.name.endswith(SEGMENT_SUFFIX) and not p.name.startswith(TEMP_PREFIX))
 
 
-def read_marker(shards_dir: Path, shard_id: str) -> dict:
-    """A commit marker, checked field by field (MalformedFileError naming it otherwise)."""
-    path = shards_dir / f"{shard_id}{MARKER_SUFFIX}"
-    marker = read_json(path, kind=dict)
-    check_marker(marker, shard_id, path)
-    return marker
+def open_segments(fs_dir: StorePath) -> dict[str, Segment]:
+    """The segment files present now, by name; a damaged one is left out (its shards are read from markers)."""
+    for _attempt in range(3):  # a merge may delete a listed segment before it is opened: list again
+        segments = {}
+        try:
+            for path in segment_files(fs_dir):
+                # damaged, a link, a special file or unreadable: not used (verify names it)
+                with contextlib.suppress(DamagedIndexError, UnsafeStoreError, PermissionError):
+                    segments[path.name] = Segment.open(path)
+            return segments
+        except FileNotFoundError:
+            continue
+    return {}
 
 
-def shard_file(shard_id: str, format: str) -> str:
-    """The file (or folder) name of a shard: its id and its format's extension, never a name read from disk."""
-    from freezeframe.store.backends import get_backend
+def choose_segments(segments: Iterable[Segment], served: set[str]) -> list[Segment]:
+    """Segments whose shards are all served and held by no larger chosen segment, largest first."""
+    chosen, covered = [], set()
+    for segment in sorted(segments, key=lambda s: (-len(s.shard_ids), s.shard_ids[:1])):
+        shards = set(segment.shard_ids)
+        if shards and shards <= served and covered.isdisjoint(shards):
+            chosen.append(segment)
+            covered |= shards
+    return chosen
 
-    return f"{shard_id}{get_backend(format).extension}"
+
+def load_index(fs_dir: StorePath, segments: Iterable[Segment] | None = None) -> VideoIndex:
+    """The index readers use: chosen segments, plus one built from the markers of the served shards they miss."""
+    shards_dir = fs_dir / SHARDS_DIR
+    committed = committed_shard_ids(shards_dir)
+    segments = list(open_segments(fs_dir).values()) if segments is None else list(segments)
+    pairs = {pair for segment in segments for pair in segment.replaces}
+    markers: dict[str, dict] = {}
+    while True:  # a marker read here may replace a shard a segment holds: choose again until nothing changes
+        served = served_shards(committed, pairs)
+        chosen = choose_segments(segments, set(served))
+        covered = {shard_id for segment in chosen for shard_id in segment.shard_ids}
+        replaced = set(committed) - set(served)
+        indexed = {shard_id for segment in segments for shard_id in segment.shard_ids}
+        need = [s for s in served if s not in covered and s not in markers] + \
+               [s for s in replaced if s not in markers and s not in indexed]  # whose own replacements we lack
+        if not need:
+            break
+        markers.update(read_markers(shards_dir, need))
+        pairs |= set(replacements(markers))
+    pending = [s for s in served if s not in covered]
+    if pending or not chosen:
+        chosen.append(segment_from_markers(markers, pending)[0])
+    return VideoIndex(chosen, served)
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def index_from_markers(fs_dir: StorePath) -> VideoIndex:
+    """The index built from the commit markers alone (what the cache must equal)."""
+    return load_index(fs_dir, segments=[])
 
 
-def check_array_name(name: object, where: object) -> str:
-    """An array name: `embed`, `tokens/11`: plain components joined by '/'."""
-    if not isinstance(name, str):
-        raise MalformedFileError(f"{where}: array name {name!r} is not a string.")
-    for part in name.split("/"):
-        plain_name(part, "array name", where)
+# ---- writing ----------------------------------------------------------------------------------------------------
+
+def _write_segment(fs_dir: StorePath, segment: Segment) -> str:
+    directory = fs_dir / INDEX_DIR
+    directory.mkdir(exist_ok=True)
+    name = f"{new_shard_id()}{SEGMENT_SUFFIX}"
+    write_bytes_atomic(directory / name, segment.to_bytes())
     return name
 
 
-def check_arrays(arrays: object, where: object) -> None:
-    if not isinstance(arrays, dict):
-        raise MalformedFileError(f"{where}: 'arrays' is not an object.")
-    for name, meta in arrays.items():
-        check_array_name(name, where)
-        if not isinstance(meta, dict) or not isinstance(meta.get("shape"), list) \
-                or not all(_count(d) for d in meta["shape"]) or not _count(meta.get("rows", 0)) \
-                or not isinstance(meta.get("dtype"), str) or not isinstance(meta.get("sha256", ""), str):
-            raise MalformedFileError(f"{where}: array {name!r} is described wrongly (shape, rows, dtype, sha256).")
-        try:
-            dtype = np.dtype(meta["dtype"])
-        except TypeError:
-            raise MalformedFileError(f"{where}: array {name!r} has an unknown dtype {meta['dtype']!r}.") from None
-        if dtype.hasobject or dtype.itemsize == 0:
-            raise MalformedFileError(f"{where}: array {name!r} has dtype {meta['dtype']!r}, which no store holds.")
+def _delete_segments(fs_dir: StorePath, names: Iterable[str]) -> None:
+    for name in names:
+        remove_tree(fs_dir / INDEX_DIR / name)
 
 
-def check_shard_entry(entry: object, shard_id: str, where: object) -> None:
-    """The fields of a marker (or of a cached shard entry) that readers use."""
-    from freezeframe.store.backends import BACKENDS
-
-    if not isinstance(entry, dict):
-        raise MalformedFileError(f"{where}: a shard entry is not a JSON object.")
-    if entry.get("format") not in BACKENDS:
-        raise MalformedFileError(f"{where}: unknown shard format {entry.get('format')!r}.")
-    if entry.get("file") != shard_file(shard_id, entry["format"]):
-        plain_name(entry.get("file"), "shard file", where)
-        raise MalformedFileError(f"{where}: shard file {entry.get('file')!r} is not its shard id "
-                                 f"{shard_id!r} with the format's extension.")
-    if not _count(entry.get("num_frames")):
-        raise MalformedFileError(f"{where}: 'num_frames' is missing or not a count.")
-    check_arrays(entry.get("arrays"), where)
-
-
-def check_marker(marker: dict, shard_id: str, where: object) -> None:
-    """Everything of a commit marker that readers, verify and convert use; MalformedFileError naming `where`."""
-    check_shard_entry(marker, shard_id, where)
-    videos = marker.get("videos")
-    if not isinstance(videos, list):
-        raise MalformedFileError(f"{where}: 'videos' is missing or not a list.")
-    for video in videos:
-        if not isinstance(video, dict) or not isinstance(video.get("id"), str) \
-                or not _count(video.get("row_start")) or not _count(video.get("n_frames")):
-            raise MalformedFileError(f"{where}: a video entry lacks a string 'id' or counts "
-                                     "'row_start' and 'n_frames'.")
-        if video["row_start"] + video["n_frames"] > marker["num_frames"]:
-            raise MalformedFileError(f"{where}: video {video['id']!r} runs past the shard's {marker['num_frames']} rows.")
+def add_to_index(fs_dir: StorePath, markers: dict[str, dict]) -> None:
+    """Index freshly committed shards (their markers): one new segment, merged into existing segments while the
+    next larger one is at most GROWTH times its size. (A video also in another segment, committed twice, needs
+    no merge: readers serve its earliest shard whichever segments hold it.)"""
+    if not markers:
+        return
+    on_disk = open_segments(fs_dir)
+    names = {id(segment): name for name, segment in on_disk.items()}
+    held = {shard_id for segment in on_disk.values() for shard_id in segment.shard_ids}
+    fresh = [shard_id for shard_id in markers if shard_id not in held]  # a concurrent full merge took the rest
+    if not fresh:
+        return
+    new = segment_from_markers(markers, fresh)[0]
+    merged = []
+    # (segments holding shards removed since are merged as they are: readers skip the result, the next write_index
+    # rebuilds it; listing every marker here would cost ~20 ms at a million videos)
+    for segment in sorted(choose_segments(on_disk.values(), held), key=lambda s: s.n):
+        if segment.n > GROWTH * new.n:
+            break
+        new = merge_segments([segment, new])
+        merged.append(names[id(segment)])
+    _write_segment(fs_dir, new)
+    _delete_segments(fs_dir, merged)
 
 
-def _check_cache(cached: object, shard_ids: list[str], where: object) -> Index:
-    """The cached index when it lists exactly `shard_ids` and every entry is well formed, else a ValueError."""
-    if not isinstance(cached, dict) or not isinstance(cached.get("shards"), dict) \
-            or not isinstance(cached.get("videos"), dict) or sorted(cached["shards"]) != shard_ids:
-        raise ValueError("stale or not an index")
-    for shard_id, entry in cached["shards"].items():
-        check_shard_entry(entry, shard_id, where)
-    for video in cached["videos"].values():
-        if not isinstance(video, dict) or video.get("shard") not in cached["shards"] \
-                or not _count(video.get("row_start")) or not _count(video.get("n_frames")) \
-                or video["row_start"] + video["n_frames"] > cached["shards"][video["shard"]]["num_frames"]:
-            raise ValueError("a video entry is malformed")
-    return Index(shards=cached["shards"], videos=cached["videos"])
-
-
-def index_from_markers(markers: dict[str, dict]) -> Index:
-    """On a video committed twice, keep the earliest shard and note the other; a replaced shard is not served."""
-    index = Index()
-    replaced = {old for marker in markers.values() for old in marker.get(REPLACES_KEY, ())}
-    for shard_id in sorted(set(markers) - replaced):
-        marker = markers[shard_id]
-        index.shards[shard_id] = {key: marker[key] for key in ("file", "format", "arrays", "num_frames")}
-        index.shards[shard_id]["compression"] = marker.get("compression", "none")
-        for video in marker["videos"]:
-            video_id = video["id"]
-            if video_id in index.videos:
-                index.duplicates.append((video_id, index.videos[video_id]["shard"], shard_id))
-                continue
-            index.videos[video_id] = {"shard": shard_id, **{k: v for k, v in video.items() if k != "id"}}
+def write_index(fs_dir: StorePath) -> VideoIndex:
+    """Merge the index into one segment covering every served shard (end of a run, after a removal); returns it."""
+    on_disk = open_segments(fs_dir)
+    index = load_index(fs_dir, on_disk.values())
+    if len(on_disk) != 1 or len(index.segments) > 1 or index.segments[0] not in on_disk.values():
+        segment = index.merged()
+        name = _write_segment(fs_dir, segment)
+        _delete_segments(fs_dir, [n for n in on_disk if n != name])
+        index = VideoIndex([segment], index.shard_ids)
+    remove_tree(fs_dir / LEGACY_INDEX_FILE)  # the JSON index of stores written before segments: stale from now on
     return index
 
-
-def build_index(shards_dir: Path, shard_ids: list[str]) -> Index:
-    return index_from_markers({shard_id: read_marker(shards_dir, shard_id) for shard_id in shard_ids})
-
-
-def load_index(feature_set_dir: Path, shards_dir: Path) -> Index:
-    shard_ids = committed_shard_ids(shards_dir)
-    cache = feature_set_dir / INDEX_FILE
-    if cache.exists():
-        try:
-            # (after a crashed removal the cache is stale, and rebuilt, until the replaced shard is cleared)
-            return _check_cache(read_json(cache, LIST_BYTES), shard_ids, cache)
-        except (ValueError, KeyError, TypeError, OSError):
-            pass  # a stale, damaged or malformed cache is rebuilt below (verify reports one that disagrees)
-    return build_index(shards_dir, shard_ids)
-
-
-def write_index(feature_set_dir: Path, shards_dir: Path) -> Index:
-    index = build_index(shards_dir, committed_shard_ids(shards_dir))
-    write_json_atomic(feature_set_dir / INDEX_FILE, index.to_json())
-    return index

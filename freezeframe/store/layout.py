@@ -13,11 +13,15 @@ SCHEMA_VERSION = 1
 PROVENANCE_FILE = "provenance.json"
 ZARR_GROUP_FILE = "zarr.json"  # makes the store root, a feature set and its shards/ Zarr groups (store/schema.py)
 SHARDS_DIR = "shards"
-INDEX_FILE = "index.json"
+INDEX_DIR = "index"  # the video index: segment files (store/segment.py)
+SEGMENT_SUFFIX = ".idx"
+LEGACY_INDEX_FILE = "index.json"  # the JSON index of stores written before segments; removed when indexed again
 FAILURES_FILE = "failures.jsonl"
 FROZEN_NAME = "frozen"
 MARKER_SUFFIX = ".done.json"
 TEMP_PREFIX = ".tmp-"
+PUBLISHED_FILE = "published.json"  # the manifest of a published store (store/publish.py), written last
+MIRROR_FILE = "published-mirror.json"  # marks a local cache of a published store (store/published.py)
 REPLACES_KEY = "replaces"  # marker field: shard ids this shard supersedes (a removal kept the rest of their videos)
 
 

@@ -1,10 +1,13 @@
-"""A training layout of a feature set: one flat memory-mappable `.npy` per array over all committed frames.
+"""A training layout of a feature set: one flat memory-mappable `.npy` per array over all committed rows.
 
 `export_memmap` writes `NAME/memmap/` from one snapshot of the committed shards:
 
-    memmap/index.json               export id, shard ids it was built from, arrays (file, shape, dtype,
-                                    sha256 of the rows), video id -> row_start, n_frames, shard
-    memmap/NNN-<array>.<export-id>.npy  rows = frames of every video, videos in sorted id order
+    memmap/index.json               export id, shard ids it was built from, total rows, arrays (file, shape,
+                                    dtype, sha256 of the rows), the names of the two files below
+    memmap/videos.<export-id>.idx   the feature set's video index at export time (one segment, store/segment.py):
+                                    sorted video ids with their source shard and rows
+    memmap/rows.<export-id>.npy     int64 (videos + 1): video i's rows are [rows[i], rows[i + 1]) of every array
+    memmap/NNN-<array>.<export-id>.npy  rows of every video, videos in sorted id order
 
 It is written under a temporary name (`.tmp-<host>.<pid>-memmap-<id>`), fsynced, then renamed into
 place; an older export is moved aside first and deleted after. File names carry the export id, so a
@@ -16,7 +19,8 @@ for; anything else (missing, stale, partial, replaced meanwhile) gives None: rea
 The arrays are written with plain writes (never through a map, so a full disk is an error, not a SIGBUS);
 a failed export removes its temporary folder, and the next export removes those of dead exporters. File
 names in the index must be plain names of regular files in `memmap/`; `verify` checks every array's sha256
-and every video's rows against the commit markers (an export without checksums is a warning).
+and every video's rows against the commit markers (an export without checksums is a warning). Workers
+memory-map the video table and row offsets as they map the arrays, so none parses per-video JSON.
 """
 
 from __future__ import annotations
@@ -32,18 +36,19 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from freezeframe.errors import StoreError
-from freezeframe.limits import LIST_BYTES
 from freezeframe.store.feature_set import FeatureSet, block_source, read_frames
 from freezeframe.store.confine import UnsafeStoreError, check_regular, plain_name
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.location import is_remote, remove_tree, require_local
+from freezeframe.store.segment import DamagedIndexError, Segment
 from freezeframe.store.shard import _fsync_tree
+from freezeframe.store.store import check_writable
 
 MEMMAP_DIR = "memmap"
 MEMMAP_INDEX = "index.json"
 MEMMAP_FORMAT = "freezeframe-memmap"
-MEMMAP_VERSION = 1
+MEMMAP_VERSION = 2  # 1 kept every video's rows in index.json; such exports are ignored (export again)
 
 
 def _file_name(position: int, array: str, export_id: str) -> str:
@@ -58,6 +63,7 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
     stored name); default: every stored array. Replaces an older export.
     """
     require_local(fs.path, "export-memmap")
+    check_writable(fs.path.parent)
     stored = fs.arrays()
     if not len(fs):
         raise StoreError(f"feature set {fs.name!r} has no committed videos to export.")
@@ -69,27 +75,26 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
         if source not in names:
             names.append(source)
     export_id = secrets.token_hex(6)
-    video_ids = fs.video_ids()
-    shard_ids = fs.shard_ids
-    videos: dict[str, dict] = {}
-    row = 0
-    for video_id in video_ids:
-        info = fs.video_info(video_id)
-        videos[video_id] = {"row_start": row, "n_frames": info["n_frames"], "shard": info["shard"]}
-        row += info["n_frames"]
-    total = row
+    table = fs.video_table()
+    video_ids = table.ids()
+    offsets = np.zeros(table.n + 1, np.int64)
+    np.cumsum(table.columns["n_rows"], out=offsets[1:])
+    total = int(offsets[-1])
     index = {
         "format": MEMMAP_FORMAT, "version": MEMMAP_VERSION, "export_id": export_id, "feature_set": fs.name,
-        "shards": shard_ids, "num_frames": total, "arrays": {}, "videos": videos,
+        "shards": table.shard_ids, "num_rows": total, "arrays": {},
+        "video_table": f"videos.{export_id}.idx", "row_offsets": f"rows.{export_id}.npy",
     }
     remove_stale_exports(fs.path)
     temp = fs.path / f"{TEMP_PREFIX}{temp_owner_tag()}-{MEMMAP_DIR}-{export_id}"
     temp.mkdir()
     try:
+        (temp / index["video_table"]).write_bytes(table.to_bytes())
+        np.save(temp / index["row_offsets"], offsets)
         for position, name in enumerate(names):
             meta = stored[name]
             file_name = _file_name(position, name, export_id)
-            digest = _write_npy(temp / file_name, fs, name, meta, video_ids, videos, total)
+            digest = _write_npy(temp / file_name, fs, name, meta, video_ids, offsets)
             index["arrays"][name] = {"file": file_name, "shape": list(meta["shape"]), "dtype": meta["dtype"],
                                      "sha256": digest}
             if log:
@@ -107,20 +112,20 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
     return index
 
 
-def _write_npy(path: Path, fs: FeatureSet, name: str, meta: dict, video_ids: list[str], videos: dict,
-               total: int) -> str:
+def _write_npy(path: Path, fs: FeatureSet, name: str, meta: dict, video_ids: list[str], offsets: np.ndarray) -> str:
     """Write one array's .npy with plain writes, video after video in row order; returns sha256 of its rows."""
     dtype = np.dtype(meta["dtype"])
     digest = hashlib.sha256()
     with open(path, "xb") as handle:
-        np.lib.format.write_array_header_2_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": False, "shape": (total, *meta["shape"])})
-        for video_id in video_ids:  # row_start follows this order, so the file is written front to back
-            where = videos[video_id]
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": (int(offsets[-1]), *meta["shape"])}
+        np.lib.format.write_array_header_2_0(handle, header)
+        for i, video_id in enumerate(video_ids):  # the offsets follow this order: the file is written front to back
             value = fs.read(video_id, name)
-            if value.shape != (where["n_frames"], *meta["shape"]):
+            n = int(offsets[i + 1] - offsets[i])
+            if value.shape != (n, *meta["shape"]):
                 raise StoreError(f"{fs.name}: array {name!r} of {video_id!r} has shape {value.shape}, "
-                                 f"expected {(where['n_frames'], *meta['shape'])}.")
+                                 f"expected {(n, *meta['shape'])}.")
             data = np.ascontiguousarray(value, dtype=dtype).tobytes()
             digest.update(data)
             handle.write(data)
@@ -154,27 +159,36 @@ def _swap_into_place(temp: Path, final: Path, export_id: str) -> None:
 class MemmapExport:
     """Read-only memory maps of one export; `read` mirrors `FeatureSet.read` for the exported arrays."""
 
-    def __init__(self, directory: Path, index: dict, maps: dict[str, np.ndarray]) -> None:
+    def __init__(self, directory: Path, index: dict, table: Segment, offsets: np.ndarray,
+                 maps: dict[str, np.ndarray]) -> None:
         self.directory = directory
         self.index = index
+        self.table = table
+        self.offsets = offsets
         self.maps = maps
-        self.videos: dict[str, dict] = index["videos"]
 
     @property
     def shard_ids(self) -> list[str]:
         return list(self.index["shards"])
 
+    def rows(self, video_id: str) -> tuple[int, int]:
+        """(row_start, n_rows) of a video in the export (StoreError when the export does not hold it)."""
+        i = self.table.find(video_id.encode("utf-8"))
+        start, stop = (int(self.offsets[i]), int(self.offsets[i + 1])) if i >= 0 else (0, -1)
+        if not 0 <= start <= stop <= self.index["num_rows"]:
+            raise StoreError(f"{self.directory}: the export has no rows for {video_id!r}; run freezeframe verify.")
+        return start, stop - start
+
     def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
-        where = self.videos[video_id]
+        start, n = self.rows(video_id)
         data = self.maps[array]
         # private, writable copies (never views of the map)
-        return read_frames(lambda lo, hi: np.array(data[lo:hi]), where["row_start"], where["n_frames"], frames,
-                           video_id)
+        return read_frames(lambda lo, hi: np.array(data[lo:hi]), start, n, frames, video_id)
 
 
 def read_memmap_index(fs_path: Path) -> dict | None:
     try:
-        index = read_json(fs_path / MEMMAP_DIR / MEMMAP_INDEX, LIST_BYTES)
+        index = read_json(fs_path / MEMMAP_DIR / MEMMAP_INDEX)
     except (OSError, ValueError):
         return None
     if not isinstance(index, dict) or index.get("format") != MEMMAP_FORMAT or index.get("version") != MEMMAP_VERSION:
@@ -182,7 +196,7 @@ def read_memmap_index(fs_path: Path) -> dict | None:
     return index
 
 
-def open_memmap_export(fs: FeatureSet, arrays: Iterable[str], video_ids: Iterable[str] = ()) -> MemmapExport | None:
+def open_memmap_export(fs: FeatureSet, arrays: Iterable[str]) -> MemmapExport | None:
     """The export of `fs` if it is up to date (built from exactly `fs.shard_ids`) and holds `arrays`, else None."""
     arrays = list(dict.fromkeys(arrays))
     if is_remote(fs.path):
@@ -195,42 +209,45 @@ def open_memmap_export(fs: FeatureSet, arrays: Iterable[str], video_ids: Iterabl
         try:
             if list(index["shards"]) != fs.shard_ids or any(a not in index["arrays"] for a in arrays):
                 return None
-            for video_id in video_ids:
-                where = index["videos"].get(video_id)
-                if where is None or where["n_frames"] != fs.video_info(video_id)["n_frames"]:
-                    return None
-            check_export_index(index, directory)
+            table, offsets = open_video_table(index, directory)
             maps = {}
             for array in arrays:
                 meta = index["arrays"][array]
                 check_regular(directory / meta["file"])  # never a symlink out of the store, never a FIFO
                 data = np.load(directory / meta["file"], mmap_mode="r")
-                if data.shape != (index["num_frames"], *meta["shape"]) or data.dtype != np.dtype(meta["dtype"]):
+                if data.shape != (index["num_rows"], *meta["shape"]) or data.dtype != np.dtype(meta["dtype"]):
                     return None
                 maps[array] = data
         except FileNotFoundError:
             continue
         except (KeyError, TypeError, ValueError):
             return None
-        return MemmapExport(directory, index, maps)
+        return MemmapExport(directory, index, table, offsets, maps)
     return None
 
 
-def check_export_index(index: dict, where: object) -> None:
-    """Names are plain file names; every video's rows lie inside the export (UnsafeStoreError / ValueError)."""
-    total = index["num_frames"]
+def open_video_table(index: dict, directory: Path) -> tuple[Segment, np.ndarray]:
+    """The export's video table and row offsets, checked: plain file names, offsets inside the export (ValueError)."""
+    total = index["num_rows"]
     if not isinstance(total, int) or total < 0:
-        raise ValueError(f"{where}: bad num_frames")
+        raise ValueError(f"{directory}: bad num_rows")
     for meta in index["arrays"].values():
-        plain_name(meta["file"], "memmap file", where)
-    for where_video in index["videos"].values():
-        start, n = where_video["row_start"], where_video["n_frames"]
-        if not (isinstance(start, int) and isinstance(n, int) and 0 <= start and 0 <= n and start + n <= total):
-            raise ValueError(f"{where}: a video's rows lie outside the export")
+        plain_name(meta["file"], "memmap file", directory)
+    table_path = directory / plain_name(index["video_table"], "memmap file", directory)
+    offsets_path = directory / plain_name(index["row_offsets"], "memmap file", directory)
+    table = Segment.open(table_path)
+    check_regular(offsets_path)
+    offsets = np.load(offsets_path, mmap_mode="r")
+    if offsets.dtype != np.int64 or offsets.shape != (table.n + 1,) or offsets[0] != 0 or offsets[-1] != total:
+        raise ValueError(f"{directory}: the row offsets do not fit the export")
+    return table, offsets
 
 
-def verify_memmap(fs_dir: Path, name: str, shard_ids: list[str], committed, report) -> None:
-    """Add to `report` what is wrong with the memmap export of a feature set (if it has one)."""
+def verify_memmap(fs_dir: Path, name: str, truth: Segment, report) -> None:
+    """Add to `report` what is wrong with the memmap export of a feature set (if it has one); `truth` is the
+    index built from the commit markers."""
+    from freezeframe.store.verify import segment_difference
+
     directory = fs_dir / MEMMAP_DIR
     if not directory.exists() and not directory.is_symlink():
         return
@@ -239,41 +256,40 @@ def verify_memmap(fs_dir: Path, name: str, shard_ids: list[str], committed, repo
         report.problems.append(f"{where} is a symbolic link; exports live inside the store")
         return
     try:
-        index = read_json(directory / MEMMAP_INDEX, LIST_BYTES, kind=dict)
+        index = read_json(directory / MEMMAP_INDEX, kind=dict)
         if index.get("format") != MEMMAP_FORMAT or index.get("version") != MEMMAP_VERSION:
-            raise ValueError("not a freezeframe memmap index of this version")
-        check_export_index(index, f"{where}/{MEMMAP_INDEX}")
+            report.warnings.append(f"{where}: an export of another version; readers ignore it (export again)")
+            return
+        table, offsets = open_video_table(index, directory)
     except (KeyError, TypeError, ValueError, OSError) as exc:
         report.problems.append(f"{where}/{MEMMAP_INDEX}: malformed: {exc}")
         return
-    if list(index["shards"]) != shard_ids:
+    if list(index["shards"]) != truth.shard_ids:
         report.warnings.append(f"{where}: the export is stale (built from other shards); readers ignore it")
         return
-    expected, row = {}, 0
-    for video_id in sorted(committed.videos):
-        n = committed.videos[video_id]["n_frames"]
-        expected[video_id] = {"row_start": row, "n_frames": n, "shard": committed.videos[video_id]["shard"]}
-        row += n
-    if index["videos"] != expected or index["num_frames"] != row:
-        report.problems.append(f"{where}/{MEMMAP_INDEX}: its videos' rows disagree with the commit markers")
+    try:
+        difference = segment_difference(table, truth)
+    except DamagedIndexError as exc:
+        difference = str(exc)
+    if difference is None and np.any(np.diff(offsets) != table.columns["n_rows"]):
+        difference = "its row offsets do not add up the videos' rows"
+    if difference:
+        report.problems.append(f"{where}/{index['video_table']}: its videos' rows disagree with the commit markers "
+                               f"({difference})")
     for array, meta in sorted(index["arrays"].items()):
         path = directory / meta["file"]
         try:
             check_regular(path)
             data = np.load(path, mmap_mode="r")
-            if data.shape != (index["num_frames"], *meta["shape"]) or data.dtype != np.dtype(meta["dtype"]):
+            if data.shape != (index["num_rows"], *meta["shape"]) or data.dtype != np.dtype(meta["dtype"]):
                 report.problems.append(f"{where}/{meta['file']}: stored as {data.shape} {data.dtype}, the index "
-                                       f"says {(index['num_frames'], *meta['shape'])} {meta['dtype']}")
-                continue
-            if "sha256" not in meta:
-                report.warnings.append(f"{where}: array {array!r} was exported without a checksum; export again "
-                                       "to let verify check it")
+                                       f"says {(index['num_rows'], *meta['shape'])} {meta['dtype']}")
                 continue
             digest = hashlib.sha256()
             step = max(1, (16 << 20) // max(1, data[0:1].nbytes))
             for lo in range(0, len(data), step):
                 digest.update(np.ascontiguousarray(data[lo:lo + step]).tobytes())
-            if digest.hexdigest() != meta["sha256"]:
+            if digest.hexdigest() != meta.get("sha256"):
                 report.problems.append(f"{where}/{meta['file']}: checksum mismatch (array {array!r})")
         except (OSError, ValueError, UnsafeStoreError) as exc:
             report.problems.append(f"{where}/{meta['file']}: unreadable: {exc}")

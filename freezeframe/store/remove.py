@@ -20,13 +20,12 @@ import numpy as np
 from freezeframe.errors import InputError, StoreError
 from freezeframe.store.backends import get_backend
 from freezeframe.store.files import fsync_dir, read_json
-from freezeframe.store.index import committed_shard_ids, read_marker
+from freezeframe.store.markers import VIDEO_FIELDS, committed_shard_ids, read_marker
 from freezeframe.store.layout import PROVENANCE_FILE, REPLACES_KEY, TEMP_PREFIX, marker_path, temp_owner_tag
 from freezeframe.store.location import is_remote, remove_tree
-from freezeframe.store.store import Store
+from freezeframe.store.store import Store, check_writable
 
 COPY_BYTES = 64 * 1024 * 1024  # rows copied per read when a shard keeps some of its videos
-SHARD_KEYS = ("id", "row_start", "n_frames")  # per-video marker fields a copy recomputes
 
 
 @dataclass
@@ -42,9 +41,7 @@ class RemoveReport:
 
 def remove_feature_set(store: str | Path, name: str) -> None:
     """Delete feature set `name` whole: one rename makes it invisible, then its files go."""
-    st = Store(store)
-    if name not in st:
-        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    st = _writable_store(store, name)
     path = st.path / name
     if is_remote(path):  # no rename on object stores: the provenance file goes first, which hides the set
         (path / PROVENANCE_FILE).unlink()
@@ -60,9 +57,7 @@ def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> Rem
     """Delete committed videos of feature set `name`, shard by shard, each shard's change committed atomically."""
     from freezeframe.store.writer import FeatureSetWriter
 
-    st = Store(store)
-    if name not in st:
-        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    st = _writable_store(store, name)
     wanted = set(video_ids)
     if not wanted:
         raise InputError("no videos given to remove.")
@@ -97,6 +92,14 @@ def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> Rem
     return report
 
 
+def _writable_store(store: str | Path, name: str) -> Store:
+    st = Store(store)
+    check_writable(st.path)
+    if name not in st:
+        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
+    return st
+
+
 def clear_replaced(shards_dir: Path) -> int:
     """Remove shards that a committed marker replaces (left by a removal that crashed half-way); returns how many."""
     markers = {shard_id: read_marker(shards_dir, shard_id) for shard_id in committed_shard_ids(shards_dir)}
@@ -116,11 +119,11 @@ def _copy_videos(writer, marker: dict, videos: list[dict]) -> dict:
     shard.compression = marker.get("compression", "none")
     try:
         for video in videos:
-            start, n = video["row_start"], video["n_frames"]
+            start, n = video["row_start"], video["n_rows"]
             for lo in range(start, start + max(n, 1), step):  # a video of 0 rows still gets its (empty) append
                 hi = min(start + n, lo + step)
                 shard.append(video["id"], {a: reader.read(a, lo, hi) for a in names})
-            shard.end_video(video["id"], {k: v for k, v in video.items() if k not in SHARD_KEYS})
+            shard.end_video(video["id"], {k: v for k, v in video.items() if k not in VIDEO_FIELDS})
         return shard.commit({REPLACES_KEY: [marker["shard_id"]]})
     except BaseException:
         shard.abort()

@@ -55,13 +55,14 @@ def describe_array(name: str, shape: tuple[int, ...], rows: str | None = "frame"
     return ((rows, *axes[1:]) if rows is not None and shape else axes), ""
 
 
-def _group(attrs: dict) -> dict:
+def group_metadata(attrs: dict) -> dict:
+    """The zarr.json of a Zarr v3 group with these attributes."""
     return {"zarr_format": 3, "node_type": "group", "attributes": attrs}
 
 
 def describe_store(store: StorePath) -> None:
     """Make the store root a Zarr group (once) whose attributes say what it is."""
-    create_json_once(store / ZARR_GROUP_FILE, _group({"freezeframe": {
+    create_json_once(store / ZARR_GROUP_FILE, group_metadata({"freezeframe": {
         "schema_version": SCHEMA_VERSION,
         "about": "a freezeframe feature store: each child group is a feature set; its shards/ group holds shards "
                  "of flat arrays over all rows of their videos. A shard counts only once its commit marker "
@@ -69,31 +70,31 @@ def describe_store(store: StorePath) -> None:
     }}))
 
 
-def describe_feature_set(path: StorePath, name: str, provenance: dict, shards: dict[str, dict],
-                         num_videos: int) -> None:
-    """(Re)write the feature set's group attributes from its provenance and committed shards (index entries)."""
+def describe_feature_set(path: StorePath, name: str, provenance: dict, arrays: dict[str, dict],
+                         shard_ids: list[str], num_videos: int) -> None:
+    """(Re)write the feature set's group attributes from its provenance, arrays ({name: {"shape", "dtype"}}) and
+    committed shards."""
     rows = row_axis(provenance)
-    arrays: dict[str, dict] = {}
-    for shard in shards.values():
-        for array, meta in shard.get("arrays", {}).items():
-            dims, text = describe_array(array, (0, *meta.get("shape", ())), rows)
-            arrays.setdefault(array, {"dimension_names": list(dims), "description": text,
-                                      "row_shape": meta.get("shape"), "dtype": meta.get("dtype")})
+    described: dict[str, dict] = {}
+    for array, meta in arrays.items():
+        dims, text = describe_array(array, (0, *meta["shape"]), rows)
+        described[array] = {"dimension_names": list(dims), "description": text, "row_shape": meta["shape"],
+                            "dtype": meta["dtype"]}
     attrs = {"freezeframe": {
         "schema_version": SCHEMA_VERSION,
         "feature_set": name,
         "rows": f"{rows}: {ROW_AXES[rows]}",
-        "arrays": dict(sorted(arrays.items())),
-        "committed_shards": sorted(shards),
+        "arrays": dict(sorted(described.items())),
+        "committed_shards": sorted(shard_ids),
         "num_videos": num_videos,
         "truth": "shards/<id>.done.json commit markers; this list is a snapshot from the last index write",
         "provenance": provenance,
     }}
-    write_json_atomic(path / ZARR_GROUP_FILE, _group(attrs))
+    write_json_atomic(path / ZARR_GROUP_FILE, group_metadata(attrs))
 
 
 def describe_shards_dir(path: StorePath) -> None:
     """Make a feature set's shards/ folder a Zarr group (once), so zarr lists the shards in it."""
-    create_json_once(path / "shards" / ZARR_GROUP_FILE, _group({"freezeframe": {
+    create_json_once(path / "shards" / ZARR_GROUP_FILE, group_metadata({"freezeframe": {
         "about": "shards of this feature set: <id>.zarr groups (or <id>.h5 files) with flat arrays over all rows "
                  "of their videos; <id>.done.json lists each video's row range and commits the shard"}}))

@@ -7,8 +7,9 @@ from pathlib import Path
 from freezeframe.errors import StoreError
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import read_json
-from freezeframe.store.layout import PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, TEMP_PREFIX
-from freezeframe.store.location import store_path
+from freezeframe.store.layout import (MIRROR_FILE, PROVENANCE_FILE, PUBLISHED_FILE, SCHEMA_FILE, SCHEMA_VERSION,
+                                      TEMP_PREFIX)
+from freezeframe.store.location import StorePath, store_path
 
 
 def check_schema(path: Path) -> None:
@@ -20,13 +21,30 @@ def check_schema(path: Path) -> None:
         raise StoreError(f"{path} has store schema version {version}; this freezeframe reads version {SCHEMA_VERSION}.")
 
 
-class Store:
-    """Read access to a store; `store[name]` is a `FeatureSet`."""
+def check_writable(path: StorePath) -> None:
+    """Refuse to change a published store, or the local cache of one."""
+    if (path / PUBLISHED_FILE).exists() or (path / MIRROR_FILE).exists():
+        raise StoreError(f"{path} is a published store (or the local cache of one), which is read-only; write to "
+                         "a store of your own (freezeframe convert copies one).")
 
-    def __init__(self, path: str | Path) -> None:
+
+class Store:
+    """Read access to a store; `store[name]` is a `FeatureSet`.
+
+    A published store (freezeframe publish) is read through a local cache of what was read, each file checked
+    against its manifest (store/published.py); `cache_dir` says where (default: $FREEZEFRAME_CACHE_DIR, else
+    ~/.cache/freezeframe).
+    """
+
+    def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
+        from freezeframe.store.published import PublishedStore, is_published
+
         self.path = store_path(path)
         if not self.path.is_dir():
             raise StoreError(f"store {self.path} does not exist.")
+        self.published = PublishedStore(str(path), cache_dir) if is_published(self.path) else None
+        if self.published is not None:
+            self.path = self.published.mirror
         check_schema(self.path)
         self._open: dict[str, FeatureSet] = {}
 
@@ -39,7 +57,7 @@ class Store:
         if name not in self._open:
             if name not in self.names():
                 raise KeyError(f"store {self.path} has no feature set {name!r}; it has: {', '.join(self.names()) or 'none'}")
-            self._open[name] = FeatureSet(self.path, name)
+            self._open[name] = FeatureSet(self.path, name, self.published)
         return self._open[name]
 
     def __contains__(self, name: object) -> bool:
@@ -60,6 +78,7 @@ def open_feature_set(store: str | Path, name: str) -> FeatureSet:
         raise StoreError(f"{exc.args[0]}.") from None
 
 
-def open_store(path: str | Path) -> Store:
-    """Open an existing store for reading: a local directory or an fsspec URL (s3://bucket/store, memory://...)."""
-    return Store(path)
+def open_store(path: str | Path, cache_dir: str | Path | None = None) -> Store:
+    """Open an existing store for reading: a local directory or an fsspec URL (s3://bucket/store, memory://...);
+    a published store is read through a local cache in `cache_dir` (see `Store`)."""
+    return Store(path, cache_dir)

@@ -1,9 +1,12 @@
 """Check a store end to end: everything a reader may be served is covered.
 
 Per feature set: every commit marker well formed; every committed shard a confined bundle (no links, no FIFOs,
-no HDF5 external data) whose arrays have the marker's shapes and dtypes and checksums; the index cache equal
-to the markers field by field; the provenance and the frozen-weights bundle equal to the hashes the markers
-recorded; a memmap export's arrays equal to the checksums in its index and its rows to the committed videos.
+no HDF5 external data) whose arrays have the marker's shapes and dtypes and checksums; the video index readers
+use equal to the markers entry by entry; the provenance and the frozen-weights bundle equal to the hashes the
+markers recorded; a memmap export's arrays equal to the checksums in its index and its rows to the committed videos.
+
+`quick` checks the markers and the index only (nothing of the arrays is read). A full check reads shards in `jobs`
+threads at once (reading and hashing release the GIL, so big shards check in parallel).
 
 Stores written before markers carried provenance and frozen hashes (or exports without checksums) still
 verify: what cannot be checked is a warning that says so, never a problem.
@@ -11,19 +14,23 @@ verify: what cannot be checked is a warning that says so, never a problem.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from freezeframe.limits import LIST_BYTES, MIB
+from freezeframe.limits import MIB
 from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.claims import claimed_videos
-from freezeframe.store.files import read_json
-from freezeframe.store.index import committed_shard_ids, index_from_markers, read_marker, shard_file
-from freezeframe.store.layout import (FROZEN_NAME, INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE, SHARDS_DIR, TEMP_PREFIX,
-                                      ZARR_GROUP_FILE)
+from freezeframe.store.files import MalformedFileError, read_json
+from freezeframe.store.index import load_index, open_segments, segment_from_markers
+from freezeframe.store.layout import (FROZEN_NAME, INDEX_DIR, LEGACY_INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE,
+                                      SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE)
+from freezeframe.store.markers import committed_shard_ids, read_marker, replacements, served_shards, shard_file
 from freezeframe.store.provenance import provenance_sha256
+from freezeframe.store.segment import DamagedIndexError, Segment
 from freezeframe.store.shard import array_sha256
 from freezeframe.store.store import Store
 
@@ -45,12 +52,23 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(path: str | Path) -> VerifyReport:
-    store = Store(path)
+def default_jobs() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def verify_store(path: str | Path, quick: bool = False, jobs: int | None = None,
+                 cache_dir: str | Path | None = None) -> VerifyReport:
+    """Check every feature set of the store at `path` (see the module's docstring); `quick`: markers and index.
+
+    A published store is checked in its local cache (`cache_dir`), after fetching (and checking against its
+    manifest) every file a full verify reads."""
+    store = Store(path, cache_dir)
+    if store.published is not None and not quick:
+        store.published.fetch_all()
     report = VerifyReport()
     for name in store.names():
         try:
-            verify_feature_set(store.path / name, name, report)
+            verify_feature_set(store.path / name, name, report, quick=quick, jobs=jobs or default_jobs())
         except Exception as exc:  # noqa: BLE001 - a feature set that cannot even be listed is one problem
             report.problems.append(f"{name}: cannot be checked: {exc}")
     return report
@@ -60,27 +78,47 @@ def declared_bytes(meta: dict, rows: int) -> int:
     return rows * int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["dtype"]).itemsize
 
 
-def check_shard(shards_dir: Path, shard_id: str, where: str) -> tuple[dict | None, list[str]]:
-    """(marker, problems) of one committed shard: marker well formed, bundle confined, arrays as declared."""
+def check_shard(shards_dir: Path, shard_id: str, where: str, quick: bool = False) -> tuple[dict | None, list[str]]:
+    """(marker, problems) of one committed shard: marker well formed and, unless `quick`, its bundle confined
+    and its arrays as declared."""
     try:
         marker = read_marker(shards_dir, shard_id)
-        reader = get_backend(marker["format"]).reader(shards_dir / shard_file(shard_id, marker["format"]))
-        names = reader.array_names()  # HDF5 readers open (and check) their file lazily, here
     except Exception as exc:  # noqa: BLE001 - every unreadable shard is a reported problem
         return None, [f"{where}: cannot open: {exc}"]
+    problems = _check_rows(marker, where)
+    if not quick:
+        problems += _check_bundle(shards_dir, shard_id, marker, where)
+    return marker, problems
+
+
+def _check_rows(marker: dict, where: str) -> list[str]:
+    rows = sum(v["n_rows"] for v in marker["videos"])
+    problems = [] if rows == marker["num_rows"] else \
+        [f"{where}: the marker's videos hold {rows} rows, its num_rows says {marker['num_rows']}"]
+    cursor = 0
+    for start, n in sorted((v["row_start"], v["n_rows"]) for v in marker["videos"]):
+        if start != cursor:
+            problems.append(f"{where}: video rows are not contiguous at row {start}")
+            break
+        cursor = start + n
+    return problems
+
+
+def _check_bundle(shards_dir: Path, shard_id: str, marker: dict, where: str) -> list[str]:
+    try:
+        reader = get_backend(marker["format"]).reader(shards_dir / shard_file(shard_id, marker["format"]))
+        names = reader.array_names()  # HDF5 readers open (and check) their file lazily, here
+    except Exception as exc:  # noqa: BLE001
+        return [f"{where}: cannot open: {exc}"]
     problems = []
-    rows_expected = marker["num_frames"]
-    if sum(v["n_frames"] for v in marker["videos"]) != rows_expected:
-        problems.append(f"{where}: the marker's videos hold {sum(v['n_frames'] for v in marker['videos'])} rows, "
-                        f"its num_frames says {rows_expected}")
+    rows_expected = marker["num_rows"]
     if sorted(names) != sorted(marker["arrays"]):
         problems.append(f"{where}: arrays {names} differ from marker {sorted(marker['arrays'])}")
     total = sum(declared_bytes(meta, rows_expected) for meta in marker["arrays"].values())
     disk = getattr(reader, "disk_bytes", None)
     if disk is not None and total > max(EXPANSION_FLOOR, disk * MAX_EXPANSION):
         reader.close()
-        return marker, problems + [f"{where}: declares {total / MIB:.0f} MiB of arrays in {disk} bytes on disk; "
-                                   "it is not read"]
+        return problems + [f"{where}: declares {total / MIB:.0f} MiB of arrays in {disk} bytes on disk; it is not read"]
     try:
         for array, meta in marker["arrays"].items():
             if array not in names:
@@ -98,35 +136,41 @@ def check_shard(shards_dir: Path, shard_id: str, where: str) -> tuple[dict | Non
                 problems.append(f"{where}: array {array!r} unreadable: {exc}")
     finally:
         reader.close()
-    cursor = 0
-    for start, n in sorted((v["row_start"], v["n_frames"]) for v in marker["videos"]):
-        if start != cursor:
-            problems.append(f"{where}: video rows are not contiguous at row {start}")
-            break
-        cursor = start + n
-    return marker, problems
+    return problems
 
 
-def verify_feature_set(fs_dir: Path, name: str, report: VerifyReport) -> None:
+def check_shards(shards_dir, shard_ids: list[str], name: str, quick: bool, jobs: int):
+    """(marker, problems) of every shard, in order; a full check in `jobs` threads (markers alone are parsed here:
+    JSON holds the GIL)."""
+    def check(shard_id: str):
+        return check_shard(shards_dir, shard_id, f"{name}/{SHARDS_DIR}/{shard_id}", quick)
+    if quick or jobs <= 1:
+        return [check(shard_id) for shard_id in shard_ids]
+    with ThreadPoolExecutor(jobs, thread_name_prefix="freezeframe-verify") as pool:
+        return list(pool.map(check, shard_ids))
+
+
+def verify_feature_set(fs_dir: Path, name: str, report: VerifyReport, quick: bool = False, jobs: int = 1) -> None:
     shards_dir = fs_dir / SHARDS_DIR
     shard_ids = committed_shard_ids(shards_dir)
     markers: dict[str, dict] = {}
-    for shard_id in shard_ids:
-        marker, problems = check_shard(shards_dir, shard_id, f"{name}/{SHARDS_DIR}/{shard_id}")
+    for shard_id, (marker, problems) in zip(shard_ids, check_shards(shards_dir, shard_ids, name, quick, jobs)):
         report.problems.extend(problems)
         if marker is not None:
             markers[shard_id] = marker
             report.checked_shards += 1
-    index = index_from_markers(markers)
-    for video_id, kept, other in index.duplicates:
+    served = served_shards(sorted(markers), replacements(markers))
+    truth, duplicates = segment_from_markers(markers, served)
+    for video_id, kept, other in duplicates:
         report.problems.append(f"{name}: video {video_id!r} is stored twice (shards {kept} and {other})")
-    report.checked_videos += len(index.videos)
+    report.checked_videos += truth.n
     _check_provenance(fs_dir, name, markers, report)
-    _check_frozen(fs_dir, name, markers, report)
-    _check_index_cache(fs_dir, name, shard_ids, index, report)
-    from freezeframe.store.memmap import verify_memmap
+    _check_index(fs_dir, name, truth, report)
+    if not quick:
+        _check_frozen(fs_dir, name, markers, report)
+        from freezeframe.store.memmap import verify_memmap
 
-    verify_memmap(fs_dir, name, shard_ids, index, report)
+        verify_memmap(fs_dir, name, truth, report)
     for temp in list(fs_dir.glob(f"{TEMP_PREFIX}*")) + list(shards_dir.glob(f"{TEMP_PREFIX}*")):
         report.warnings.append(f"{name}: uncommitted temporary {temp.name} (a writer is running or crashed)")
     claimed = claimed_videos(fs_dir)
@@ -188,23 +232,57 @@ def _check_frozen(fs_dir: Path, name: str, markers: dict[str, dict], report: Ver
         report.problems.append(f"{where}: frozen weights differ from the checksums recorded in the commit markers")
 
 
-def _check_index_cache(fs_dir: Path, name: str, shard_ids: list[str], index, report: VerifyReport) -> None:
-    cache = fs_dir / INDEX_FILE
-    if not cache.exists() and not cache.is_symlink():
+def _check_index(fs_dir: Path, name: str, truth: Segment, report: VerifyReport) -> None:
+    """The index readers load (its segments, and the markers of shards no segment covers) against the markers."""
+    where = f"{name}/{INDEX_DIR}"
+    legacy = fs_dir / LEGACY_INDEX_FILE
+    if legacy.exists() or legacy.is_symlink():
+        report.warnings.append(f"{name}: {LEGACY_INDEX_FILE} (the index of older versions) is ignored; the next "
+                               "write replaces it")
+    if (fs_dir / INDEX_DIR).is_symlink():
+        report.problems.append(f"{where} is a symbolic link; the index lives inside the store")
         return
+    segments = open_segments(fs_dir)
+    listed = [p.name for p in (fs_dir / INDEX_DIR).iterdir()] if (fs_dir / INDEX_DIR).is_dir() else []
+    for file_name in sorted(set(listed) - set(segments)):
+        if not file_name.startswith(TEMP_PREFIX):
+            report.warnings.append(f"{where}/{file_name} is not a readable index segment; readers ignore it")
     try:
-        cached = read_json(cache, LIST_BYTES, kind=dict)
-    except (ValueError, OSError):
-        report.warnings.append(f"{name}: {INDEX_FILE} is unreadable (it is rebuilt from commit markers on read)")
+        index = load_index(fs_dir, segments.values())
+        difference = segment_difference(index.merged(), truth)
+    except DamagedIndexError as exc:
+        report.warnings.append(f"{where}: damaged ({exc}); readers that meet the damage read the markers instead")
         return
-    shards = cached.get("shards")
-    if not isinstance(shards, dict) or sorted(shards) != shard_ids:
-        report.warnings.append(f"{name}: {INDEX_FILE} is stale (it is rebuilt from commit markers on read)")
-        return
-    for shard_id in shard_ids:  # every field a reader may use, against the markers
-        if shards[shard_id] != index.shards.get(shard_id):
-            report.problems.append(f"{name}: {INDEX_FILE} describes shard {shard_id} differently from its "
-                                   "commit marker")
-            return
-    if cached.get("videos") != index.videos:
-        report.problems.append(f"{name}: {INDEX_FILE} disagrees with the commit markers")
+    except MalformedFileError:
+        return  # a marker the index would need is malformed: a problem reported with its shard
+    for file_name, segment in sorted(segments.items()):
+        if segment not in index.segments:
+            report.warnings.append(f"{where}/{file_name} is stale (its shards were removed or indexed again); "
+                                   "readers ignore it")
+    if difference:
+        report.problems.append(f"{where} disagrees with the commit markers: {difference}")
+
+
+def segment_difference(got: Segment, want: Segment) -> str | None:
+    """How `got` differs from `want` (shards, their descriptions, then videos), or None when they are equal;
+    DamagedIndexError when `got` is not even well formed."""
+    got.check_entries()
+    if got.shard_ids != want.shard_ids:
+        return f"it serves shards {_diff(got.shard_ids, want.shard_ids)}"
+    for position, shard_id in enumerate(want.shard_ids):
+        if got.shard_info(position) != want.shard_info(position):
+            return f"it describes shard {shard_id} differently"
+    if got.n != want.n or not all(np.array_equal(got.columns[c], want.columns[c])
+                                  for c in ("id_offsets", "id_bytes", "shard", "row_start", "n_rows")):
+        got_ids, want_ids = got.ids(), want.ids()
+        if got_ids != want_ids:
+            return f"it lists videos {_diff(got_ids, want_ids)}"
+        for i, video_id in enumerate(want_ids):
+            if got.entry(i) != want.entry(i):
+                return f"video {video_id!r} at {tuple(got.entry(i))}, its marker says {tuple(want.entry(i))}"
+    return None
+
+
+def _diff(got: list[str], want: list[str]) -> str:
+    extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    return f"{len(extra)} not committed (e.g. {extra[:2]}) and misses {len(missing)} (e.g. {missing[:2]})"

@@ -16,7 +16,7 @@ from freezeframe.store.claims import process_alive
 from freezeframe.store.backends import BACKENDS, check_compression, get_backend
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json
-from freezeframe.store.index import Index, write_index
+from freezeframe.store.index import INDEX_EVERY, VideoIndex, add_to_index, write_index
 from freezeframe.store.layout import (
     FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE,
     temp_owner_tag,
@@ -24,7 +24,7 @@ from freezeframe.store.layout import (
 from freezeframe.store.location import is_remote, remove_tree
 from freezeframe.store.location import store_path as store_path_of
 from freezeframe.store.shard import ShardWriter, _fsync_tree
-from freezeframe.store.store import check_schema
+from freezeframe.store.store import check_schema, check_writable
 
 
 class FeatureSetWriter:
@@ -48,6 +48,7 @@ class FeatureSetWriter:
         self.backend.check_compression(compression)
         if not name or name.startswith(".") or "/" in name or "\\" in name:
             raise StoreError(f"invalid feature set name {name!r}: use letters, digits, '-', '_' and '.'.")
+        check_writable(self.store_path)
         self.store_path.mkdir(parents=True, exist_ok=True)
         create_json_once(self.store_path / SCHEMA_FILE, {"format": "freezeframe", "schema_version": SCHEMA_VERSION})
         check_schema(self.store_path)
@@ -59,12 +60,13 @@ class FeatureSetWriter:
         schema.describe_store(self.store_path)
         schema.describe_shards_dir(self.path)
         if not (self.path / ZARR_GROUP_FILE).exists():
-            schema.describe_feature_set(self.path, self.name, self.provenance, {}, 0)
+            schema.describe_feature_set(self.path, self.name, self.provenance, {}, [], 0)
         if frozen:
             self._write_frozen_once(frozen)
         self.remove_stale_temps()
         self.marker_extra = {"provenance_sha256": prov.provenance_sha256(self.provenance),
                              **frozen_hashes(self.path)}
+        self._unindexed: dict[str, dict] = {}  # markers this writer committed and has not indexed yet
 
     def _claim_provenance(self, provenance: dict) -> dict:
         path = self.path / PROVENANCE_FILE
@@ -122,7 +124,14 @@ class FeatureSetWriter:
 
     def new_shard(self) -> ShardWriter:
         return ShardWriter(self.shards_dir, self.backend, compression=self.compression,
-                           marker_extra=self.marker_extra, row_axis=self.row_axis)
+                           marker_extra=self.marker_extra, row_axis=self.row_axis, on_commit=self._committed)
+
+    def _committed(self, marker: dict) -> None:
+        """Index this writer's commits every INDEX_EVERY shards (readers read the markers of the rest)."""
+        self._unindexed[marker["shard_id"]] = marker
+        if len(self._unindexed) >= INDEX_EVERY:
+            add_to_index(self.path, self._unindexed)
+            self._unindexed = {}
 
     @property
     def failures_path(self) -> Path:
@@ -131,10 +140,12 @@ class FeatureSetWriter:
     def record_failure(self, video_id: str, path: str, reason: str) -> None:
         append_jsonl(self.failures_path, {"video_id": video_id, "path": path, "reason": reason, "time": time.time()})
 
-    def write_index(self) -> Index:
-        """Rebuild index.json from the commit markers, and the feature set's self-description with it."""
-        index = write_index(self.path, self.shards_dir)
-        schema.describe_feature_set(self.path, self.name, self.provenance, index.shards, len(index.videos))
+    def write_index(self) -> VideoIndex:
+        """Merge the video index into one segment covering every committed shard, and rewrite the feature set's
+        self-description with it."""
+        index = write_index(self.path)
+        self._unindexed = {}
+        schema.describe_feature_set(self.path, self.name, self.provenance, index.arrays(), index.shard_ids, len(index))
         return index
 
 

@@ -47,7 +47,7 @@ def default_text_set_name(config: TextConfig) -> str:
 def committed_text_hashes(store: str | Path, name: str) -> dict[str, str | None]:
     """Caption id -> sha256 of the text its committed rows were made from (None for rows made before it was kept)."""
     fs = FeatureSet(store_path(store), name)
-    return {caption_id: fs.video_info(caption_id).get("text_sha256") for caption_id in fs.video_ids()}
+    return {caption_id: info.get("text_sha256") for caption_id, info in fs.video_infos().items()}
 
 
 def extract_text(captions: Sequence[Caption], store: str | Path, config: TextConfig, *, name: str | None = None,

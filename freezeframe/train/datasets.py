@@ -163,7 +163,7 @@ class FeatureDataset(Dataset):
         if selection.mode == "views" and not self.frames_per_view:
             raise InputError(f"feature set {feature_set!r} was not extracted with --clips, so it has no views.")
         self.row_shapes = {a: tuple(stored[src]["shape"]) for a, src in self._sources.items()}
-        self.lengths = {v: fs.video_info(v)["n_frames"] for v in self.video_ids}
+        self.lengths = {v: fs.locate(v).n_rows for v in self.video_ids}
         self._cache: dict[tuple[str, str], np.ndarray] | None = None
         if preload:
             self._cache = {(v, src): fs.read(v, src) for v in self.video_ids for src in set(self._sources.values())}
@@ -185,7 +185,7 @@ class FeatureDataset(Dataset):
         if self._memmap is None:
             from freezeframe.store.memmap import open_memmap_export
 
-            export = open_memmap_export(fs, set(self._sources.values()), self.video_ids)
+            export = open_memmap_export(fs, set(self._sources.values()))
             self._memmap = export if export is not None else False
         return self._memmap or None
 

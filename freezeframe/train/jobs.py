@@ -42,7 +42,7 @@ def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
     sources = {block_source(array, stored) for array in arrays} & set(stored)
     row_bytes = sum(int(np.prod(stored[s]["shape"], dtype=np.int64)) * np.dtype(stored[s]["dtype"]).itemsize
                     for s in sources)
-    return row_bytes * sum(fs.video_info(v)["n_frames"] for v in video_ids if v in fs)
+    return row_bytes * sum(fs.locate(v).n_rows for v in video_ids if v in fs)
 
 
 def matched_provenance(fs: FeatureSet) -> dict:

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from freezeframe.errors import InputError
 from freezeframe.options import FieldError
 from freezeframe.extract.preprocess import PreprocessConfig
 
