@@ -164,7 +164,7 @@ def main() -> None:
         "named kill points": named_points(work, reference, args.parallel),
         "random kills": random_kills(work, reference, args.random, args.seed),
         "file size limits": size_limits(work, reference),
-        "killed peer": killed_peer(work, reference, ["claim:2", "window:2", "shard.rename:1", "shard.rename:2",
+        "killed peer": killed_peer(work, reference, ["claim:2", "chunk:2", "shard.rename:1", "shard.rename:2",
                                                      "shard.marker:1", "committed:1"]),
     }
     rows = [summarize(name, outcomes) for name, outcomes in kinds.items()]

@@ -2,7 +2,7 @@
 
 `FREEZEFRAME_FAULT=<site>:<n>` makes the process SIGKILL itself the n-th time it reaches `fault_point(site)`
 (counted per process), e.g. `shard.rename:2` dies just before the second shard is renamed into place.
-Sites: claim (a video claimed), window (frames of a video handed to the shard writer), shard.array (one
+Sites: claim (a video claimed), chunk (a chunk of a video's frames handed to the shard writer), shard.array (one
 array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
 committed (a shard committed, before its claims are given back), index (before index.json is written),
@@ -18,7 +18,7 @@ import os
 import signal
 import time
 
-SITES = ("claim", "window", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index",
+SITES = ("claim", "chunk", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index",
          "decode", "decode.hang")
 
 

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from freezeframe.extract.decode import DecordReader, PyAVReader, VideoReadError, iter_windows, open_video
+from freezeframe.extract.decode import DecordReader, PyAVReader, VideoReadError, iter_chunks, open_video
 
 SAMPLES = [
     "v_GGSY1Qvo990.mp4", "v_ZNVhz7ctTq0.mp4", "archery_demo.mp4", "test_mpeg4.avi",
@@ -110,7 +110,7 @@ def test_iter_windows_bounded_and_complete(decoder, sample_videos):
 
     for budget, most in ((int(2.5 * frame_bytes), 2), (frame_bytes // 10, 1), (7 * frame_bytes, 7)):
         reader = open_video(path, decoder)
-        windows = list(iter_windows(reader, indices, max_window_bytes=budget))
+        windows = list(iter_chunks(reader, indices, max_chunk_bytes=budget))
         reader.close()
         sizes = [len(chunk) for _, chunk in windows]
         for frames, chunk in windows:
@@ -125,7 +125,7 @@ def test_iter_windows_bounded_and_complete(decoder, sample_videos):
 
 def test_iter_windows_default_budget_is_one_window_after_the_first(sample_videos):
     reader = open_video(str(sample_videos["short_32frames.mp4"]), "pyav")
-    windows = [chunk for _, chunk in iter_windows(reader, np.arange(32))]
+    windows = [chunk for _, chunk in iter_chunks(reader, np.arange(32))]
     reader.close()
     # 64 MiB holds all 31 remaining 340x256 frames
     assert [len(w) for w in windows] == [1, 31]
@@ -135,7 +135,7 @@ def test_iter_windows_keeps_whole_backbone_inputs_together(sample_videos):
     reader = open_video(str(sample_videos["archery_demo.mp4"]), "pyav")
     frame_bytes = 256 * 340 * 3
     indices = np.arange(280)[:275]  # 27.5 inputs of 10 frames: the last chunk is the only partial one
-    windows = [chunk for _, chunk in iter_windows(reader, indices, max_window_bytes=25 * frame_bytes, multiple=10)]
+    windows = [chunk for _, chunk in iter_chunks(reader, indices, max_chunk_bytes=25 * frame_bytes, multiple=10)]
     reader.close()
     assert [len(w) for w in windows] == [10] + [20] * 13 + [5]  # 25 frames fit: 2 whole inputs per chunk
     np.testing.assert_array_equal(np.concatenate(windows), indices)
@@ -229,7 +229,7 @@ def test_unknown_decoder_is_refused(sample_videos):
 def test_mpeg_ts_is_read_with_pyav(tmp_path, codec, pixels):
     """decord 0.6 opens H.264 in MPEG-TS but decodes none of its frames, and returns MPEG-2 in MPEG-TS one frame
     off; DecordReader refuses transport streams, and `auto` reads them with PyAV, frames and times exact."""
-    from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
+    from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Chunk, ChunkStream
     from freezeframe.extract.preprocess import PreprocessConfig
     from freezeframe.extract.sampling import SamplingConfig
     from freezeframe.extract.sources import VideoSource
@@ -242,7 +242,7 @@ def test_mpeg_ts_is_read_with_pyav(tmp_path, codec, pixels):
 
     def stream(decoder):
         spec = DecodeSpec(SamplingConfig("num_frames", num_frames=4), PreprocessConfig(mode="fast"), decoder)
-        return list(WindowStream([[VideoSource("clip", str(path))]], spec))
+        return list(ChunkStream([[VideoSource("clip", str(path))]], spec))
 
     items = stream("decord")
     assert [type(item) for item in items] == [Failure, ShardEnd]
@@ -250,7 +250,7 @@ def test_mpeg_ts_is_read_with_pyav(tmp_path, codec, pixels):
 
     items = stream("auto")
     assert isinstance(items[-1], ShardEnd)
-    windows = [item for item in items if isinstance(item, Window)]
+    windows = [item for item in items if isinstance(item, Chunk)]
     assert len(windows) == len(items) - 1  # no Failure
     assert windows[-1].last and windows[-1].info["decoder"] == "pyav"
     np.testing.assert_array_equal(np.concatenate([w.frame_indices for w in windows]), [3, 11, 18, 26])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from freezeframe.extract.decode import DecodeOptions, PyAVReader, VideoReadError, open_video
-from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
+from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Chunk, ChunkStream
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource
@@ -49,7 +49,7 @@ def _check_seeking_equals_sequential(path: Path) -> PyAVReader:
         reader = PyAVReader(str(path))
         np.testing.assert_array_equal(reader.get(targets), every[targets], err_msg=f"{path.name} {targets}")
         reader.close()
-    # a reader reused across calls, forwards and backwards, as iter_windows and restarts use it
+    # a reader reused across calls, forwards and backwards, as iter_chunks and restarts use it
     reader = PyAVReader(str(path))
     for chunk in (np.array([len(every) - 1]), np.array([0, 1]), np.array([len(every) // 3, len(every) // 2])):
         np.testing.assert_array_equal(reader.get(chunk), every[chunk])
@@ -113,7 +113,7 @@ def test_snap_to_keyframes_picks_the_nearest_in_time():
 
 def _stream(path: Path, seek: str, sampling: SamplingConfig, **options) -> list:
     spec = DecodeSpec(sampling, PreprocessConfig(mode="fast"), seek=seek, options=DecodeOptions(**options))
-    return list(WindowStream([[VideoSource("v", str(path))]], spec))
+    return list(ChunkStream([[VideoSource("v", str(path))]], spec))
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig("num_frames", num_frames=8), SamplingConfig("fps", fps=2.0)])
@@ -121,8 +121,8 @@ def test_seek_keyframe_yields_keyframes_with_their_real_indices_and_times(sampli
     path = long_videos["vfr.mp4"]
     sequential = PyAVReader(str(path), seek=False)
     every = sequential.get(np.arange(LONG_FRAMES))
-    windows = [item for item in _stream(path, "keyframe", sampling) if isinstance(item, Window)]
-    exact = [item for item in _stream(path, "exact", sampling) if isinstance(item, Window)]
+    windows = [item for item in _stream(path, "keyframe", sampling) if isinstance(item, Chunk)]
+    exact = [item for item in _stream(path, "exact", sampling) if isinstance(item, Chunk)]
     indices = np.concatenate([w.frame_indices for w in windows])
     assert len(indices) == sum(len(w.frame_indices) for w in exact)  # as many rows as exact sampling
     assert set(indices) <= set(sequential.keyframes) and len(set(indices)) > 1

@@ -369,8 +369,8 @@ def open_video(path: str, decoder: str = "auto", options: DecodeOptions = Decode
     return READERS[decoder](path, options)
 
 
-def iter_windows(
-    reader: FrameReader, indices: np.ndarray, max_window_bytes: int = 64 * 1024 * 1024, multiple: int = 1
+def iter_chunks(
+    reader: FrameReader, indices: np.ndarray, max_chunk_bytes: int = 64 * 1024 * 1024, multiple: int = 1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Decode the sampled frames in windows small enough to bound memory: yields (frames, indices).
 
@@ -383,7 +383,7 @@ def iter_windows(
         frames = reader.get(unique)
         yield frames[np.searchsorted(unique, chunk)], chunk
         start += len(chunk)
-        window = max(1, max_window_bytes // max(1, frames[0].nbytes) // multiple) * multiple
+        window = max(1, max_chunk_bytes // max(1, frames[0].nbytes) // multiple) * multiple
 
 
 def _short(exc: BaseException) -> str:

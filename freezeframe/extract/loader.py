@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from freezeframe.extract.decode import DecodeOptions, VideoReadError, iter_windows, open_video
+from freezeframe.extract.decode import DecodeOptions, VideoReadError, iter_chunks, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, sample_indices, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource
@@ -19,7 +19,7 @@ from freezeframe.store.claims import Claims
 
 
 @dataclass
-class Window:
+class Chunk:
     """Consecutive sampled frames of one video; `last` marks the video's final window."""
 
     shard: int
@@ -52,7 +52,7 @@ class Skipped:
     video_id: str
 
 
-Item = Window | Failure | ShardEnd | Skipped
+Item = Chunk | Failure | ShardEnd | Skipped
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ class DecodeSpec:
     sampling: SamplingConfig
     preprocess: PreprocessConfig
     decoder: str = "auto"
-    max_window_bytes: int = 64 * 1024 * 1024
+    max_chunk_bytes: int = 64 * 1024 * 1024
     seek: str = "exact"  # "keyframe": each sampled frame snapped to its nearest keyframe
     options: DecodeOptions = DecodeOptions()
 
 
-class WindowStream:
+class ChunkStream:
     """Shards of videos in, items out, in this process (decode workers run it video by video: extract/workers.py);
     with `claims`, each shard's videos are claimed just before it is decoded."""
 
@@ -117,14 +117,14 @@ class WindowStream:
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
                     "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
             per_row = self.spec.sampling.frames_per_row
-            for frames, chunk in iter_windows(reader, indices, self.spec.max_window_bytes, per_row):
+            for frames, chunk in iter_chunks(reader, indices, self.spec.max_chunk_bytes, per_row):
                 done += len(chunk)
                 pixels = preprocess(frames) if preprocess is not None else torch.from_numpy(frames)
                 last = done == len(indices)
                 if per_row > 1:  # one row per window of frames
                     pixels, chunk = pixels.unflatten(0, (-1, per_row)), chunk.reshape(-1, per_row)
                 starts = chunk if per_row == 1 else chunk[:, 0]
-                yield Window(shard, source.video_id, pixels, chunk, ts[starts], last, info if last else {})
+                yield Chunk(shard, source.video_id, pixels, chunk, ts[starts], last, info if last else {})
         except VideoReadError as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001

@@ -17,7 +17,7 @@ from freezeframe.errors import InputError, StoreError
 from freezeframe.extract.backbones.base import Backbone
 from freezeframe.extract.batching import FrameBatcher
 from freezeframe.extract.decode import DECODERS, DEFAULT_MAX_PIXELS, DecodeOptions
-from freezeframe.extract.loader import DecodeSpec, Failure, Skipped, Window, WindowStream
+from freezeframe.extract.loader import DecodeSpec, Failure, Skipped, Chunk, ChunkStream
 from freezeframe.extract.sampling import SEEK_MODES
 from freezeframe.extract.workers import IDLE, DecodePool
 from freezeframe.extract.preprocess import check_fast_supported, fast_preprocess
@@ -49,7 +49,7 @@ class ExtractConfig:
     device: str = "auto"
     format: str = "zarr"
     compression: str = "none"  # storage only: recorded per shard, not in provenance
-    max_window_bytes: int = 64 * 1024 * 1024
+    max_chunk_bytes: int = 64 * 1024 * 1024
     progress: bool = True
     claim_lease: float = DEFAULT_LEASE  # seconds a silent writer's claims stay valid (many writers on one store)
     seek: str = "exact"  # "keyframe": sampled frames snapped to their nearest keyframes
@@ -147,7 +147,7 @@ class _ShardSink(threading.Thread):
             if sink is None:
                 sink = self._open[shard] = self.writer.new_shard()
             sink.append(video_id, arrays)
-            fault_point("window")
+            fault_point("chunk")
             if last:
                 if self.claims is not None and not self.claims.holds(video_id):
                     sink.discard_video(video_id)
@@ -381,12 +381,12 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
     `report`. Both engines run this: locally over all shards, on Ray once per shard inside an actor."""
     todo = [source for shard in shards for source in shard]
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
-    spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes, config.seek,
+    spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_chunk_bytes, config.seek,
                       DecodeOptions(max_pixels=config.max_pixels))
     workers = min(config.workers, len(shards))
     # decode workers: a stalled or dead worker costs only its video; --workers 0 decodes here, unguarded
     loader = DecodePool(shards, spec, claims, workers, config.decode_timeout) if workers else \
-        WindowStream(shards, spec, claims)
+        ChunkStream(shards, spec, claims)
     device = backbone.device
     batcher = FrameBatcher(config.batch_size, backbone)
     sink = _ShardSink(writer, claims)
@@ -395,7 +395,7 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
     start = time.perf_counter()
 
     def dispatch(item, arrays: dict[str, np.ndarray]) -> None:
-        if isinstance(item, Window):
+        if isinstance(item, Chunk):
             arrays["timestamps"] = item.timestamps.astype(np.float64)
             arrays["frame_indices"] = item.frame_indices.astype(np.int64)
             sink.inbox.put(("append", item.shard, (item.video_id, arrays, item.last, item.info)))
@@ -424,7 +424,7 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
                     dispatch(finished, arrays)
                 continue
             pixels = None
-            if isinstance(item, Window):
+            if isinstance(item, Chunk):
                 pixels = item.frames
                 if spec.preprocess.mode == "fast":  # windows (n, T, H, W, 3) are resized as n * T frames
                     frames = pixels.to(device, non_blocking=True)

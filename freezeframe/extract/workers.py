@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from freezeframe.extract.loader import DecodeSpec, Failure, Item, ShardEnd, Skipped, Window, WindowStream
+from freezeframe.extract.loader import DecodeSpec, Failure, Item, ShardEnd, Skipped, Chunk, ChunkStream
 from freezeframe.extract.sources import VideoSource
 from freezeframe.faults import fault_point
 from freezeframe.store.claims import Claims
@@ -50,7 +50,7 @@ def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> N
     """A decode worker: shards in, ("claimed" | "start" | "item", payload) messages out; None ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     torch.set_num_threads(1)  # workers share the cores; one thread each avoids oversubscription
-    stream = WindowStream([], spec)
+    stream = ChunkStream([], spec)
     preprocess = stream.preprocessor()
     while (task := conn.recv()) is not None:
         shard, sources, claim = task
@@ -66,14 +66,14 @@ def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> N
             fault_point("decode")
             fault_point("decode.hang")
             for item in stream.video_items(shard, source, preprocess):
-                if isinstance(item, Window):
+                if isinstance(item, Chunk):
                     item.frames = item.frames.numpy()  # by value: never a shared-memory handle a dead sender owns
                 conn.send(("item", item))
         conn.send(("item", ShardEnd(shard)))
 
 
 class DecodePool:
-    """Iterate decode items (Window, Failure, Skipped, ShardEnd) or IDLE from `workers` supervised processes."""
+    """Iterate decode items (Chunk, Failure, Skipped, ShardEnd) or IDLE from `workers` supervised processes."""
 
     def __init__(self, shards: list[list[VideoSource]], spec: DecodeSpec, claims: Claims | None, workers: int,
                  timeout: float) -> None:
@@ -135,9 +135,9 @@ class DecodePool:
             worker.task = worker.video = None
             yield payload
         else:
-            if isinstance(payload, Window):
+            if isinstance(payload, Chunk):
                 payload.frames = torch.from_numpy(payload.frames)
-            if isinstance(payload, (Failure, Skipped)) or (isinstance(payload, Window) and payload.last):
+            if isinstance(payload, (Failure, Skipped)) or (isinstance(payload, Chunk) and payload.last):
                 task.done.add(payload.video_id)
                 worker.video = None
             yield payload
