@@ -6,7 +6,8 @@ Sites: claim (a video claimed), chunk (a chunk of a video's frames handed to the
 array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
 committed (a shard committed, before its claims are given back), index (before index.json is written),
-decode (a decode worker about to open a video; `decode.hang` makes it hang there instead of dying).
+decode (a video about to be opened, in a decode worker or with --workers 0 in the main process;
+`decode.hang` makes it hang there instead of dying).
 With `FREEZEFRAME_FAULT_ONCE=<marker file>` as well, the kill is one-shot across processes: a process dies there
 only if it creates the marker file first (so a restarted Ray actor, counting afresh, does not die again).
 Unset, as always outside tests, `fault_point` is an empty function.
@@ -40,7 +41,7 @@ def _armed(site: str) -> None:
         _arrivals += 1
         if _arrivals == _COUNT and _first_to_die():
             if site.endswith(".hang"):
-                time.sleep(24 * 3600)  # a decoder stuck in C: only a kill from outside ends it
+                time.sleep(24 * 3600)  # a decoder that delivers nothing: a kill, or --workers 0's alarm, ends it
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from freezeframe.extract.decode import DecodeOptions, PyAVReader, VideoReadError, open_video
-from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Chunk, ChunkStream
+from freezeframe.extract.loader import Chunk, ChunkStream, DecodeSpec, Failure, ShardEnd
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource

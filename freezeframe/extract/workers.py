@@ -2,7 +2,7 @@
 
 Each worker decodes whole shards it is handed over its own pipe and reports which video it is on. A worker
 that delivers nothing for `timeout` seconds is killed; a worker that dies (OOM killer, segfault) or is killed
-gets its video recorded as a failure, a fresh worker is forked, and the rest of its shard is decoded again
+gets its video recorded as a failure, a fresh worker is started, and the rest of its shard is decoded again
 by whichever worker is free. The main process keeps batching the others' frames meanwhile, and hears `IDLE`
 when nothing arrived for a moment (so it can flush partial batches: no video waits on a slow one).
 """
@@ -18,9 +18,8 @@ from typing import Iterator
 
 import torch
 
-from freezeframe.extract.loader import DecodeSpec, Failure, Item, ShardEnd, Skipped, Chunk, ChunkStream
+from freezeframe.extract.loader import Chunk, ChunkStream, DecodeSpec, Failure, Item, ShardEnd, Skipped
 from freezeframe.extract.sources import VideoSource
-from freezeframe.faults import fault_point
 from freezeframe.store.claims import Claims
 
 IDLE = "idle"  # yielded when no worker delivered anything for IDLE_AFTER seconds
@@ -63,8 +62,6 @@ def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> N
         conn.send(("claimed", None))
         for source in sources:
             conn.send(("start", source.video_id))
-            fault_point("decode")
-            fault_point("decode.hang")
             for item in stream.video_items(shard, source, preprocess):
                 if isinstance(item, Chunk):
                     item.frames = item.frames.numpy()  # by value: never a shared-memory handle a dead sender owns
@@ -79,7 +76,9 @@ class DecodePool:
                  timeout: float) -> None:
         self.spec, self.claims, self.timeout = spec, claims, timeout
         self._todo = [_Task(i, list(shard), claim=True) for i, shard in enumerate(shards)]
-        self._context = mp.get_context("fork")  # forked workers start at once (no re-import of torch)
+        # forked workers start at once (no re-import of torch); CUDA decoding needs a fresh process, as CUDA does not
+        # survive a fork
+        self._context = mp.get_context("fork" if spec.options.device == "cpu" else "spawn")
         self._count = workers
         self._workers: list[_Worker] = []
         self.replaced = 0  # workers killed or dead and replaced (for reports and tests)
