@@ -173,3 +173,20 @@ def test_torchcodec_frames_equal_pyav(sample_videos, long_videos):
         np.testing.assert_array_equal(torchcodec.get(targets), pyav.get(targets))
     with pytest.raises(VideoReadError, match="torchcodec seeks"):
         open_video(str(sample_videos["test_mpeg4.avi"]), "torchcodec")
+
+
+def test_a_seek_keyframe_run_resumes_and_refuses_exact_appends(tmp_path, sample_videos):
+    """The store's recorded `sampling.seek` is what a rerun compares with: the same command resumes, an exact run is
+    refused in one line before the model loads."""
+    from click.testing import CliRunner
+
+    from freezeframe.cli import main
+
+    args = ["extract", str(sample_videos["archery_demo.mp4"]), "--store", str(tmp_path / "store"), "--model",
+            "ff-tiny-vit", "--pretrained", "none", "--workers", "0", "--no-progress", "--seek", "keyframe"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    rerun = CliRunner().invoke(main, args)
+    assert rerun.exit_code == 0 and "0 videos (0 frames)" in rerun.output and "1 already committed" in rerun.output
+    exact = CliRunner().invoke(main, args[:-2])
+    assert exact.exit_code == 2
+    assert "sampling.seek: store has 'keyframe', this run has None" in exact.output
