@@ -453,6 +453,8 @@ def _nvdec_problem(device: str) -> str | None:
         from torchcodec.decoders import VideoDecoder
     except ImportError:
         return "torchcodec is not installed (pip install 'freezeframe[torchcodec]'; it needs system FFmpeg)."
+    except Exception as exc:  # noqa: BLE001 - torchcodec raises RuntimeError when it finds no FFmpeg to load
+        return f"torchcodec cannot load ({_short(exc)}); it needs system FFmpeg (apt-get install ffmpeg)."
     try:
         decoder = VideoDecoder(_probe_clip(), device=device)
         decoder.get_frame_at(0)

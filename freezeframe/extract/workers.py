@@ -69,6 +69,14 @@ def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> N
         conn.send(("item", ShardEnd(shard)))
 
 
+def _cuda_context() -> mp.context.BaseContext:
+    """Workers that decode on CUDA cannot be forked from a process that uses CUDA: they are forked from a fresh
+    server process instead, which imports this module and torchcodec once, so each worker still starts at once."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "torchcodec.decoders"])  # a module missing here is skipped
+    return context
+
+
 class DecodePool:
     """Iterate decode items (Chunk, Failure, Skipped, ShardEnd) or IDLE from `workers` supervised processes."""
 
@@ -76,9 +84,7 @@ class DecodePool:
                  timeout: float) -> None:
         self.spec, self.claims, self.timeout = spec, claims, timeout
         self._todo = [_Task(i, list(shard), claim=True) for i, shard in enumerate(shards)]
-        # forked workers start at once (no re-import of torch); CUDA decoding needs a fresh process, as CUDA does not
-        # survive a fork
-        self._context = mp.get_context("fork" if spec.options.device == "cpu" else "spawn")
+        self._context = mp.get_context("fork") if spec.options.device == "cpu" else _cuda_context()
         self._count = workers
         self._workers: list[_Worker] = []
         self.replaced = 0  # workers killed or dead and replaced (for reports and tests)
