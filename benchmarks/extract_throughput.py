@@ -7,7 +7,8 @@ of `--batch-size`. For each sampling (8 frames a video exact, 8 frames with --se
 frame) and each decode device (CPU decode workers; NVDEC when this machine has CUDA and a CUDA build of torchcodec):
 
 - pipeline: frames/s of a whole `run_extraction` into a fresh store (decode workers, batched forward, writes);
-- bare forward: frames/s of the backbone alone on preprocessed frames already on the device, same batch size;
+- bare forward: frames/s of the backbone alone on preprocessed frames already on the device, same batch size,
+  measured just before each pipeline run (so that both see the same machine);
 - decode ceiling: decoded frames/s the decode stage sustains (every frame of the clips through the same decode
   workers, resized as fast mode does, no backbone; first frame to last) over decoded frames per sampled frame
   (counted by PyAV's reader on one clip). The pipeline cannot beat the lower of the ceiling and the bare forward.
@@ -35,7 +36,7 @@ from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, Samplin
 from freezeframe.extract.decode import PyAVReader, check_decode_device
 from freezeframe.extract.loader import Chunk
 from freezeframe.extract.preprocess import fast_preprocess
-from freezeframe.extract.runner import decode_spec, default_workers, split_shards
+from freezeframe.extract.runner import decode_spec, split_shards
 from freezeframe.extract.sampling import sample_indices, snap_to_keyframes
 from freezeframe.extract.workers import DecodePool
 
@@ -60,11 +61,13 @@ class Setup:
     gop: int = 50
     frames: int = 16384  # sampled frames per measurement
     batch_size: int = 256
-    workers: int = default_workers()
+    workers: int = max(1, (os.cpu_count() or 2) - 1)  # CPU decode workers: every core but one
+    nvdec_workers: int = 4  # NVDEC decode workers: each holds a CUDA context, and the GPU time-slices between them
     device: str = "auto"
 
 
-SMOKE = Setup(model="ff-tiny-vit", seconds=2, height=96, frames=48, batch_size=16, workers=1, device="cpu")
+SMOKE = Setup(model="ff-tiny-vit", seconds=2, height=96, frames=48, batch_size=16, workers=1, nvdec_workers=1,
+              device="cpu")
 
 
 def make_clips(folder: Path, setup: Setup, count: int) -> list[VideoSource]:
@@ -160,16 +163,17 @@ def main() -> None:
     frames_per_clip = setup.seconds * RATE
     devices, note = decode_devices(device)
 
-    bare = bare_forward_rate(backbone, make_clips(folder, setup, 1)[0], setup)
     dense = make_clips(folder, setup, -(-setup.frames // frames_per_clip))
     base = ExtractConfig(store="", sampling=SAMPLINGS["dense (every frame)"][0], preprocess="fast",
                          batch_size=setup.batch_size, workers=setup.workers, device=str(device), progress=False)
-    ceilings = {decoder: decode_rate(dense, replace(base, decode_device=decoder), backbone) for decoder in devices}
+    configs = {decoder: replace(base, decode_device=decoder, workers=setup.workers if decoder == "cpu" else
+                                setup.nvdec_workers) for decoder in devices}
+    ceilings = {decoder: decode_rate(dense, config, backbone) for decoder, config in configs.items()}
 
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"{setup.model} ({backbone.compute_dtype}) on {device}{gpu}; {setup.workers} decode workers; fast "
-          f"preprocessing; {setup.seconds}-s {setup.height}p clips, GOP {setup.gop}; batch {setup.batch_size}; "
-          f"about {setup.frames} sampled frames per row\n")
+    print(f"{setup.model} ({backbone.compute_dtype}) on {device}{gpu}; decode workers: {setup.workers} CPU, "
+          f"{setup.nvdec_workers} NVDEC; fast preprocessing; {setup.seconds}-s {setup.height}p clips, GOP {setup.gop}; "
+          f"batch {setup.batch_size}; about {setup.frames} sampled frames per row\n")
     print("| sampling | decode | decoded per sampled | decode ceiling f/s | bare forward f/s | pipeline f/s | "
           "pipeline / bare | pipeline / lower bound |")
     print("|---|---|---|---|---|---|---|---|")
@@ -179,8 +183,9 @@ def main() -> None:
         cost = decoded_per_sampled(sources[0].path, sampling, seek)
         for decoder in devices:
             ceiling = ceilings[decoder] / cost
+            bare = bare_forward_rate(backbone, sources[0], setup)
             with tempfile.TemporaryDirectory(dir=args.out) as store:
-                config = replace(base, store=store, sampling=sampling, seek=seek, decode_device=decoder)
+                config = replace(configs[decoder], store=store, sampling=sampling, seek=seek)
                 report = run_extraction(sources, backbone, config)
             assert report.ok and report.stored == len(sources), report.failures[:3]
             pipeline = report.frames / report.seconds

@@ -132,7 +132,7 @@ class ChunkStream:
             chunks = iter_chunks(reader, indices, self.spec.max_chunk_bytes, per_row)
             while True:
                 # decode and preprocess the next chunk; one torch thread: measured, 2 threads cost 10x the CPU
-                with self._limit(), one_torch_thread():
+                with one_torch_thread(), self._limit():
                     if (item := next(chunks, None)) is None:
                         break
                     frames, chunk = item
