@@ -175,7 +175,7 @@ def main() -> None:
           f"{setup.nvdec_workers} NVDEC; fast preprocessing; {setup.seconds}-s {setup.height}p clips, GOP {setup.gop}; "
           f"batch {setup.batch_size}; about {setup.frames} sampled frames per row\n")
     print("| sampling | decode | decoded per sampled | decode ceiling f/s | bare forward f/s | pipeline f/s | "
-          "pipeline / bare | pipeline / lower bound |")
+          "pipeline / bare | pipeline / min(bare, ceiling) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, (sampling, seek) in SAMPLINGS.items():
         per_video = frames_per_clip if sampling.strategy == "fps" else sampling.num_frames
