@@ -2,11 +2,13 @@
 
 `FREEZEFRAME_FAULT=<site>:<n>` makes the process SIGKILL itself the n-th time it reaches `fault_point(site)`
 (counted per process), e.g. `shard.rename:2` dies just before the second shard is renamed into place.
-Sites: claim (a video claimed), window (frames of a video handed to the shard writer), shard.array (one
+Sites: claim (a video claimed), chunk (a chunk of a video's frames handed to the shard writer), shard.array (one
 array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
-committed (a shard committed, before its claims are given back), index (before index.json is written),
-decode (a decode worker about to open a video; `decode.hang` makes it hang there instead of dying).
+committed (a shard committed, before its claims are given back), index (before the index is merged at the end of a
+run),
+decode (a video about to be opened, in a decode worker or with --workers 0 in the main process;
+`decode.hang` makes it hang there instead of dying).
 With `FREEZEFRAME_FAULT_ONCE=<marker file>` as well, the kill is one-shot across processes: a process dies there
 only if it creates the marker file first (so a restarted Ray actor, counting afresh, does not die again).
 Unset, as always outside tests, `fault_point` is an empty function.
@@ -18,7 +20,7 @@ import os
 import signal
 import time
 
-SITES = ("claim", "window", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index",
+SITES = ("claim", "chunk", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index",
          "decode", "decode.hang")
 
 
@@ -40,7 +42,7 @@ def _armed(site: str) -> None:
         _arrivals += 1
         if _arrivals == _COUNT and _first_to_die():
             if site.endswith(".hang"):
-                time.sleep(24 * 3600)  # a decoder stuck in C: only a kill from outside ends it
+                time.sleep(24 * 3600)  # a decoder that delivers nothing: a kill, or --workers 0's alarm, ends it
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from freezeframe.extract.decode import DecordReader, PyAVReader, VideoReadError, iter_windows, open_video
+from freezeframe.extract.decode import DecodeOptions, DecordReader, PyAVReader, VideoReadError, iter_chunks, open_video
 
 SAMPLES = [
     "v_GGSY1Qvo990.mp4", "v_ZNVhz7ctTq0.mp4", "archery_demo.mp4", "test_mpeg4.avi",
@@ -100,7 +100,7 @@ def test_get_is_consistent_across_calls(decoder, sample_videos):
 
 
 @pytest.mark.parametrize("decoder", ["decord", "pyav"])
-def test_iter_windows_bounded_and_complete(decoder, sample_videos):
+def test_iter_chunks_bounded_and_complete(decoder, sample_videos):
     path = str(sample_videos["archery_demo.mp4"])  # 340x256 RGB: 261120 bytes a frame
     frame_bytes = 256 * 340 * 3
     # sorted indices with repeats, as clip sampling of a short video produces
@@ -110,35 +110,43 @@ def test_iter_windows_bounded_and_complete(decoder, sample_videos):
 
     for budget, most in ((int(2.5 * frame_bytes), 2), (frame_bytes // 10, 1), (7 * frame_bytes, 7)):
         reader = open_video(path, decoder)
-        windows = list(iter_windows(reader, indices, max_window_bytes=budget))
+        chunks = list(iter_chunks(reader, indices, max_chunk_bytes=budget))
         reader.close()
-        sizes = [len(chunk) for _, chunk in windows]
-        for frames, chunk in windows:
+        sizes = [len(chunk) for _, chunk in chunks]
+        assert sizes == [most] * (len(indices) // most) + ([len(indices) % most] if len(indices) % most else [])
+        for frames, chunk in chunks:
             assert frames.shape == (len(chunk), 256, 340, 3)
-            assert len(chunk) <= most
             assert frames.nbytes <= max(budget, frame_bytes)  # never more than the budget (or one frame)
-        assert sum(sizes) == len(indices)
-        assert len(windows) >= -(-len(indices) // most)
-        np.testing.assert_array_equal(np.concatenate([chunk for _, chunk in windows]), indices)
-        np.testing.assert_array_equal(np.concatenate([frames for frames, _ in windows]), expected)
+        np.testing.assert_array_equal(np.concatenate([chunk for _, chunk in chunks]), indices)
+        np.testing.assert_array_equal(np.concatenate([frames for frames, _ in chunks]), expected)
 
 
-def test_iter_windows_default_budget_is_one_window_after_the_first(sample_videos):
+def test_iter_chunks_default_budget_holds_a_short_video(sample_videos):
     reader = open_video(str(sample_videos["short_32frames.mp4"]), "pyav")
-    windows = [chunk for _, chunk in iter_windows(reader, np.arange(32))]
+    chunks = [chunk for _, chunk in iter_chunks(reader, np.arange(32))]
     reader.close()
-    # 64 MiB holds all 31 remaining 340x256 frames
-    assert [len(w) for w in windows] == [1, 31]
+    assert [len(c) for c in chunks] == [32]  # 64 MiB holds all 32 frames of 340x256
 
 
-def test_iter_windows_keeps_whole_backbone_inputs_together(sample_videos):
+def test_iter_chunks_budget_counts_full_size_frames_when_resizing(sample_videos):
+    """A reader that resizes decodes a chunk at full size first: the budget is counted in full-size frames."""
+    path = str(sample_videos["ntu_1080p.avi"])
+    reader = open_video(path, "pyav", DecodeOptions(short_side=64, interpolation="bicubic"))
+    assert reader.frame_bytes == 1080 * 1920 * 3
+    chunks = list(iter_chunks(reader, np.arange(10), max_chunk_bytes=4 * 1080 * 1920 * 3))
+    reader.close()
+    assert [len(c) for _, c in chunks] == [4, 4, 2]
+    assert {frames.shape[1:] for frames, _ in chunks} == {(64, 113, 3)}
+
+
+def test_iter_chunks_keeps_whole_backbone_inputs_together(sample_videos):
     reader = open_video(str(sample_videos["archery_demo.mp4"]), "pyav")
     frame_bytes = 256 * 340 * 3
     indices = np.arange(280)[:275]  # 27.5 inputs of 10 frames: the last chunk is the only partial one
-    windows = [chunk for _, chunk in iter_windows(reader, indices, max_window_bytes=25 * frame_bytes, multiple=10)]
+    chunks = [chunk for _, chunk in iter_chunks(reader, indices, max_chunk_bytes=25 * frame_bytes, multiple=10)]
     reader.close()
-    assert [len(w) for w in windows] == [10] + [20] * 13 + [5]  # 25 frames fit: 2 whole inputs per chunk
-    np.testing.assert_array_equal(np.concatenate(windows), indices)
+    assert [len(c) for c in chunks] == [20] * 13 + [15]  # 25 frames fit: 2 whole inputs per chunk
+    np.testing.assert_array_equal(np.concatenate(chunks), indices)
 
 
 def _write_solid_frames(path, colors, codec, pix_fmt, rate, container_format=None):
@@ -229,7 +237,7 @@ def test_unknown_decoder_is_refused(sample_videos):
 def test_mpeg_ts_is_read_with_pyav(tmp_path, codec, pixels):
     """decord 0.6 opens H.264 in MPEG-TS but decodes none of its frames, and returns MPEG-2 in MPEG-TS one frame
     off; DecordReader refuses transport streams, and `auto` reads them with PyAV, frames and times exact."""
-    from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
+    from freezeframe.extract.loader import Chunk, ChunkStream, DecodeSpec, Failure, ShardEnd
     from freezeframe.extract.preprocess import PreprocessConfig
     from freezeframe.extract.sampling import SamplingConfig
     from freezeframe.extract.sources import VideoSource
@@ -242,7 +250,7 @@ def test_mpeg_ts_is_read_with_pyav(tmp_path, codec, pixels):
 
     def stream(decoder):
         spec = DecodeSpec(SamplingConfig("num_frames", num_frames=4), PreprocessConfig(mode="fast"), decoder)
-        return list(WindowStream([[VideoSource("clip", str(path))]], spec))
+        return list(ChunkStream([[VideoSource("clip", str(path))]], spec))
 
     items = stream("decord")
     assert [type(item) for item in items] == [Failure, ShardEnd]
@@ -250,7 +258,7 @@ def test_mpeg_ts_is_read_with_pyav(tmp_path, codec, pixels):
 
     items = stream("auto")
     assert isinstance(items[-1], ShardEnd)
-    windows = [item for item in items if isinstance(item, Window)]
+    windows = [item for item in items if isinstance(item, Chunk)]
     assert len(windows) == len(items) - 1  # no Failure
     assert windows[-1].last and windows[-1].info["decoder"] == "pyav"
     np.testing.assert_array_equal(np.concatenate([w.frame_indices for w in windows]), [3, 11, 18, 26])

@@ -21,10 +21,10 @@ from freezeframe.store import open_store
 
 INPUTS = [VIDEOS / name for name in FAULT_VIDEOS]
 IDS = sorted(Path(name).stem for name in FAULT_VIDEOS)
-# (site, n): die at the n-th arrival. Five videos in shards of two: 5 claims, 5 or more windows (one or more per
+# (site, n): die at the n-th arrival. Five videos in shards of two: 5 claims, 5 or more chunks (one or more per
 # video), 3 shards of 5 arrays each, 3 renames, markers and commits, 4 JSON replaces (markers, index), 1 index.
 KILL_POINTS = [
-    "claim:1", "claim:4", "window:1", "window:3", "window:5",
+    "claim:1", "claim:4", "chunk:1", "chunk:3", "chunk:5",
     "shard.array:1", "shard.array:5", "shard.array:8", "shard.array:14",
     "shard.rename:1", "shard.rename:2", "shard.rename:3", "shard.marker:1", "shard.marker:3",
     "json.replace:1", "json.replace:2", "json.replace:4", "committed:1", "committed:2", "committed:3", "index:1",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from freezeframe.extract.decode import DecodeOptions, PyAVReader, VideoReadError, open_video
-from freezeframe.extract.loader import DecodeSpec, Failure, ShardEnd, Window, WindowStream
+from freezeframe.extract.loader import Chunk, ChunkStream, DecodeSpec, Failure, ShardEnd
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource
@@ -49,7 +49,7 @@ def _check_seeking_equals_sequential(path: Path) -> PyAVReader:
         reader = PyAVReader(str(path))
         np.testing.assert_array_equal(reader.get(targets), every[targets], err_msg=f"{path.name} {targets}")
         reader.close()
-    # a reader reused across calls, forwards and backwards, as iter_windows and restarts use it
+    # a reader reused across calls, forwards and backwards, as iter_chunks and restarts use it
     reader = PyAVReader(str(path))
     for chunk in (np.array([len(every) - 1]), np.array([0, 1]), np.array([len(every) // 3, len(every) // 2])):
         np.testing.assert_array_equal(reader.get(chunk), every[chunk])
@@ -113,7 +113,7 @@ def test_snap_to_keyframes_picks_the_nearest_in_time():
 
 def _stream(path: Path, seek: str, sampling: SamplingConfig, **options) -> list:
     spec = DecodeSpec(sampling, PreprocessConfig(mode="fast"), seek=seek, options=DecodeOptions(**options))
-    return list(WindowStream([[VideoSource("v", str(path))]], spec))
+    return list(ChunkStream([[VideoSource("v", str(path))]], spec))
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig("num_frames", num_frames=8), SamplingConfig("fps", fps=2.0)])
@@ -121,8 +121,8 @@ def test_seek_keyframe_yields_keyframes_with_their_real_indices_and_times(sampli
     path = long_videos["vfr.mp4"]
     sequential = PyAVReader(str(path), seek=False)
     every = sequential.get(np.arange(LONG_FRAMES))
-    windows = [item for item in _stream(path, "keyframe", sampling) if isinstance(item, Window)]
-    exact = [item for item in _stream(path, "exact", sampling) if isinstance(item, Window)]
+    windows = [item for item in _stream(path, "keyframe", sampling) if isinstance(item, Chunk)]
+    exact = [item for item in _stream(path, "exact", sampling) if isinstance(item, Chunk)]
     indices = np.concatenate([w.frame_indices for w in windows])
     assert len(indices) == sum(len(w.frame_indices) for w in exact)  # as many rows as exact sampling
     assert set(indices) <= set(sequential.keyframes) and len(set(indices)) > 1
@@ -173,3 +173,20 @@ def test_torchcodec_frames_equal_pyav(sample_videos, long_videos):
         np.testing.assert_array_equal(torchcodec.get(targets), pyav.get(targets))
     with pytest.raises(VideoReadError, match="torchcodec seeks"):
         open_video(str(sample_videos["test_mpeg4.avi"]), "torchcodec")
+
+
+def test_a_seek_keyframe_run_resumes_and_refuses_exact_appends(tmp_path, sample_videos):
+    """The store's recorded `sampling.seek` is what a rerun compares with: the same command resumes, an exact run is
+    refused in one line before the model loads."""
+    from click.testing import CliRunner
+
+    from freezeframe.cli import main
+
+    args = ["extract", str(sample_videos["archery_demo.mp4"]), "--store", str(tmp_path / "store"), "--model",
+            "ff-tiny-vit", "--pretrained", "none", "--workers", "0", "--no-progress", "--seek", "keyframe"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    rerun = CliRunner().invoke(main, args)
+    assert rerun.exit_code == 0 and "0 videos (0 frames)" in rerun.output and "1 already committed" in rerun.output
+    exact = CliRunner().invoke(main, args[:-2])
+    assert exact.exit_code == 2
+    assert "sampling.seek: store has 'keyframe', this run has None" in exact.output

@@ -32,9 +32,13 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
 @click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,
               help="Videos with larger frames fail before decoding (a recorded failure).")
 @click.option("--decode-timeout", type=float, default=300.0, show_default=True,
-              help="Seconds a decode worker may deliver nothing before it is killed and its video fails (0: no limit).")
+              help="Seconds decoding may deliver nothing before its video fails and its decode worker is killed "
+                   "(0: no limit).")
+@click.option("--decode-device", default="cpu", show_default=True,
+              help="cuda or cuda:N: decode with NVDEC (torchcodec) and resize on the GPU; needs --preprocess fast.")
 @click.option("--preprocess", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
-              help="exact: open_clip's PIL transform in decode workers; fast: tensor resize on the device.")
+              help="exact: open_clip's PIL transform in decode workers; fast: torchvision v2, resized as decoded, "
+                   "cropped on the device.")
 @click.option("--batch-size", type=int, default=None, help="Rows per backbone forward [default: 64 frames; 8 windows].")
 @click.option("--workers", type=int, default=None, help="Decode worker processes [default: CPU cores - 1, max 8].")
 @click.option("--shard-size", type=int, default=64, show_default=True,
@@ -59,9 +63,9 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
               help="List what the extraction would do (videos to do and already committed, shards, arrays and "
                    "shapes) and exit: builds the backbone (loads its weights) but decodes and writes nothing.")
 def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
-            window_stride, decoder, seek, max_pixels, decode_timeout, preprocess, batch_size, workers, shard_size,
-            device, store_format, compression, claim_lease, no_progress, engine, address, gpus_per_worker,
-            ray_workers, dry_run, **backbone_flags) -> None:
+            window_stride, decoder, seek, max_pixels, decode_timeout, decode_device, preprocess, batch_size, workers,
+            shard_size, device, store_format, compression, claim_lease, no_progress, engine, address,
+            gpus_per_worker, ray_workers, dry_run, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
     from freezeframe.extract import ExtractConfig, collect_sources
     from freezeframe.extract.backbones import config_from_options
@@ -77,7 +81,7 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
                            batch_size=batch_size, workers=default_workers() if workers is None else workers,
                            shard_size=shard_size, device=device, format=store_format, compression=compression,
                            progress=not no_progress, claim_lease=claim_lease, seek=seek, max_pixels=max_pixels,
-                           decode_timeout=decode_timeout)
+                           decode_timeout=decode_timeout, decode_device=decode_device)
     ray_flags = [flag for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker),
                                           ("--ray-workers", ray_workers)) if value is not None]
     if engine != "ray" and ray_flags:

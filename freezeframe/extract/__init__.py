@@ -1,7 +1,7 @@
 """Extraction: sources, decoding and frame sampling, frozen backbones, and the extraction runner."""
 
 from freezeframe.extract.backbones import CLIP_FEATURES, ClipBackbone, ClipConfig
-from freezeframe.extract.decode import VideoReadError, iter_windows, open_video
+from freezeframe.extract.decode import VideoReadError, iter_chunks, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig, fast_preprocess
 from freezeframe.extract.runner import ExtractConfig, ExtractionReport, run_extraction
 from freezeframe.extract.sampling import SamplingConfig, sample_indices
@@ -10,5 +10,5 @@ from freezeframe.extract.sources import VideoSource, collect_sources
 __all__ = [
     "CLIP_FEATURES", "ClipBackbone", "ClipConfig", "ExactPreprocessor", "ExtractConfig", "ExtractionReport",
     "PreprocessConfig", "SamplingConfig", "VideoReadError", "VideoSource", "collect_sources", "fast_preprocess",
-    "iter_windows", "open_video", "run_extraction", "sample_indices",
+    "iter_chunks", "open_video", "run_extraction", "sample_indices",
 ]

@@ -1,18 +1,27 @@
-"""Video decoding: PyAV (default: seeks to the keyframe before each distant target), torchcodec, or decord.
+"""Video decoding: PyAV (default: seeks to the keyframe before each distant target), torchcodec (also on CUDA: NVDEC),
+or decord.
 
 A reader knows every frame's timestamp (seconds since the first frame, from the container's own
 presentation times) and which frames are keyframes before decoding, and decodes only requested
-frames, window by window. Decoding is one thread per reader: decode workers are the parallelism.
+frames, chunk by chunk. Decoding is one thread per reader: decode workers are the parallelism.
+In fast mode a reader returns frames already resized to the backbone's short side.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
+import torch
+
+from freezeframe.errors import InputError
+from freezeframe.extract.preprocess import resize_short_side, resized_shape
 
 DECODERS = ("auto", "pyav", "torchcodec", "decord")
 DEFAULT_MAX_PIXELS = 7680 * 4320  # 8K UHD; one larger frame already costs >100 MB as RGB
@@ -29,19 +38,30 @@ class VideoReadError(Exception):
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How readers decode: `max_pixels` per frame (checked before decoding), threads per reader."""
+    """How readers decode: `max_pixels` per frame (checked before decoding), threads per reader, the `device` that
+    decodes (`cuda`/`cuda:N`: NVDEC through torchcodec), and `short_side`: when set (fast mode), frames come out
+    resized to it, antialiased with `interpolation`, so no full-size frame leaves the reader."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     threads: int = 1
+    device: str = "cpu"
+    short_side: int | None = None
+    interpolation: str = "bilinear"
+
+    def frame_bytes(self, height: int, width: int) -> int:
+        """Bytes one frame of a chunk takes in a reader: the decoded frame or its resized output, the larger."""
+        out = resized_shape(height, width, self.short_side) if self.short_side else (height, width)
+        return 3 * max(height * width, out[0] * out[1])
 
 
 class FrameReader(Protocol):
     name: str
     timestamps: np.ndarray  # (n,) seconds since the first frame, presentation order
     keyframes: np.ndarray  # (k,) sorted indices of the frames a decoder can start from
+    frame_bytes: int  # bytes one frame of a chunk takes while it is decoded (DecodeOptions.frame_bytes)
 
     def get(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 RGB frames (n, H, W, 3) for sorted, unique frame indices."""
+        """uint8 RGB frames (n, H, W, 3) for sorted, unique frame indices (resized when the options say so)."""
 
     def close(self) -> None: ...
 
@@ -65,9 +85,18 @@ def _check_path(path: str) -> None:
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise VideoReadError(f"the container gives no frame size ({width}x{height})")
     if width * height > max_pixels:
         raise VideoReadError(f"frame size {width}x{height} ({width * height / 1e6:.1f} MP) is over --max-pixels "
                              f"{max_pixels} ({max_pixels / 1e6:.1f} MP)")
+
+
+def _output(frames: torch.Tensor, options: DecodeOptions) -> np.ndarray:
+    """Decoded uint8 frames (n, H, W, 3) on any device as a reader returns them: resized when the options say so."""
+    if options.short_side is not None:
+        frames = resize_short_side(frames, options.short_side, options.interpolation)
+    return np.ascontiguousarray(frames.cpu().numpy())
 
 
 def _relative(ts: np.ndarray) -> np.ndarray:
@@ -161,7 +190,9 @@ class PyAVReader:
             if not container.streams.video:
                 raise VideoReadError("no video stream (audio-only or not a video)")
             stream = container.streams.video[0]
-            _check_size(stream.codec_context.width, stream.codec_context.height, options.max_pixels)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            _check_size(width, height, options.max_pixels)
+            self.frame_bytes = options.frame_bytes(height, width)
             self.index = scan_packets(container, stream)
         except VideoReadError:
             container.close()
@@ -243,7 +274,7 @@ class PyAVReader:
             raise
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"decoding failed near frame {self._next}: {_short(exc)}") from None
-        return np.stack(out)
+        return _output(torch.from_numpy(np.stack(out)), self._options)
 
     def close(self) -> None:
         if self._container is not None:
@@ -253,29 +284,34 @@ class PyAVReader:
 
 
 class TorchCodecReader:
-    """torchcodec (FFmpeg from the system): exact seeks by frame index; timestamps from a PyAV demux pass."""
+    """torchcodec (FFmpeg from the system): exact seeks by frame index; timestamps from a PyAV demux pass (`index`).
 
-    name = "torchcodec"
+    On a CUDA `options.device` it decodes with NVDEC and resizes on the GPU, so only resized frames reach the CPU.
+    """
 
-    def __init__(self, path: str, options: DecodeOptions = DecodeOptions()) -> None:
-        index = PyAVReader(path, options)  # timestamps, keyframes, size check, refusals
+    def __init__(self, path: str, options: DecodeOptions = DecodeOptions(), index: PyAVReader | None = None) -> None:
+        index = index or PyAVReader(path, options)  # timestamps, keyframes, size check, refusals
         if not index.seeking:
             raise VideoReadError("container without reliable presentation timestamps, which torchcodec seeks one or "
                                  "two frames off; read it with --decoder pyav (auto does)")
-        self.timestamps, self.keyframes = index.timestamps, index.keyframes
+        self.timestamps, self.keyframes, self.frame_bytes = index.timestamps, index.keyframes, index.frame_bytes
+        self._options = options
         try:
             from torchcodec.decoders import VideoDecoder
 
             self._decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=options.threads,
-                                         dimension_order="NHWC")
+                                         dimension_order="NHWC", device=options.device)
         except ImportError:
             raise VideoReadError("torchcodec is not installed (pip install torchcodec; it needs system FFmpeg)") from None
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(_short(exc)) from None
+        # NVDEC lacks some codecs; torchcodec then decodes that video on the CPU and uploads its frames
+        self.name = "torchcodec" if options.device == "cpu" else \
+            f"torchcodec-{options.device}" + (" (CPU fallback)" if self._decoder.cpu_fallback else "")
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         try:
-            return self._decoder.get_frames_at(list(map(int, indices))).data.numpy()
+            return _output(self._decoder.get_frames_at(list(map(int, indices))).data, self._options)
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"decoding failed: {_short(exc)}") from None
 
@@ -296,7 +332,8 @@ class DecordReader:
             # decord 0.6 opens H.264 in MPEG-TS but decodes none of it, and returns MPEG-2 in MPEG-TS one frame off
             raise VideoReadError("MPEG transport stream, which decord decodes wrongly (no frames, or frames off "
                                  "by one); read it with --decoder pyav (auto does)")
-        _probe_size(path, options.max_pixels)
+        self._options = options
+        self.frame_bytes = options.frame_bytes(*_probe_size(path, options.max_pixels))
         try:
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=options.threads)
             n = len(self._reader)
@@ -320,7 +357,7 @@ class DecordReader:
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         try:
-            return self._reader.get_batch(list(map(int, indices))).asnumpy()
+            return _output(torch.from_numpy(self._reader.get_batch(list(map(int, indices))).asnumpy()), self._options)
         except Exception as exc:  # noqa: BLE001
             raise VideoReadError(f"decoding failed: {_short(exc)}") from None
 
@@ -328,13 +365,15 @@ class DecordReader:
         del self._reader
 
 
-def _probe_size(path: str, max_pixels: int) -> None:
-    """Check the frame size from the container header (PyAV, no decoding) before another library decodes."""
+def _probe_size(path: str, max_pixels: int) -> tuple[int, int]:
+    """(height, width) from the container header (PyAV, no decoding), checked before another library decodes."""
     container = _open_container(path)
     try:
-        if container.streams.video:
-            ctx = container.streams.video[0].codec_context
-            _check_size(ctx.width, ctx.height, max_pixels)
+        if not container.streams.video:
+            raise VideoReadError("no video stream (audio-only or not a video)")
+        ctx = container.streams.video[0].codec_context
+        _check_size(ctx.width, ctx.height, max_pixels)
+        return ctx.height, ctx.width
     finally:
         container.close()
 
@@ -353,8 +392,17 @@ def _decord(path: str, options: DecodeOptions) -> DecordReader:
     return DecordReader(path, options)
 
 
+def _auto(path: str, options: DecodeOptions) -> FrameReader:
+    """PyAV, chosen by measurement (see benchmarks/decode.py); on CUDA, NVDEC through torchcodec for every container
+    with real timestamps, and PyAV on the CPU for the rest."""
+    index = PyAVReader(path, options)
+    if options.device == "cpu" or not index.seeking:
+        return index
+    return TorchCodecReader(path, options, index)
+
+
 READERS: dict[str, Callable[[str, DecodeOptions], FrameReader]] = {
-    "auto": PyAVReader,  # chosen by measurement: see benchmarks/decode.py and the README
+    "auto": _auto,
     "pyav": PyAVReader,
     "torchcodec": TorchCodecReader,
     "decord": _decord,
@@ -369,21 +417,69 @@ def open_video(path: str, decoder: str = "auto", options: DecodeOptions = Decode
     return READERS[decoder](path, options)
 
 
-def iter_windows(
-    reader: FrameReader, indices: np.ndarray, max_window_bytes: int = 64 * 1024 * 1024, multiple: int = 1
+def iter_chunks(
+    reader: FrameReader, indices: np.ndarray, max_chunk_bytes: int = 64 * 1024 * 1024, multiple: int = 1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Decode the sampled frames in windows small enough to bound memory: yields (frames, indices).
+    """Decode the sampled frames in chunks small enough to bound memory: yields (frames, indices).
 
-    Every window but the last holds a multiple of `multiple` frames (whole backbone inputs of that many frames).
+    A chunk holds as many frames as `max_chunk_bytes` allows at the reader's frame size (at least one backbone
+    input); every chunk but the last holds a multiple of `multiple` frames (whole inputs of that many frames).
     """
-    start, window = 0, multiple  # the first window is one input; later ones are sized from the real frame size
-    while start < len(indices):
-        chunk = indices[start:start + window]
+    size = max(1, max_chunk_bytes // reader.frame_bytes // multiple) * multiple
+    for start in range(0, len(indices), size):
+        chunk = indices[start:start + size]
         unique = np.unique(chunk)
-        frames = reader.get(unique)
-        yield frames[np.searchsorted(unique, chunk)], chunk
-        start += len(chunk)
-        window = max(1, max_window_bytes // max(1, frames[0].nbytes) // multiple) * multiple
+        yield reader.get(unique)[np.searchsorted(unique, chunk)], chunk
+
+
+def check_decode_device(device: str) -> None:
+    """Refuse, in one line (InputError), a `--decode-device` this machine cannot decode on."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise InputError(f"unknown --decode-device {device!r}; choose cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise InputError(f"--decode-device {device} decodes with NVDEC on a CUDA GPU, and torch sees none "
+                         "(torch.cuda.is_available() is False); decode on the CPU (--decode-device cpu, the default).")
+    problem = _nvdec_problem(device)
+    if problem:
+        raise InputError(f"--decode-device {device}: {problem}")
+
+
+@functools.cache
+def _nvdec_problem(device: str) -> str | None:
+    """Why torchcodec cannot decode with NVDEC on `device` (a small H.264 clip made in memory is tried), or None."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ImportError:
+        return "torchcodec is not installed (pip install 'freezeframe[torchcodec]'; it needs system FFmpeg)."
+    except Exception as exc:  # noqa: BLE001 - torchcodec raises RuntimeError when it finds no FFmpeg to load
+        return f"torchcodec cannot load ({_short(exc)}); it needs system FFmpeg (apt-get install ffmpeg)."
+    try:
+        decoder = VideoDecoder(_probe_clip(), device=device)
+        decoder.get_frame_at(0)
+    except Exception as exc:  # noqa: BLE001 - a CPU-only build, a missing driver library, a bad device index
+        return (f"torchcodec cannot decode on {device} ({_short(exc)}); install torchcodec's CUDA build (from the "
+                "PyTorch wheel index of your CUDA version, as torchcodec's README says) or decode on the CPU.")
+    if decoder.cpu_fallback:
+        return (f"torchcodec would decode on the CPU, not with NVDEC ({decoder.cpu_fallback}); the NVIDIA driver's "
+                "video decoding library (libnvcuvid) is needed.")
+    return None
+
+
+def _probe_clip() -> bytes:
+    """Two 128x128 H.264 frames in an MP4, made in memory: what NVDEC must decode before a run relies on it."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        for level in (16, 235):
+            frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), level, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
 
 
 def _short(exc: BaseException) -> str:

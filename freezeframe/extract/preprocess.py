@@ -1,4 +1,6 @@
-"""Image preprocessing: `exact` reproduces open_clip's own PIL transform; `fast` resizes tensors on the device."""
+"""Image preprocessing. `exact` is open_clip's own PIL transform, run in the decode workers. `fast` is built on
+torchvision.transforms.v2 (antialiased): frames are resized to the input's short side in the decode worker as they are
+decoded (so full-size frames never leave it), then centre-cropped and normalised on the device."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from typing import Iterator, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tvf
 
 from freezeframe.errors import InputError
 
 Mode = Literal["exact", "fast"]
+FAST_RESIZE = "in the decode worker, torchvision.transforms.v2, antialiased"  # recorded in fast mode's provenance
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,9 @@ class PreprocessConfig:
     fill_color: int = 0
 
     def describe(self) -> dict:
+        fast = {"resized": FAST_RESIZE} if self.mode == "fast" else {}  # exact sets keep their old description
         return {**asdict(self), "size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "crop": "center" if self.resize_mode == "shortest" else self.resize_mode}
+                "crop": "center" if self.resize_mode == "shortest" else self.resize_mode, **fast}
 
 
 class ExactPreprocessor:
@@ -45,8 +50,7 @@ class ExactPreprocessor:
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         from PIL import Image
 
-        with one_torch_thread():  # measured: 2 threads cost 10x the CPU of one on these small per-frame ops
-            return torch.stack([self._transform(Image.fromarray(frame)) for frame in frames])
+        return torch.stack([self._transform(Image.fromarray(frame)) for frame in frames])
 
 
 @contextmanager
@@ -71,26 +75,27 @@ def check_fast_supported(config: PreprocessConfig) -> None:
         )
 
 
-def fast_preprocess(frames: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
-    """uint8 (n, H, W, 3) on any device -> normalised float (n, 3, h, w): antialiased resize, center crop.
-
-    Intermediate pixels are rounded to uint8 levels as PIL does, which keeps fast mode close to exact.
-    """
-    check_fast_supported(config)
-    x = frames.permute(0, 3, 1, 2).float()
-    height, width = x.shape[-2:]
-    out_h, out_w = config.size
-    short = out_h  # like torchvision's Resize(int): the short side becomes `short`, the long side is truncated
+def resized_shape(height: int, width: int, short: int) -> tuple[int, int]:
+    """(h, w) with the short side `short` and the long side truncated, as torchvision's Resize(int) (open_clip's)."""
     if height <= width:
-        new_h, new_w = short, int(short * width / height)
-    else:
-        new_h, new_w = int(short * height / width), short
-    if (new_h, new_w) != (height, width):
-        mode = "bicubic" if config.interpolation == "bicubic" else "bilinear"
-        x = F.interpolate(x, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
-        x = x.clamp_(0, 255).round_()
-    top, left = int(round((new_h - out_h) / 2.0)), int(round((new_w - out_w) / 2.0))
-    x = x[..., top:top + out_h, left:left + out_w] / 255.0
-    mean = torch.tensor(config.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(config.std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+        return short, int(short * width / height)
+    return int(short * height / width), short
+
+
+def resize_short_side(frames: torch.Tensor, short: int, interpolation: str) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> uint8 (n, h, w, 3) with short side `short`, antialiased (torchvision.transforms.v2).
+
+    On the CPU torchvision resizes uint8 with kernels that round like PIL's; on CUDA it resizes in float and rounds.
+    Frames already at that size come back as they are.
+    """
+    nchw = frames.permute(0, 3, 1, 2)
+    return tvf.resize(nchw, [short], interpolation=InterpolationMode(interpolation), antialias=True).permute(0, 2, 3, 1)
+
+
+def fast_preprocess(frames: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """uint8 (n, H, W, 3) on any device -> normalised float (n, 3, S, S): fast mode's device half (centre crop,
+    scale, normalise) after the decode worker's resize; frames not resized yet are resized here the same way."""
+    check_fast_supported(config)
+    x = resize_short_side(frames, config.size[0], config.interpolation).permute(0, 3, 1, 2)
+    x = tvf.to_dtype(tvf.center_crop(x, list(config.size)), torch.float32, scale=True)
+    return tvf.normalize(x, list(config.mean), list(config.std))

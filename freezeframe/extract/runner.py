@@ -16,11 +16,11 @@ from tqdm import tqdm
 from freezeframe.errors import InputError, StoreError
 from freezeframe.extract.backbones.base import Backbone
 from freezeframe.extract.batching import FrameBatcher
-from freezeframe.extract.decode import DECODERS, DEFAULT_MAX_PIXELS, DecodeOptions
-from freezeframe.extract.loader import DecodeSpec, Failure, Skipped, Window, WindowStream
+from freezeframe.extract.decode import DECODERS, DEFAULT_MAX_PIXELS, DecodeOptions, check_decode_device
+from freezeframe.extract.loader import Chunk, ChunkStream, DecodeSpec, Failure, Skipped
 from freezeframe.extract.sampling import SEEK_MODES
 from freezeframe.extract.workers import IDLE, DecodePool
-from freezeframe.extract.preprocess import check_fast_supported, fast_preprocess
+from freezeframe.extract.preprocess import PreprocessConfig, check_fast_supported, fast_preprocess
 from freezeframe.extract.sampling import SamplingConfig
 from freezeframe.extract.sources import VideoSource, check_unique
 from freezeframe.faults import fault_point
@@ -49,12 +49,13 @@ class ExtractConfig:
     device: str = "auto"
     format: str = "zarr"
     compression: str = "none"  # storage only: recorded per shard, not in provenance
-    max_window_bytes: int = 64 * 1024 * 1024
+    max_chunk_bytes: int = 64 * 1024 * 1024
     progress: bool = True
     claim_lease: float = DEFAULT_LEASE  # seconds a silent writer's claims stay valid (many writers on one store)
     seek: str = "exact"  # "keyframe": sampled frames snapped to their nearest keyframes
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger frames fail before decoding
-    decode_timeout: float = 300.0  # seconds a decode worker may deliver nothing before it is killed (0: never)
+    decode_timeout: float = 300.0  # seconds decoding may deliver nothing before its video fails (0: never)
+    decode_device: str = "cpu"  # "cuda"/"cuda:N": NVDEC through torchcodec, frames resized on the GPU (fast mode)
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -75,6 +76,14 @@ class ExtractConfig:
             raise InputError("--decode-timeout must be 0 (no limit) or a positive number of seconds.")
         if self.workers < 0:
             raise InputError("--workers must be 0 (decode in the main process) or more.")
+        if self.decode_device != "cpu":
+            if self.preprocess != "fast":
+                raise InputError(f"--decode-device {self.decode_device} resizes frames on the GPU: use it with "
+                                 "--preprocess fast (exact mode is open_clip's PIL transform, on the CPU).")
+            if self.decoder not in ("auto", "torchcodec"):
+                raise InputError(f"--decode-device {self.decode_device} decodes with torchcodec (NVDEC): use "
+                                 "--decoder auto or torchcodec.")
+        check_decode_device(self.decode_device)
         if not self.claim_lease > 0:
             raise InputError("--claim-lease must be a positive number of seconds.")
         from freezeframe.store.backends import BACKENDS, COMPRESSIONS
@@ -103,14 +112,20 @@ class ExtractionReport:
         return not self.failures
 
 
+def sampling_provenance(config: ExtractConfig) -> dict:
+    """How frames were chosen and decoded. Exact seeking and CPU decoding are recorded by omission, so sets written
+    before --seek and --decode-device existed still take appends."""
+    return {**config.sampling.describe(), "decoder": config.decoder,
+            **({"seek": config.seek} if config.seek != "exact" else {}),
+            **({"decode_device": config.decode_device} if config.decode_device != "cpu" else {})}
+
+
 def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     provenance = {
         **backbone.provenance(),
         "preprocess": preprocess.describe(),
-        # exact seeking is recorded by omission, so sets written before --seek existed still take appends
-        "sampling": {**config.sampling.describe(), "decoder": config.decoder,
-                     **({"seek": config.seek} if config.seek != "exact" else {})},
+        "sampling": sampling_provenance(config),
         "frames_per_view": config.sampling.rows_per_view,
     }
     return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "av", "torchcodec", "decord")
@@ -147,7 +162,7 @@ class _ShardSink(threading.Thread):
             if sink is None:
                 sink = self._open[shard] = self.writer.new_shard()
             sink.append(video_id, arrays)
-            fault_point("window")
+            fault_point("chunk")
             if last:
                 if self.claims is not None and not self.claims.holds(video_id):
                     sink.discard_video(video_id)
@@ -267,7 +282,7 @@ def check_store(store: str, name: str | None = None, config: ExtractConfig | Non
     if name is None or config is None or not (path / name / PROVENANCE_FILE).is_file():
         return
     stored = read_json(path / name / PROVENANCE_FILE)
-    ours = {"sampling": {**config.sampling.describe(), "decoder": config.decoder},
+    ours = {"sampling": sampling_provenance(config),
             "frames_per_view": config.sampling.rows_per_view, "preprocess": {"mode": config.preprocess}}
     theirs = {"sampling": stored.get("sampling"), "frames_per_view": stored.get("frames_per_view"),
               "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")}}
@@ -381,18 +396,26 @@ def split_shards(todo: Sequence[VideoSource], shard_size: int, workers: int) -> 
     return [list(todo[i:i + size]) for i in range(0, len(todo), size)]
 
 
+def decode_spec(config: ExtractConfig, preprocess: PreprocessConfig) -> DecodeSpec:
+    """What the decode stage of `config` does for a backbone that takes `preprocess`: in fast mode readers resize
+    frames to its short side as they decode them."""
+    preprocess = replace(preprocess, mode=config.preprocess)
+    fast = {"short_side": preprocess.size[0], "interpolation": preprocess.interpolation} if \
+        config.preprocess == "fast" else {}
+    options = DecodeOptions(max_pixels=config.max_pixels, device=config.decode_device, **fast)
+    return DecodeSpec(config.sampling, preprocess, config.decoder, config.max_chunk_bytes, config.seek, options)
+
+
 def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, config: ExtractConfig,
                    writer: FeatureSetWriter, claims: Claims | None, report: ExtractionReport) -> None:
     """Decode, forward and commit the given shards in this process (decode workers: `config.workers`); adds to
     `report`. Both engines run this: locally over all shards, on Ray once per shard inside an actor."""
     todo = [source for shard in shards for source in shard]
-    preprocess = replace(backbone.preprocess, mode=config.preprocess)
-    spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes, config.seek,
-                      DecodeOptions(max_pixels=config.max_pixels))
+    spec = decode_spec(config, backbone.preprocess)
     workers = min(config.workers, len(shards))
-    # decode workers: a stalled or dead worker costs only its video; --workers 0 decodes here, unguarded
+    # decode workers: a stalled or dead worker costs only its video; --workers 0 decodes here, under a time limit
     loader = DecodePool(shards, spec, claims, workers, config.decode_timeout) if workers else \
-        WindowStream(shards, spec, claims)
+        ChunkStream(shards, spec, claims, config.decode_timeout)
     device = backbone.device
     batcher = FrameBatcher(config.batch_size, backbone)
     sink = _ShardSink(writer, claims)
@@ -401,7 +424,7 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
     start = time.perf_counter()
 
     def dispatch(item, arrays: dict[str, np.ndarray]) -> None:
-        if isinstance(item, Window):
+        if isinstance(item, Chunk):
             arrays["timestamps"] = item.timestamps.astype(np.float64)
             arrays["frame_indices"] = item.frame_indices.astype(np.int64)
             sink.inbox.put(("append", item.shard, (item.video_id, arrays, item.last, item.info)))
@@ -430,9 +453,9 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
                     dispatch(finished, arrays)
                 continue
             pixels = None
-            if isinstance(item, Window):
+            if isinstance(item, Chunk):
                 pixels = item.frames
-                if spec.preprocess.mode == "fast":  # windows (n, T, H, W, 3) are resized as n * T frames
+                if spec.preprocess.mode == "fast":  # windows (n, T, h, w, 3) are cropped as n * T frames
                     frames = pixels.to(device, non_blocking=True)
                     pixels = fast_preprocess(frames.flatten(0, -4), spec.preprocess).unflatten(0, frames.shape[:-3])
                 item.frames = None

@@ -2,7 +2,7 @@
 
 Each worker decodes whole shards it is handed over its own pipe and reports which video it is on. A worker
 that delivers nothing for `timeout` seconds is killed; a worker that dies (OOM killer, segfault) or is killed
-gets its video recorded as a failure, a fresh worker is forked, and the rest of its shard is decoded again
+gets its video recorded as a failure, a fresh worker is started, and the rest of its shard is decoded again
 by whichever worker is free. The main process keeps batching the others' frames meanwhile, and hears `IDLE`
 when nothing arrived for a moment (so it can flush partial batches: no video waits on a slow one).
 """
@@ -18,9 +18,8 @@ from typing import Iterator
 
 import torch
 
-from freezeframe.extract.loader import DecodeSpec, Failure, Item, ShardEnd, Skipped, Window, WindowStream
+from freezeframe.extract.loader import Chunk, ChunkStream, DecodeSpec, Failure, Item, ShardEnd, Skipped
 from freezeframe.extract.sources import VideoSource
-from freezeframe.faults import fault_point
 from freezeframe.store.claims import Claims
 
 IDLE = "idle"  # yielded when no worker delivered anything for IDLE_AFTER seconds
@@ -50,7 +49,7 @@ def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> N
     """A decode worker: shards in, ("claimed" | "start" | "item", payload) messages out; None ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     torch.set_num_threads(1)  # workers share the cores; one thread each avoids oversubscription
-    stream = WindowStream([], spec)
+    stream = ChunkStream([], spec)
     preprocess = stream.preprocessor()
     while (task := conn.recv()) is not None:
         shard, sources, claim = task
@@ -63,23 +62,29 @@ def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> N
         conn.send(("claimed", None))
         for source in sources:
             conn.send(("start", source.video_id))
-            fault_point("decode")
-            fault_point("decode.hang")
             for item in stream.video_items(shard, source, preprocess):
-                if isinstance(item, Window):
+                if isinstance(item, Chunk):
                     item.frames = item.frames.numpy()  # by value: never a shared-memory handle a dead sender owns
                 conn.send(("item", item))
         conn.send(("item", ShardEnd(shard)))
 
 
+def _cuda_context() -> mp.context.BaseContext:
+    """Workers that decode on CUDA cannot be forked from a process that uses CUDA: they are forked from a fresh
+    server process instead, which imports this module and torchcodec once, so each worker still starts at once."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "torchcodec.decoders"])  # a module missing here is skipped
+    return context
+
+
 class DecodePool:
-    """Iterate decode items (Window, Failure, Skipped, ShardEnd) or IDLE from `workers` supervised processes."""
+    """Iterate decode items (Chunk, Failure, Skipped, ShardEnd) or IDLE from `workers` supervised processes."""
 
     def __init__(self, shards: list[list[VideoSource]], spec: DecodeSpec, claims: Claims | None, workers: int,
                  timeout: float) -> None:
         self.spec, self.claims, self.timeout = spec, claims, timeout
         self._todo = [_Task(i, list(shard), claim=True) for i, shard in enumerate(shards)]
-        self._context = mp.get_context("fork")  # forked workers start at once (no re-import of torch)
+        self._context = mp.get_context("fork") if spec.options.device == "cpu" else _cuda_context()
         self._count = workers
         self._workers: list[_Worker] = []
         self.replaced = 0  # workers killed or dead and replaced (for reports and tests)
@@ -135,9 +140,9 @@ class DecodePool:
             worker.task = worker.video = None
             yield payload
         else:
-            if isinstance(payload, Window):
+            if isinstance(payload, Chunk):
                 payload.frames = torch.from_numpy(payload.frames)
-            if isinstance(payload, (Failure, Skipped)) or (isinstance(payload, Window) and payload.last):
+            if isinstance(payload, (Failure, Skipped)) or (isinstance(payload, Chunk) and payload.last):
                 task.done.add(payload.video_id)
                 worker.video = None
             yield payload
