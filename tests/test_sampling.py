@@ -175,12 +175,10 @@ def test_clips_of_a_short_video_are_clamped():
     np.testing.assert_array_equal(idx, [0] * 6)
 
 
-def test_rows_per_view_and_describe():
+def test_describe():
     config = SamplingConfig("clips", clips=2, frames_per_clip=16, stride=4)
-    assert config.rows_per_view == 16
     assert config.describe() == {"strategy": "clips", "clips": 2, "frames_per_clip": 16, "stride": 4}
     assert SamplingConfig("fps", fps=2.0).describe() == {"strategy": "fps", "fps": 2.0}
-    assert SamplingConfig("num_frames", num_frames=4).rows_per_view is None
 
 
 # --- windows (S3D backbones) ---------------------------------------------------------------
@@ -217,7 +215,7 @@ def test_a_video_shorter_than_a_window_gives_one_padded_window():
 def test_windows_describe_and_frames_per_row():
     config = SamplingConfig("windows", fps=30.0, window_frames=16, window_stride=8)
     assert config.describe() == {"strategy": "windows", "fps": 30.0, "window_frames": 16, "window_stride": 8}
-    assert config.frames_per_row == 16 and config.rows_per_view is None
+    assert config.frames_per_row == 16
     assert SamplingConfig("num_frames").frames_per_row == 1
 
 

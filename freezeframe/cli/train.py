@@ -21,7 +21,8 @@ def _common_options(val_help: str, frames_help: str):
         click.option("--out", required=True, help="Run directory (run.json, checkpoints, metrics.jsonl, curves.png)."),
         click.option("--frames", default=None, help=frames_help),
         click.option("--eval-frames", default=None,
-                     help="Evaluation frames: all, uniform:T or views [default: views for --clips stores, else uniform:8]."),
+                     help="Evaluation frames: all, uniform:T or stored-clips [default: stored-clips for --clips "
+                          "stores, else uniform:8]."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--preload/--no-preload", default=None,
                      help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
@@ -153,7 +154,7 @@ def train_evl(num_layers, mlp_dropout, cls_dropout, no_temporal_conv, no_tempora
               help="Captions JSONL/CSV (videoclip runs): whole videos, each video's first caption as its pair.")
 @click.option("--text-set", default=None, help="Text feature set of --captions [default: the run's].")
 @click.option("--store", default=None, help="Store to read [default: the run's training store].")
-@click.option("--frames", default=None, help="Override the run's evaluation frames (uniform:T, views, all).")
+@click.option("--frames", default=None, help="Override the run's evaluation frames (uniform:T, stored-clips, all).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True,

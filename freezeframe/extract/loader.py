@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from freezeframe.extract.augment import AugmentConfig, with_views
 from freezeframe.extract.decode import DecodeOptions, VideoReadError, iter_windows, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
 from freezeframe.extract.sampling import SamplingConfig, sample_indices, snap_to_keyframes
@@ -24,7 +25,8 @@ class Window:
 
     shard: int
     video_id: str
-    frames: torch.Tensor  # exact: float (n, 3, h, w); fast: uint8 (n, H, W, 3); windows: (n, T, ...) of those
+    frames: torch.Tensor  # exact: float (n, 3, h, w), with views (n, 1 + V, 3, h, w); fast: uint8 (n, H, W, 3);
+    # windows: (n, T, ...) of those
     frame_indices: np.ndarray  # (n,), or (n, T) for windows
     timestamps: np.ndarray  # (n,) seconds; a window's is that of its first frame
     last: bool
@@ -65,6 +67,7 @@ class DecodeSpec:
     max_window_bytes: int = 64 * 1024 * 1024
     seek: str = "exact"  # "keyframe": each sampled frame snapped to its nearest keyframe
     options: DecodeOptions = DecodeOptions()
+    augment: AugmentConfig = AugmentConfig()  # augmented views made beside the exact preprocessing
 
 
 class WindowStream:
@@ -94,6 +97,7 @@ class WindowStream:
 
     def video_items(self, shard: int, source: VideoSource, preprocess) -> Iterator[Item]:
         """The windows of one video, or its failure."""
+        preprocess = with_views(preprocess, self.spec.preprocess, self.spec.augment, source.video_id)
         try:
             reader = open_video(source.path, self.spec.decoder, self.spec.options)
         except VideoReadError as exc:

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from freezeframe.errors import InputError, StoreError
+from freezeframe.extract.augment import AugmentConfig, check_views, view_batching
 from freezeframe.extract.backbones.base import Backbone
 from freezeframe.extract.batching import FrameBatcher
 from freezeframe.extract.decode import DECODERS, DEFAULT_MAX_PIXELS, DecodeOptions
@@ -28,6 +29,7 @@ from freezeframe.store import provenance as prov
 from freezeframe.store.claims import DEFAULT_LEASE, Claims, claiming, forget_committed_claims
 from freezeframe.store.files import read_jsonl
 from freezeframe.store.writer import FeatureSetWriter
+from freezeframe.views import view_array
 
 
 def default_workers() -> int:
@@ -55,6 +57,7 @@ class ExtractConfig:
     seek: str = "exact"  # "keyframe": sampled frames snapped to their nearest keyframes
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger frames fail before decoding
     decode_timeout: float = 300.0  # seconds a decode worker may deliver nothing before it is killed (0: never)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # augmented views per frame (none by default)
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -69,6 +72,7 @@ class ExtractConfig:
         if self.seek == "keyframe" and self.sampling.strategy not in ("num_frames", "fps"):
             raise InputError("--seek keyframe snaps sparse samples (--num-frames, --fps); clips and windows need "
                              "consecutive frames: use --seek exact.")
+        check_views(self.augment, self.sampling.strategy, self.preprocess)
         if self.max_pixels < 1:
             raise InputError("--max-pixels must be at least 1.")
         if self.decode_timeout < 0:
@@ -111,7 +115,8 @@ def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
         # exact seeking is recorded by omission, so sets written before --seek existed still take appends
         "sampling": {**config.sampling.describe(), "decoder": config.decoder,
                      **({"seek": config.seek} if config.seek != "exact" else {})},
-        "frames_per_view": config.sampling.rows_per_view,
+        # recorded only with views, so sets written before --views existed still take appends
+        **({"augment": config.augment.describe()} if config.augment.views else {}),
     }
     return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "av", "torchcodec", "decord")
 
@@ -262,9 +267,10 @@ def check_store(store: str, name: str | None = None, config: ExtractConfig | Non
         return
     stored = read_json(path / name / PROVENANCE_FILE)
     ours = {"sampling": {**config.sampling.describe(), "decoder": config.decoder},
-            "frames_per_view": config.sampling.rows_per_view, "preprocess": {"mode": config.preprocess}}
-    theirs = {"sampling": stored.get("sampling"), "frames_per_view": stored.get("frames_per_view"),
-              "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")}}
+            "preprocess": {"mode": config.preprocess},
+            "augment": config.augment.describe() if config.augment.views else None}
+    theirs = {"sampling": stored.get("sampling"), "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")},
+              "augment": stored.get("augment")}
     diffs = prov.differences(theirs, ours)
     if diffs:
         raise StoreError(
@@ -319,7 +325,8 @@ def _array_shapes(backbone: Backbone, config: ExtractConfig) -> dict[str, dict]:
     blank = torch.zeros((1, *window, 3, height, width), device=backbone.device)
     with torch.no_grad():
         outputs = backbone(blank)
-    arrays = {key: {"shape": list(value.shape[1:]), "dtype": "float16"} for key, value in outputs.items()}
+    arrays = {view_array(v, key): {"shape": list(value.shape[1:]), "dtype": "float16"}
+              for key, value in outputs.items() for v in range(config.augment.views + 1)}
     arrays["timestamps"] = {"shape": [], "dtype": "float64"}
     arrays["frame_indices"] = {"shape": [config.sampling.frames_per_row] if backbone.takes_windows else [],
                                "dtype": "int64"}
@@ -382,13 +389,13 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
     todo = [source for shard in shards for source in shard]
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     spec = DecodeSpec(config.sampling, preprocess, config.decoder, config.max_window_bytes, config.seek,
-                      DecodeOptions(max_pixels=config.max_pixels))
+                      DecodeOptions(max_pixels=config.max_pixels), config.augment)
     workers = min(config.workers, len(shards))
     # decode workers: a stalled or dead worker costs only its video; --workers 0 decodes here, unguarded
     loader = DecodePool(shards, spec, claims, workers, config.decode_timeout) if workers else \
         WindowStream(shards, spec, claims)
     device = backbone.device
-    batcher = FrameBatcher(config.batch_size, backbone)
+    batcher = FrameBatcher(*view_batching(config.batch_size, backbone, config.augment))
     sink = _ShardSink(writer, claims)
     sink.start()
     bar = tqdm(total=len(todo), unit="video", disable=not config.progress, dynamic_ncols=True, smoothing=0.1)

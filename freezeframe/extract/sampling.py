@@ -49,11 +49,6 @@ class SamplingConfig:
         return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}}
 
     @property
-    def rows_per_view(self) -> int | None:
-        """Frames per clip when the rows of a video are clip-major views, else None."""
-        return self.frames_per_clip if self.strategy == "clips" else None
-
-    @property
     def frames_per_row(self) -> int:
         """Frames the backbone sees per stored row: a window's length, else 1."""
         return self.window_frames if self.strategy == "windows" else 1

@@ -22,15 +22,16 @@ from freezeframe.heads.registry import build_head, config_to_dict, head_config
 from freezeframe.train.run import RunInfo, load_head
 from freezeframe.train.loop import (BEST, LAST, METRICS_FILE, TrainConfig, resolve_device, save_atomic, seed_everything,
                                         train_classifier)
-from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate, read_sources, stored_clip_length
 from freezeframe.userfiles import read_labels
-from freezeframe.store.feature_set import FeatureSet, block_source
+from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.provenance import differences
 from freezeframe.store.store import Store
 
 # What a run records of its feature set's provenance, and what `eval` requires to match: the numbers of
 # another model, weights, preprocessing or frame sampling are not the features the head was trained on.
-MATCHED_PROVENANCE = ("backbone", "preprocess", "sampling", "compute_dtype", "frames_per_view")
+# (Not `augment`: the plain view of a set with augmented views is the frame of a set without.)
+MATCHED_PROVENANCE = ("backbone", "preprocess", "sampling", "compute_dtype")
 # Everything a training run writes into its directory (an --overwrite removes these and nothing else).
 RUN_FILES = ("run.json", LAST, BEST, METRICS_FILE, "curves.png")
 
@@ -38,10 +39,12 @@ RUN_FILES = ("run.json", LAST, BEST, METRICS_FILE, "curves.png")
 PRELOAD_LIMIT = 2 * 1024**3
 
 
-def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
-    """Bytes that preloading `arrays` of these videos takes (each stored array is cached once)."""
+def preload_bytes(fs, video_ids: list[str], arrays: list[str], augmented: bool = False) -> int:
+    """Bytes that preloading `arrays` of these videos takes (each stored array is cached once; in training on a set
+    with augmented views, every view's)."""
     stored = fs.arrays()
-    sources = {block_source(array, stored) for array in arrays} & set(stored)
+    sources = {s for per_view in read_sources(arrays, stored, fs.provenance, augmented).values() for s in per_view}
+    sources &= set(stored)
     row_bytes = sum(int(np.prod(stored[s]["shape"], dtype=np.int64)) * np.dtype(stored[s]["dtype"]).itemsize
                     for s in sources)
     return row_bytes * sum(fs.video_info(v)["n_frames"] for v in video_ids if v in fs)
@@ -65,7 +68,7 @@ def check_provenance(run_provenance: dict | None, fs: FeatureSet, allow_mismatch
     Raises a one-line `StoreError` naming them unless `allow_mismatch` (then returns them)."""
     if not run_provenance:
         return []
-    found = differences(run_provenance, matched_provenance(fs))
+    found = differences({key: run_provenance.get(key) for key in MATCHED_PROVENANCE}, matched_provenance(fs))
     if found and not allow_mismatch:
         keys = ", ".join(line.split(":")[0] for line in found)
         raise StoreError(f"feature set {fs.name!r} was not made like the run's training features (differs in: {keys}); "
@@ -104,14 +107,14 @@ def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[li
 def default_frames(kind: str, store: str | Path, feature_set: str, train: bool) -> str:
     if kind == "probe":
         return "all"
-    if not train and Store(store)[feature_set].provenance.get("frames_per_view"):
-        return "views"
+    if not train and stored_clip_length(Store(store)[feature_set].provenance):
+        return "stored-clips"
     return "sparse-random:8" if train else "uniform:8"
 
 
 def _frames_per_item(selection: FrameSelection, store: str | Path, feature_set: str) -> int:
-    if selection.mode == "views":
-        return Store(store)[feature_set].provenance["frames_per_view"]
+    if selection.mode == "stored-clips":
+        return stored_clip_length(Store(store)[feature_set].provenance)
     return selection.num_frames
 
 
@@ -153,9 +156,10 @@ def train_run(
     if kind == "evl" and head_cfg.cross_frame_attention:
         head.load_frozen_qk(fs.frozen_weights())
     arrays = head.required_arrays
+    augmented = kind != "probe"  # gradient-trained heads read an augmented view per epoch where the set has them
     if preload is None:
-        preload = preload_bytes(fs, ids, arrays) <= PRELOAD_LIMIT
-    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed)
+        preload = preload_bytes(fs, ids, arrays, augmented) <= PRELOAD_LIMIT
+    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented)
     val_set = None
     if val_labels is not None:
         val_ids, val_y, _ = labelled_ids(val_labels, classes)
@@ -234,7 +238,7 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
              batch_size: int = 32, device: str = "auto", workers: int = 0, trust_checkpoint: bool = False,
              allow_provenance_mismatch: bool = False, predictions: str | Path | None = None,
              confusion: str | Path | None = None) -> dict:
-    """top-1/top-5 of a run's best checkpoint on a labelled set (views averaged).
+    """top-1/top-5 of a run's best checkpoint on a labelled set (stored clips averaged; the plain view).
 
     The feature set must have been made like the run's training features (`MATCHED_PROVENANCE`);
     `predictions` writes per-video scores (CSV, or JSON lines for a .jsonl name), `confusion` a PNG."""
