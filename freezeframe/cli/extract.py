@@ -25,6 +25,9 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
 @click.option("--window-frames", type=int, default=None,
               help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
 @click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
+@click.option("--last-window", type=click.Choice(["whole", "zeros"]), default=None,
+              help="Window backbones: whole windows only, or also the last partial one padded with black frames "
+                   "(zeros: MMPT's S3D-G extraction for VideoCLIP) [default: whole].")
 @click.option("--views", type=int, default=0, show_default=True,
               help="Augmented views stored per frame beside the plain one (frame backbones, exact preprocessing).")
 @click.option("--augment", default="evl", show_default=True,
@@ -64,7 +67,7 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
               help="List what the extraction would do (videos to do and already committed, shards, arrays and "
                    "shapes) and exit: builds the backbone (loads its weights) but decodes and writes nothing.")
 def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
-            window_stride, views, augment, decoder, seek, max_pixels, decode_timeout, preprocess, batch_size, workers, shard_size,
+            window_stride, last_window, views, augment, decoder, seek, max_pixels, decode_timeout, preprocess, batch_size, workers, shard_size,
             device, store_format, compression, claim_lease, no_progress, engine, address, gpus_per_worker,
             ray_workers, dry_run, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
@@ -73,7 +76,7 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
     from freezeframe.extract.runner import default_workers
 
     sampling = _sampling(get_entry(backbone), num_frames, fps, clips, frames_per_clip, stride, window_frames,
-                         window_stride)
+                         window_stride, last_window)
     backbone_config = config_from_options(backbone, given_backbone_options(backbone_flags))
     refuse_ignored_options(backbone_config)
     if batch_size is None:
@@ -221,7 +224,7 @@ def _interrupted(sources, store: str, name: str) -> None:
     sys.exit(130)
 
 
-def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride):
+def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride, last_window):
     """The sampling the flags choose: windows for window backbones (their registry defaults), else one of count,
     rate or clips."""
     from freezeframe.extract import SamplingConfig
@@ -233,10 +236,11 @@ def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_fra
         frames = entry.windows.frames if window_frames is None else window_frames
         stride = (entry.windows.stride if window_frames is None else frames) if window_stride is None else window_stride
         return SamplingConfig("windows", fps=entry.windows.fps if fps is None else fps, window_frames=frames,
-                              window_stride=stride)
-    if window_frames is not None or window_stride is not None:
+                              window_stride=stride, last_window=last_window or "whole")
+    if window_frames is not None or window_stride is not None or last_window is not None:
         windowed = ", ".join(name for name in backbone_names() if get_entry(name).windows)
-        raise click.UsageError(f"--window-frames and --window-stride are for window backbones (--backbone {windowed}).")
+        raise click.UsageError("--window-frames, --window-stride and --last-window are for window backbones "
+                               f"(--backbone {windowed}).")
     chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
               if value is not None]
     if len(chosen) > 1:

@@ -14,7 +14,7 @@ import torch
 from freezeframe.extract.augment import AugmentConfig, with_views
 from freezeframe.extract.decode import DecodeOptions, VideoReadError, iter_windows, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig
-from freezeframe.extract.sampling import SamplingConfig, sample_indices, snap_to_keyframes
+from freezeframe.extract.sampling import ZERO_FRAME, SamplingConfig, sample_indices, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource
 from freezeframe.store.claims import Claims
 
@@ -121,7 +121,11 @@ class WindowStream:
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
                     "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
             per_row = self.spec.sampling.frames_per_row
-            for frames, chunk in iter_windows(reader, indices, self.spec.max_window_bytes, per_row):
+            # a zero frame (padding of the last window) decodes as the last real frame, then is blacked out
+            decoded = np.where(indices == ZERO_FRAME, indices.max(), indices)
+            for frames, chunk in iter_windows(reader, decoded, self.spec.max_window_bytes, per_row):
+                chunk = indices[done:done + len(chunk)]
+                frames[chunk == ZERO_FRAME] = 0
                 done += len(chunk)
                 pixels = preprocess(frames) if preprocess is not None else torch.from_numpy(frames)
                 last = done == len(indices)
