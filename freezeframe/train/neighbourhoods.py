@@ -50,12 +50,10 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
     return points[chosen].clone()
 
 
-def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids), or None without faiss-cpu."""
-    try:
-        import faiss
-    except ImportError:
-        return None
+def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids)."""
+    import faiss
+
     model = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=len(points),
                          min_points_per_centroid=1, verbose=False)
     model.train(points.numpy())
@@ -68,17 +66,12 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations:
     """Lloyd's k-means: (cluster of each point (n,), centroids (k, dim)); O(n*k*d) per iteration.
 
     Seeds: k-means++ (`plusplus`), k distinct random points (`random`), or `auto`: k-means++ while
-    n*k <= 5e7 (its k sequential passes are memory-bound), beyond that FAISS's k-means when faiss-cpu is
-    installed, else random seeds.
+    n*k <= 5e7 (its k sequential passes are memory-bound), beyond that FAISS's k-means.
     """
     points = points.float().contiguous()
     k = max(1, min(k, len(points)))
     if seeding == "auto" and len(points) * k > 50_000_000:
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        found = faiss_kmeans(points, k, seed, iterations)
-        if found is not None:
-            return found
-        seeding = "random"
+        return faiss_kmeans(points, k, int(torch.randint(2**31 - 1, (1,), generator=generator)), iterations)
     if seeding in ("auto", "plusplus"):
         centroids = kmeans_plus_plus(points, k, generator)
     else:
