@@ -54,10 +54,11 @@ def format_summary(summary: dict) -> str:
             lines.append(f"    text      layers={p.get('layers')} max_length={p.get('max_length')}")
         else:
             lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
-        if p.get("augment"):
+        if isinstance(p.get("augment"), dict):
             a = p["augment"]
-            lines.append(f"    views     plain + {a['views']} augmented per {row} (randaugment={a['randaugment']}, "
-                         f"crop scale={a['crop']['scale']}, flip={a['flip']}, seed={a['seed']})")
+            crop = a.get("crop") if isinstance(a.get("crop"), dict) else {}
+            lines.append(f"    views     plain + {a.get('views')} augmented per {row} (randaugment={a.get('randaugment')}, "
+                         f"crop scale={crop.get('scale')}, flip={a.get('flip')}, seed={a.get('seed')})")
         storage = ", ".join(f"{s['format']}/{s['compression']} ({plural(s['shards'], 'shard')})"
                             for s in fs.get("storage", []))
         lines.append(f"    storage   {storage or 'no shards'}")

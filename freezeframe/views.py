@@ -7,6 +7,8 @@ is unchanged and a training read of one view touches that view's bytes only.
 
 from __future__ import annotations
 
+from freezeframe.errors import StoreError
+
 VIEWS_GROUP = "views"
 
 
@@ -16,5 +18,10 @@ def view_array(view: int, array: str) -> str:
 
 
 def augmented_views(provenance: dict) -> int:
-    """Augmented views stored per frame by a feature set (0: none), from its provenance."""
-    return int((provenance.get("augment") or {}).get("views", 0))
+    """Augmented views stored per frame by a feature set (0: none), from its provenance (data to check)."""
+    augment = provenance.get("augment") or {}
+    views = augment.get("views", 0) if isinstance(augment, dict) else None
+    if not isinstance(views, int) or isinstance(views, bool) or views < 0:
+        raise StoreError(f"the feature set's provenance has a malformed augment record ({augment!r:.80}): it was "
+                         "not written by freezeframe extract.")
+    return views

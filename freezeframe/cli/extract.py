@@ -67,9 +67,9 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
               help="List what the extraction would do (videos to do and already committed, shards, arrays and "
                    "shapes) and exit: builds the backbone (loads its weights) but decodes and writes nothing.")
 def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
-            window_stride, last_window, views, augment, decoder, seek, max_pixels, decode_timeout, preprocess, batch_size, workers, shard_size,
-            device, store_format, compression, claim_lease, no_progress, engine, address, gpus_per_worker,
-            ray_workers, dry_run, **backbone_flags) -> None:
+            window_stride, last_window, views, augment, decoder, seek, max_pixels, decode_timeout, preprocess,
+            batch_size, workers, shard_size, device, store_format, compression, claim_lease, no_progress, engine,
+            address, gpus_per_worker, ray_workers, dry_run, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
     from freezeframe.extract import AugmentConfig, ExtractConfig, collect_sources
     from freezeframe.extract.backbones import config_from_options

@@ -9,7 +9,7 @@ from freezeframe.extract.sampling import SamplingConfig, sample_indices
 from freezeframe.extract.sources import VideoSource, collect_sources
 
 __all__ = [
-    "AugmentConfig", "CLIP_FEATURES", "ClipBackbone", "ClipConfig", "ExactPreprocessor", "ExtractConfig", "ExtractionReport",
-    "PreprocessConfig", "SamplingConfig", "VideoReadError", "VideoSource", "collect_sources", "fast_preprocess",
-    "iter_windows", "open_video", "run_extraction", "sample_indices",
+    "AugmentConfig", "CLIP_FEATURES", "ClipBackbone", "ClipConfig", "ExactPreprocessor", "ExtractConfig",
+    "ExtractionReport", "PreprocessConfig", "SamplingConfig", "VideoReadError", "VideoSource", "collect_sources",
+    "fast_preprocess", "iter_windows", "open_video", "run_extraction", "sample_indices",
 ]

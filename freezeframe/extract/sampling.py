@@ -20,7 +20,7 @@ ZERO_FRAME = -1  # a frame index that stands for a black (all-zero) frame: the p
 @dataclass(frozen=True)
 class SamplingConfig:
     """`num_frames`: N segment middles. `fps`: one frame per 1/fps s of real time.
-    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style views).
+    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style multi-clip testing).
     `windows`: the video resampled at `fps` (as `fps` does), cut into windows of `window_frames` frames that start
     every `window_stride` frames; each window is one row (VideoCLIP: 30 frames every 30 at 30 fps = one per second).
     `last_window="whole"` keeps whole windows only, except that a video shorter than one window gives one, padded
