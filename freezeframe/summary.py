@@ -57,8 +57,9 @@ def format_summary(summary: dict) -> str:
         if isinstance(p.get("augment"), dict):
             a = p["augment"]
             crop = a.get("crop") if isinstance(a.get("crop"), dict) else {}
-            lines.append(f"    views     plain + {a.get('views')} augmented per {row} (randaugment={a.get('randaugment')}, "
-                         f"crop scale={crop.get('scale')}, flip={a.get('flip')}, seed={a.get('seed')})")
+            lines.append(f"    views     plain + {a.get('views')} augmented per {row} "
+                         f"(randaugment={a.get('randaugment')}, crop scale={crop.get('scale')}, flip={a.get('flip')}, "
+                         f"seed={a.get('seed')})")
         storage = ", ".join(f"{s['format']}/{s['compression']} ({plural(s['shards'], 'shard')})"
                             for s in fs.get("storage", []))
         lines.append(f"    storage   {storage or 'no shards'}")

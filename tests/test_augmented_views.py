@@ -203,8 +203,9 @@ def test_training_reads_a_different_view_each_epoch_and_evaluation_the_plain_one
 def test_train_run_trains_on_the_views_and_validates_on_the_plain_view(store, fs, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("video_id,label\nshort,a\nlowfps,b\narchery,a\n")
+    config = TrainConfig(epochs=1, min_steps=0, batch_size=3, progress=False)
     train_run("temporal", store, NAME, labels, tmp_path / "run", val_labels=labels, train_frames="uniform:4",
-              eval_frames="uniform:4", config=TrainConfig(epochs=1, min_steps=0, batch_size=3, progress=False), log=lambda _: None)
+              eval_frames="uniform:4", config=config, log=lambda _: None)
     head = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["head"]
     # the temporal head standardises its inputs by the training items' statistics: epoch 0's augmented views
     train = FeatureDataset(store, NAME, list(FILES), ["embed"], FrameSelection("uniform", 4), seed=0, augmented=True)

@@ -16,11 +16,10 @@ maps instead of the shards; otherwise it reads the shards. Both give identical i
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-
-import warnings
 
 import numpy as np
 import torch
@@ -82,8 +81,8 @@ class FrameSelection:
 
     @classmethod
     def parse(cls, text: str) -> "FrameSelection":
-        """`all`, `stored-clips`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`), `dense[-random]:T:STRIDE`
-        (T frames STRIDE rows apart from a random start, or centred), `clips[-random]:N:T[:mean|lse|max]`
+        """`all`, `stored-clips`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`),
+        `dense[-random]:T:STRIDE` (T frames STRIDE rows apart from a random start, or centred), `clips[-random]:N:T[:mean|lse|max]`
         (ClipBERT: N clips of T consecutive rows, one in each of N equal segments, logits combined by the
         consensus). `views`, the old name of `stored-clips`, is read as it with a warning."""
         mode, *values = text.split(":")

@@ -6,7 +6,8 @@ one cluster, so its negatives are similar videos, i.e. hard ones.
 Clusters are visited in a nearest-centroid chain, so a batch that runs past the end of a cluster continues
 in the closest one. Videos x clips (`VideoClipBatches`) and their model-based neighbourhoods
 (`ModelNeighbourBatches`, re-embedded with the model being trained before every pass; MMPT's 64 nearest
-neighbours of random seed videos, through a FAISS IVF index on large sets) are the published recipe's. All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
+neighbours of random seed videos, through a FAISS IVF index on large sets) are the published recipe's.
+All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
 """
 
 from __future__ import annotations
