@@ -56,11 +56,18 @@ def format_summary(summary: dict) -> str:
             lines.append(f"    text      layers={p.get('layers')} max_length={p.get('max_length')}")
         else:
             lines.append(f"    sampling  {sampling}; preprocess {p.get('preprocess', {}).get('mode', '?')}")
+        if isinstance(p.get("augment"), dict):
+            a = p["augment"]
+            crop = a.get("crop") if isinstance(a.get("crop"), dict) else {}
+            lines.append(f"    views     plain + {a.get('views')} augmented per {row} "
+                         f"(randaugment={a.get('randaugment')}, crop scale={crop.get('scale')}, flip={a.get('flip')}, "
+                         f"seed={a.get('seed')})")
         storage = ", ".join(f"{s['format']}/{s['compression']} ({plural(s['shards'], 'shard')})"
                             for s in fs.get("storage", []))
         lines.append(f"    storage   {storage or 'no shards'}")
+        width = max([18, *map(len, fs["arrays"])])
         for array, meta in fs["arrays"].items():
-            lines.append(f"    {array:<18} {meta['dtype']:<8} per {row} {tuple(meta['shape'])}")
+            lines.append(f"    {array:<{width}} {meta['dtype']:<8} per {row} {tuple(meta['shape'])}")
         if fs["failures"]:
             lines.append(f"    failures  {plural(len(fs['failures']), 'video')} (see failures.jsonl)")
     return "\n".join(lines)

@@ -5,9 +5,10 @@
 #
 # The published recipe (`--towers bert`): S3D-G (HowTo100M MIL-NCE weights) one feature per second,
 # L2-normalised; BERT-initialised towers fine-tuned on token ids; captions merged to 8-64 tokens; 32 videos x
-# 16 clips per batch, re-grouped by nearest neighbours under the current model; Adam 5e-5, betas (0.9, 0.98),
-# 1,000 warm-up steps, gradient clipping 2. Differences: neighbours are exact (no FAISS IVF), the last
-# partial second of a video is dropped rather than zero-padded.
+# 16 clips per batch, each batch 32 of the 64 nearest neighbours of a random seed video under the current model
+# (exact up to 50,000 videos, a FAISS IVF index beyond, as MMPT's); the last partial second of every video kept,
+# zero-padded (--last-window zeros); Adam 5e-5, betas (0.9, 0.98), 1,000 warm-up steps, gradient clipping 2.
+# Differences: the IVF index has at most sqrt(n) lists (MMPT: 4,096) trained with 10 k-means iterations.
 set -euo pipefail
 HT100M=${HT100M:-/data/howto100m}         # videos/ and captions.jsonl (video_id, caption_id, start, end, text)
 YC2=${YC2:-/data/youcook2}                # val videos/ and val_clips.jsonl (one caption per clip video)
@@ -15,7 +16,8 @@ S3DG=${S3DG:-/models/s3d_howto100m.pth}
 BERT=${BERT:-/models/bert-base-uncased}   # a local transformers directory
 STORE=${STORE:-store-videoclip}
 
-freezeframe extract "$HT100M/videos" "$YC2/videos" --store "$STORE" --name s3dg --backbone s3dg --pretrained "$S3DG"
+freezeframe extract "$HT100M/videos" "$YC2/videos" --store "$STORE" --name s3dg --backbone s3dg --pretrained "$S3DG" \
+    --last-window zeros
 freezeframe extract-text "$HT100M/captions.jsonl" --store "$STORE" --name bert --model "$BERT" --max-length 64
 freezeframe extract-text "$YC2/val_clips.jsonl" --store "$STORE" --name bert --model "$BERT" --max-length 64
 freezeframe train videoclip --store "$STORE" --set s3dg --text-set bert --captions "$HT100M/captions.jsonl" \

@@ -1,9 +1,9 @@
-"""FeatureDataset: which arrays and which frames an item carries, views, preload, pickling, workers, errors.
+"""FeatureDataset: which arrays and which frames an item carries, stored clips, preload, pickling, workers, errors.
 
 One small real store, extracted once per module with the CLI and the bundled tiny model:
   - "fps": 4 real sample videos at 4 frames per second (5 to 40 rows per video), embed + cls +
     token maps of blocks 0, 1 and 3 (so block_input/1 is not stored: it is tokens/0);
-  - "views": the same videos as 3 clips x 4 frames (stride 2), embed + tokens of block 3.
+  - "clips": the same videos as 3 clips x 4 frames (stride 2), embed + tokens of block 3.
 Expected rows are computed here independently (integer arithmetic, `frame_indices` read back).
 """
 
@@ -49,7 +49,7 @@ def extract(store: Path, name: str, *args: str) -> None:
 def store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("datasets") / "store"
     extract(path, "fps", "--fps", "4", "--features", "embed,cls,tokens", "--layers", "0,1,3")
-    extract(path, "views", "--clips", str(CLIPS), "--frames-per-clip", str(PER_CLIP), "--stride", str(STRIDE),
+    extract(path, "clips", "--clips", str(CLIPS), "--frames-per-clip", str(PER_CLIP), "--stride", str(STRIDE),
             "--features", "embed,tokens", "--layers", "3")
     return path
 
@@ -150,7 +150,7 @@ def test_missing_array_is_an_input_error_listing_what_exists(store):
     assert "'tokens/2'" in message and "'fps'" in message
     assert "tokens/3" in message and "embed" in message  # lists the arrays it has
     with pytest.raises(InputError, match="no array 'block_input/2'"):
-        dataset(store, ["block_input/2"], name="views")  # neither block_input/2 nor tokens/1 stored
+        dataset(store, ["block_input/2"], name="clips")  # neither block_input/2 nor tokens/1 stored
 
 
 def test_block_input_resolves_to_the_previous_blocks_tokens(store, fs):
@@ -175,14 +175,16 @@ def test_block_input_resolves_to_the_previous_blocks_tokens(store, fs):
 # ---- frame selections ------------------------------------------------------------------------------
 def test_frame_selection_parsing():
     assert FrameSelection.parse("all") == FrameSelection("all")
-    assert FrameSelection.parse("views") == FrameSelection("views")
+    assert FrameSelection.parse("stored-clips") == FrameSelection("stored-clips")
     assert FrameSelection.parse("uniform:4") == FrameSelection("uniform", 4)
     assert FrameSelection.parse("sparse-random:16") == FrameSelection("sparse-random", 16)
     assert FrameSelection.parse("12") == FrameSelection("uniform", 12)
-    for text in ("all", "views", "uniform:4", "sparse-random:16"):
+    for text in ("all", "stored-clips", "uniform:4", "sparse-random:16"):
         assert str(FrameSelection.parse(text)) == text
     with pytest.raises(InputError, match="unknown frame selection"):
         FrameSelection.parse("random:4")
+    with pytest.warns(FutureWarning, match="now called 'stored-clips'"):  # the old name still reads
+        assert FrameSelection.parse("views") == FrameSelection("stored-clips")
     with pytest.raises(InputError, match="at least 1"):
         FrameSelection.parse("uniform:0")
 
@@ -262,33 +264,33 @@ def test_sparse_random_rows_stay_in_their_segments_for_every_length():
                 assert ((rows >= low) & (rows < high)).all(), (n, t, seed, rows)
 
 
-def test_views_are_clip_major_with_frames_per_clip(store):
-    views = open_store(store)["views"]
-    assert views.provenance["frames_per_view"] == PER_CLIP
-    ds = dataset(store, ["embed", "tokens/3", "block_input/3", "frame_indices"], "views", name="views")
+def test_stored_clips_are_clip_major_with_frames_per_clip(store):
+    clips = open_store(store)["clips"]
+    assert clips.provenance["sampling"]["frames_per_clip"] == PER_CLIP
+    ds = dataset(store, ["embed", "tokens/3", "block_input/3", "frame_indices"], "stored-clips", name="clips")
     for index, video_id in enumerate(FILES):
         item = ds[index]["inputs"]
         assert item["embed"].shape == (CLIPS, PER_CLIP, 32)
         assert item["tokens/3"].shape == item["block_input/3"].shape == (CLIPS, PER_CLIP, 17, 64)
-        stored = views.read(video_id, "tokens/3")
+        stored = clips.read(video_id, "tokens/3")
         np.testing.assert_array_equal(item["tokens/3"].numpy(), stored.reshape(CLIPS, PER_CLIP, 17, 64))
         indices = item["frame_indices"].numpy()
-        assert (np.diff(indices, axis=1) == STRIDE).all()  # each view: consecutive frames, `stride` apart
-        source_frames = views.video_info(video_id)["source_frames"]
+        assert (np.diff(indices, axis=1) == STRIDE).all()  # each clip: consecutive frames, `stride` apart
+        source_frames = clips.video_info(video_id)["source_frames"]
         assert indices[0, 0] == 0 and indices[-1, -1] == source_frames - 1  # evenly spread over the video
         assert (np.diff(indices[:, 0]) > 0).all()
     batch = collate([ds[0], ds[1]])
     assert batch["inputs"]["embed"].shape == (2, CLIPS, PER_CLIP, 32)
 
 
-def test_views_need_a_clips_extraction(store):
+def test_stored_clips_need_a_clips_extraction(store):
     with pytest.raises(InputError, match="--clips"):
-        dataset(store, ["embed"], "views", name="fps")
+        dataset(store, ["embed"], "stored-clips", name="fps")
 
 
 # ---- preload, pickling, workers -------------------------------------------------------------------
 @pytest.mark.parametrize("selection,name", [("all", "fps"), ("uniform:8", "fps"), ("sparse-random:8", "fps"),
-                                            ("views", "views")])
+                                            ("stored-clips", "clips")])
 def test_preload_gives_identical_items(store, selection, name):
     arrays = ["embed", "tokens/3", "frame_indices"] + (["block_input/1"] if name == "fps" else [])
     lazy = dataset(store, arrays, selection, name=name, seed=1)

@@ -50,11 +50,11 @@ def extract(store: Path, name: str, files: dict[str, str], *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """'fps': 3 of the 4 videos (2 shards), 4 fps, embed+cls+tokens of blocks 0 and 3; 'views': 3 clips x 4."""
+    """'fps': 3 of the 4 videos (2 shards), 4 fps, embed+cls+tokens of blocks 0 and 3; 'clips': 3 clips x 4."""
     path = tmp_path_factory.mktemp("memmap") / "store"
     three = {k: FILES[k] for k in ("short", "lowfps", "mpeg4")}
     extract(path, "fps", three, "--fps", "4", "--features", "embed,cls,tokens", "--layers", "0,3", "--shard-size", "2")
-    extract(path, "views", FILES, "--clips", "3", "--frames-per-clip", "4", "--stride", "2", "--features", "embed",
+    extract(path, "clips", FILES, "--clips", "3", "--frames-per-clip", "4", "--stride", "2", "--features", "embed",
             "--format", "hdf5")
     return path
 
@@ -133,7 +133,7 @@ def test_export_subset_of_arrays_and_errors(store, run_cli):
 @pytest.mark.parametrize("name, arrays, selections", [
     ("fps", ["embed", "cls", "tokens/3", "block_input/1", "timestamps", "frame_indices"],
      ["all", "uniform:8", "uniform:50", "sparse-random:5", "sparse-random:50"]),
-    ("views", ["embed", "frame_indices"], ["views", "uniform:4", "sparse-random:6"]),
+    ("clips", ["embed", "frame_indices"], ["stored-clips", "uniform:4", "sparse-random:6"]),
 ])
 def test_dataset_items_identical_with_and_without_memmap(store, name, arrays, selections):
     without = {s: dataset(store, name, arrays, s) for s in selections}
@@ -145,7 +145,7 @@ def test_dataset_items_identical_with_and_without_memmap(store, name, arrays, se
         for epoch in (0, 1):
             assert_same_items(items(plain, epoch), items(mapped, epoch))
     # through DataLoader workers, which open the maps lazily in their own process
-    selection = "views" if name == "views" else "uniform:8"
+    selection = "stored-clips" if name == "clips" else "uniform:8"
     plain, mapped = dataset(store, name, arrays, selection), dataset(store, name, arrays, selection)
     assert mapped.__getstate__()["_memmap"] is None  # a pickled dataset carries no open maps
     a = list(DataLoader(plain, batch_size=2, num_workers=0, collate_fn=collate))

@@ -99,6 +99,40 @@ def test_each_row_is_s3dg_on_the_frames_it_names(s3dg_store, sample_videos):
             np.testing.assert_array_equal(distances.argmin(axis=1), np.arange(len(stored)))
 
 
+def test_last_partial_second_zero_padded_as_mmpt(s3dg_store, sample_videos, tmp_path, run_cli):
+    """`--last-window zeros`: 57 frames at 6 fps are 9.5 s, so a 10th row holds the last half second (15 resampled
+    frames) and 15 black frames; it equals S3D-G on exactly that input, and the whole seconds equal the default's."""
+    fs, weights = s3dg_store
+    video = sample_videos["lowfps_6fps.mp4"]
+    result = run_cli("extract", video, "--store", tmp_path / "s", "--backbone", "s3dg", "--pretrained", weights,
+                     "--image-size", SIZE, "--last-window", "zeros", "--workers", "0", "--no-progress")
+    assert result.exit_code == 0, result.output
+    padded = open_store(tmp_path / "s")["s3dg-s3d_howto100m"]
+    assert padded.provenance["sampling"]["last_window"] == "zeros"
+    indices = padded.read("lowfps_6fps", "frame_indices")
+    assert indices.shape == (10, 30)
+    np.testing.assert_array_equal(indices[:9], fs.read("lowfps_6fps", "frame_indices"))
+    np.testing.assert_array_equal(indices[9], [*np.repeat([54, 55, 56], 5), *[-1] * 15])
+    np.testing.assert_allclose(padded.read("lowfps_6fps", "timestamps"), np.arange(10), atol=1e-6)
+    for array in ("video_embedding", "mixed_5c"):
+        np.testing.assert_array_equal(padded.read("lowfps_6fps", array)[:9], fs.read("lowfps_6fps", array))
+    net = S3DG().eval()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    last = torch.cat([_pixels(video, indices[9:, :15], SIZE), torch.zeros(1, 15, 3, SIZE, SIZE)], dim=1)
+    # the default's padding (the last frame repeated, as for a video shorter than a window) is another input
+    repeated = _pixels(video, np.r_[indices[9, :15], [56] * 15][None], SIZE)
+    with torch.no_grad():
+        want, other = net(last.transpose(1, 2)), net(repeated.transpose(1, 2))
+    for array in ("video_embedding", "mixed_5c"):
+        stored = padded.read("lowfps_6fps", array)[9].astype(np.float32)
+        expected = want[array][0].numpy()
+        np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+        assert np.linalg.norm(stored - expected) < np.linalg.norm(stored - other[array][0].numpy()) / 4
+    refused = run_cli("extract", video, "--store", tmp_path / "s2", "--model", "ff-tiny-vit", "--pretrained", "none",
+                      "--last-window", "zeros", "--no-progress")
+    assert refused.exit_code == 2 and "are for window backbones" in refused.output
+
+
 def test_torchvision_s3d_overlapping_windows(tmp_path, run_cli, sample_videos):
     torch.manual_seed(4)
     net = _lively(build_s3d_network("s3d")).eval()

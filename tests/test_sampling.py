@@ -7,7 +7,7 @@ import pytest
 
 from freezeframe.errors import InputError
 from freezeframe.extract.decode import DecordReader, PyAVReader
-from freezeframe.extract.sampling import SamplingConfig, sample_indices
+from freezeframe.extract.sampling import ZERO_FRAME, SamplingConfig, sample_indices
 
 
 def _num(n_frames: int, n: int) -> np.ndarray:
@@ -175,12 +175,10 @@ def test_clips_of_a_short_video_are_clamped():
     np.testing.assert_array_equal(idx, [0] * 6)
 
 
-def test_rows_per_view_and_describe():
+def test_describe():
     config = SamplingConfig("clips", clips=2, frames_per_clip=16, stride=4)
-    assert config.rows_per_view == 16
     assert config.describe() == {"strategy": "clips", "clips": 2, "frames_per_clip": 16, "stride": 4}
     assert SamplingConfig("fps", fps=2.0).describe() == {"strategy": "fps", "fps": 2.0}
-    assert SamplingConfig("num_frames", num_frames=4).rows_per_view is None
 
 
 # --- windows (S3D backbones) ---------------------------------------------------------------
@@ -214,10 +212,30 @@ def test_a_video_shorter_than_a_window_gives_one_padded_window():
     np.testing.assert_array_equal(rows, [list(range(20)) + [19] * 10])
 
 
+def test_zeros_keeps_the_last_partial_window_padded_with_zero_frames():
+    # 9.5 s at 6 fps resampled at 30: 285 frames, 9 whole seconds and a half one of 15 frames + 15 zero frames
+    rows = _windows_of(57, 6.0, fps=30.0, window_frames=30, window_stride=30, last_window="zeros")
+    np.testing.assert_array_equal(rows[:9], _windows_of(57, 6.0, fps=30.0, window_frames=30, window_stride=30))
+    np.testing.assert_array_equal(rows[9], [*np.repeat([54, 55, 56], 5), *[ZERO_FRAME] * 15])
+    # a whole number of windows gains nothing; a short video is one window of its frames and zeros
+    whole = _windows_of(60, 30.0, fps=30.0, window_frames=30, window_stride=30, last_window="zeros")
+    np.testing.assert_array_equal(whole, np.arange(60).reshape(2, 30))
+    short = _windows_of(20, 30.0, fps=30.0, window_frames=30, window_stride=30, last_window="zeros")
+    np.testing.assert_array_equal(short, [list(range(20)) + [ZERO_FRAME] * 10])
+    # overlapping windows go on until one reaches the last frame: starts 0, 8, ..., 88 for 100 frames of 16
+    overlap = _windows_of(100, 10.0, fps=10.0, window_frames=16, window_stride=8, last_window="zeros")
+    np.testing.assert_array_equal(overlap[:, 0], np.arange(0, 89, 8))
+    assert overlap[-1, 11] == 99 and (overlap[-1, 12:] == ZERO_FRAME).all() and (overlap[:-1] >= 0).all()
+    config = SamplingConfig("windows", last_window="zeros")
+    assert config.describe()["last_window"] == "zeros" and "last_window" not in SamplingConfig("windows").describe()
+    with pytest.raises(InputError, match="--last-window"):
+        SamplingConfig("windows", last_window="edge")
+
+
 def test_windows_describe_and_frames_per_row():
     config = SamplingConfig("windows", fps=30.0, window_frames=16, window_stride=8)
     assert config.describe() == {"strategy": "windows", "fps": 30.0, "window_frames": 16, "window_stride": 8}
-    assert config.frames_per_row == 16 and config.rows_per_view is None
+    assert config.frames_per_row == 16
     assert SamplingConfig("num_frames").frames_per_row == 1
 
 

@@ -25,6 +25,14 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
 @click.option("--window-frames", type=int, default=None,
               help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
 @click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
+@click.option("--last-window", type=click.Choice(["whole", "zeros"]), default=None,
+              help="Window backbones: whole windows only, or also the last partial one padded with black frames "
+                   "(zeros: MMPT's S3D-G extraction for VideoCLIP) [default: whole].")
+@click.option("--views", type=int, default=0, show_default=True,
+              help="Augmented views stored per frame beside the plain one (frame backbones, exact preprocessing).")
+@click.option("--augment", default="evl", show_default=True,
+              help="How --views are made: evl (EVL's RandAugment and RandomResizedCrop, flip 0.5) or key=value "
+                   "changes, e.g. randaugment=rand-m9-n2,flip=0,scale=0.2:1,ratio=0.75:1.33,seed=3.")
 @click.option("--decoder", type=click.Choice(["auto", "pyav", "torchcodec", "decord"]), default="auto",
               show_default=True, help="auto: PyAV with keyframe seeking; torchcodec and decord if installed.")
 @click.option("--seek", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
@@ -63,16 +71,16 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
               help="List what the extraction would do (videos to do and already committed, shards, arrays and "
                    "shapes) and exit: builds the backbone (loads its weights) but decodes and writes nothing.")
 def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_clip, stride, window_frames,
-            window_stride, decoder, seek, max_pixels, decode_timeout, decode_device, preprocess, batch_size, workers,
-            shard_size, device, store_format, compression, claim_lease, no_progress, engine, address,
-            gpus_per_worker, ray_workers, dry_run, **backbone_flags) -> None:
+            window_stride, last_window, views, augment, decoder, seek, max_pixels, decode_timeout, decode_device,
+            preprocess, batch_size, workers, shard_size, device, store_format, compression, claim_lease, no_progress,
+            engine, address, gpus_per_worker, ray_workers, dry_run, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
-    from freezeframe.extract import ExtractConfig, collect_sources
+    from freezeframe.extract import AugmentConfig, ExtractConfig, collect_sources
     from freezeframe.extract.backbones import config_from_options
     from freezeframe.extract.runner import default_workers
 
     sampling = _sampling(get_entry(backbone), num_frames, fps, clips, frames_per_clip, stride, window_frames,
-                         window_stride)
+                         window_stride, last_window)
     backbone_config = config_from_options(backbone, given_backbone_options(backbone_flags))
     refuse_ignored_options(backbone_config)
     if batch_size is None:
@@ -81,7 +89,8 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
                            batch_size=batch_size, workers=default_workers() if workers is None else workers,
                            shard_size=shard_size, device=device, format=store_format, compression=compression,
                            progress=not no_progress, claim_lease=claim_lease, seek=seek, max_pixels=max_pixels,
-                           decode_timeout=decode_timeout, decode_device=decode_device)
+                           decode_timeout=decode_timeout, decode_device=decode_device,
+                           augment=AugmentConfig.parse(views, augment))
     ray_flags = [flag for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker),
                                           ("--ray-workers", ray_workers)) if value is not None]
     if engine != "ray" and ray_flags:
@@ -168,6 +177,7 @@ def refuse_ignored_options(backbone_config) -> None:
         "layers": ("--layers chooses the token maps of --features tokens", "tokens" in features),
         "frames_per_clip": ("--frames-per-clip is for --clips sampling", option_given("clips")),
         "stride": ("--stride is for --clips sampling", option_given("clips")),
+        "augment": ("--augment says how --views are made", option_given("views")),
     })
 
 
@@ -219,7 +229,7 @@ def _interrupted(sources, store: str, name: str) -> None:
     sys.exit(130)
 
 
-def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride):
+def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride, last_window):
     """The sampling the flags choose: windows for window backbones (their registry defaults), else one of count,
     rate or clips."""
     from freezeframe.extract import SamplingConfig
@@ -231,10 +241,11 @@ def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_fra
         frames = entry.windows.frames if window_frames is None else window_frames
         stride = (entry.windows.stride if window_frames is None else frames) if window_stride is None else window_stride
         return SamplingConfig("windows", fps=entry.windows.fps if fps is None else fps, window_frames=frames,
-                              window_stride=stride)
-    if window_frames is not None or window_stride is not None:
+                              window_stride=stride, last_window=last_window or "whole")
+    if window_frames is not None or window_stride is not None or last_window is not None:
         windowed = ", ".join(name for name in backbone_names() if get_entry(name).windows)
-        raise click.UsageError(f"--window-frames and --window-stride are for window backbones (--backbone {windowed}).")
+        raise click.UsageError("--window-frames, --window-stride and --last-window are for window backbones "
+                               f"(--backbone {windowed}).")
     chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
               if value is not None]
     if len(chosen) > 1:

@@ -30,8 +30,8 @@ def _classification_data(frames: tuple[str, str]) -> list[Callable]:
                                                      f"dense-random:T:STRIDE or clips-random:N:T:CONSENSUS [default: "
                                                      f"{frames[0]}]."),
         click.option("--eval-frames", default=None, help="Evaluation frames: all, uniform:T, dense:T:STRIDE, "
-                                                          f"clips:N:T:CONSENSUS or views [default: {frames[1]}; views "
-                                                          "for a --clips set]."),
+                                                          f"clips:N:T:CONSENSUS or stored-clips [default: {frames[1]}; "
+                                                          "stored-clips for a --clips set]."),
         click.option("--preload/--no-preload", default=None,
                      help="Read the head's arrays into memory once [default: when they fit in 2 GiB]."),
     ]
@@ -173,7 +173,7 @@ def train() -> None:
               help="Captions JSONL/CSV (videoclip runs): whole videos, each video's first caption as its pair.")
 @click.option("--text-set", default=None, help="Text feature set of --captions [default: the run's].")
 @click.option("--store", default=None, help="Store to read [default: the run's training store].")
-@click.option("--frames", default=None, help="Override the run's evaluation frames (uniform:T, views, all).")
+@click.option("--frames", default=None, help="Override the run's evaluation frames (uniform:T, stored-clips, all).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True,

@@ -11,9 +11,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from freezeframe.extract.augment import AugmentConfig, with_views
 from freezeframe.extract.decode import DecodeOptions, VideoReadError, iter_chunks, open_video
 from freezeframe.extract.preprocess import ExactPreprocessor, PreprocessConfig, one_torch_thread
-from freezeframe.extract.sampling import SamplingConfig, sample_indices, snap_to_keyframes
+from freezeframe.extract.sampling import ZERO_FRAME, SamplingConfig, sample_indices, snap_to_keyframes
 from freezeframe.extract.sources import VideoSource
 from freezeframe.extract.timelimit import time_limit
 from freezeframe.faults import fault_point
@@ -26,7 +27,8 @@ class Chunk:
 
     shard: int
     video_id: str
-    frames: torch.Tensor  # exact: float (n, 3, S, S); fast: uint8 (n, h, w, 3), short side S; windows: (n, T, ...)
+    frames: torch.Tensor  # exact: float (n, 3, S, S), with views (n, 1 + V, 3, S, S); fast: uint8 (n, h, w, 3),
+    # short side S; windows: (n, T, ...) of those
     frame_indices: np.ndarray  # (n,), or (n, T) for windows
     timestamps: np.ndarray  # (n,) seconds; a window's is that of its first frame
     last: bool
@@ -67,6 +69,7 @@ class DecodeSpec:
     max_chunk_bytes: int = 64 * 1024 * 1024
     seek: str = "exact"  # "keyframe": each sampled frame snapped to its nearest keyframe
     options: DecodeOptions = DecodeOptions()
+    augment: AugmentConfig = AugmentConfig()  # augmented views made beside the exact preprocessing
 
 
 class ChunkStream:
@@ -103,6 +106,7 @@ class ChunkStream:
 
     def video_items(self, shard: int, source: VideoSource, preprocess) -> Iterator[Item]:
         """The chunks of one video, or its failure."""
+        preprocess = with_views(preprocess, self.spec.preprocess, self.spec.augment, source.video_id)
         try:
             with self._limit():
                 fault_point("decode")
@@ -129,13 +133,17 @@ class ChunkStream:
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
                     "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
             per_row = self.spec.sampling.frames_per_row
-            chunks = iter_chunks(reader, indices, self.spec.max_chunk_bytes, per_row)
+            # a zero frame (padding of the last window) decodes as the last real frame, then is blacked out
+            decoded = np.where(indices == ZERO_FRAME, indices.max(), indices)
+            chunks = iter_chunks(reader, decoded, self.spec.max_chunk_bytes, per_row)
             while True:
                 # decode and preprocess the next chunk; one torch thread: measured, 2 threads cost 10x the CPU
                 with one_torch_thread(), self._limit():
                     if (item := next(chunks, None)) is None:
                         break
                     frames, chunk = item
+                    chunk = indices[done:done + len(chunk)]
+                    frames[chunk == ZERO_FRAME] = 0
                     pixels = preprocess(frames) if preprocess is not None else torch.from_numpy(frames)
                 done += len(chunk)
                 last = done == len(indices)

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from freezeframe.errors import InputError, StoreError
+from freezeframe.extract.augment import AugmentConfig, check_views, view_batching
 from freezeframe.extract.backbones.base import Backbone
 from freezeframe.extract.batching import FrameBatcher
 from freezeframe.extract.decode import DECODERS, DEFAULT_MAX_PIXELS, DecodeOptions, check_decode_device
@@ -28,6 +29,7 @@ from freezeframe.store import provenance as prov
 from freezeframe.store.claims import DEFAULT_LEASE, Claims, claiming, forget_committed_claims
 from freezeframe.store.files import read_jsonl
 from freezeframe.store.writer import FeatureSetWriter
+from freezeframe.views import view_array
 
 
 def default_workers() -> int:
@@ -56,6 +58,7 @@ class ExtractConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger frames fail before decoding
     decode_timeout: float = 300.0  # seconds decoding may deliver nothing before its video fails (0: never)
     decode_device: str = "cpu"  # "cuda"/"cuda:N": NVDEC through torchcodec, frames resized on the GPU (fast mode)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # augmented views per frame (none by default)
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -70,6 +73,7 @@ class ExtractConfig:
         if self.seek == "keyframe" and self.sampling.strategy not in ("num_frames", "fps"):
             raise InputError("--seek keyframe snaps sparse samples (--num-frames, --fps); clips and windows need "
                              "consecutive frames: use --seek exact.")
+        check_views(self.augment, self.sampling.strategy, self.preprocess)
         if self.max_pixels < 1:
             raise InputError("--max-pixels must be at least 1.")
         if self.decode_timeout < 0:
@@ -126,7 +130,8 @@ def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
         **backbone.provenance(),
         "preprocess": preprocess.describe(),
         "sampling": sampling_provenance(config),
-        "frames_per_view": config.sampling.rows_per_view,
+        # recorded only with views, so sets written before --views existed still take appends
+        **({"augment": config.augment.describe()} if config.augment.views else {}),
     }
     return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "av", "torchcodec", "decord")
 
@@ -282,10 +287,10 @@ def check_store(store: str, name: str | None = None, config: ExtractConfig | Non
     if name is None or config is None or not (path / name / PROVENANCE_FILE).is_file():
         return
     stored = read_json(path / name / PROVENANCE_FILE)
-    ours = {"sampling": sampling_provenance(config),
-            "frames_per_view": config.sampling.rows_per_view, "preprocess": {"mode": config.preprocess}}
-    theirs = {"sampling": stored.get("sampling"), "frames_per_view": stored.get("frames_per_view"),
-              "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")}}
+    ours = {"sampling": sampling_provenance(config), "preprocess": {"mode": config.preprocess},
+            "augment": config.augment.describe() if config.augment.views else None}
+    theirs = {"sampling": stored.get("sampling"), "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")},
+              "augment": stored.get("augment")}
     diffs = prov.differences(theirs, ours)
     if diffs:
         raise StoreError(
@@ -340,7 +345,8 @@ def _array_shapes(backbone: Backbone, config: ExtractConfig) -> dict[str, dict]:
     blank = torch.zeros((1, *window, 3, height, width), device=backbone.device)
     with torch.no_grad():
         outputs = backbone(blank)
-    arrays = {key: {"shape": list(value.shape[1:]), "dtype": "float16"} for key, value in outputs.items()}
+    arrays = {view_array(v, key): {"shape": list(value.shape[1:]), "dtype": "float16"}
+              for key, value in outputs.items() for v in range(config.augment.views + 1)}
     arrays["timestamps"] = {"shape": [], "dtype": "float64"}
     arrays["frame_indices"] = {"shape": [config.sampling.frames_per_row] if backbone.takes_windows else [],
                                "dtype": "int64"}
@@ -403,7 +409,8 @@ def decode_spec(config: ExtractConfig, preprocess: PreprocessConfig) -> DecodeSp
     fast = {"short_side": preprocess.size[0], "interpolation": preprocess.interpolation} if \
         config.preprocess == "fast" else {}
     options = DecodeOptions(max_pixels=config.max_pixels, device=config.decode_device, **fast)
-    return DecodeSpec(config.sampling, preprocess, config.decoder, config.max_chunk_bytes, config.seek, options)
+    return DecodeSpec(config.sampling, preprocess, config.decoder, config.max_chunk_bytes, config.seek, options,
+                      config.augment)
 
 
 def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, config: ExtractConfig,
@@ -417,7 +424,7 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
     loader = DecodePool(shards, spec, claims, workers, config.decode_timeout) if workers else \
         ChunkStream(shards, spec, claims, config.decode_timeout)
     device = backbone.device
-    batcher = FrameBatcher(config.batch_size, backbone)
+    batcher = FrameBatcher(*view_batching(config.batch_size, backbone, config.augment))
     sink = _ShardSink(writer, claims)
     sink.start()
     bar = tqdm(total=len(todo), unit="video", disable=not config.progress, dynamic_ncols=True, smoothing=0.1)

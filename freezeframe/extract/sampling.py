@@ -13,15 +13,19 @@ from freezeframe.frames import segment_middles
 
 Strategy = Literal["num_frames", "fps", "clips", "windows"]
 STRATEGIES = get_args(Strategy)
+LAST_WINDOWS = ("whole", "zeros")
+ZERO_FRAME = -1  # a frame index that stands for a black (all-zero) frame: the padding of `last_window="zeros"`
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """`num_frames`: N segment middles. `fps`: one frame per 1/fps s of real time.
-    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style views).
+    `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style multi-clip testing).
     `windows`: the video resampled at `fps` (as `fps` does), cut into windows of `window_frames` frames that start
     every `window_stride` frames; each window is one row (VideoCLIP: 30 frames every 30 at 30 fps = one per second).
-    Only whole windows are kept, except that a video shorter than one window gives one, padded with its last frame."""
+    `last_window="whole"` keeps whole windows only, except that a video shorter than one window gives one, padded
+    with its last frame; `"zeros"` goes on until a window reaches the last frame and pads that window with black
+    frames (index -1), as fairseq MMPT's S3D-G extractor pads a video's last partial second for VideoCLIP."""
 
     strategy: Strategy = "num_frames"
     num_frames: int = 8
@@ -31,6 +35,7 @@ class SamplingConfig:
     stride: int = 1
     window_frames: int = 30
     window_stride: int = 30
+    last_window: str = "whole"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -40,18 +45,17 @@ class SamplingConfig:
                 raise InputError(f"--{key.replace('_', '-')} must be at least 1.")
         if not self.fps > 0:
             raise InputError("--fps must be positive.")
+        if self.last_window not in LAST_WINDOWS:
+            raise InputError(f"unknown --last-window {self.last_window!r}; choose {' or '.join(LAST_WINDOWS)}.")
 
     def describe(self) -> dict:
         """The parameters that matter for this strategy (recorded in provenance)."""
         keys = {"num_frames": ("num_frames",), "fps": ("fps",), "clips": ("clips", "frames_per_clip", "stride"),
                 "windows": ("fps", "window_frames", "window_stride")}
         full = asdict(self)
-        return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}}
-
-    @property
-    def rows_per_view(self) -> int | None:
-        """Frames per clip when the rows of a video are clip-major views, else None."""
-        return self.frames_per_clip if self.strategy == "clips" else None
+        # a zero-padded last window is recorded by its presence, so sets written before it existed take appends
+        padded = {"last_window": self.last_window} if self.strategy == "windows" and self.last_window != "whole" else {}
+        return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}, **padded}
 
     @property
     def frames_per_row(self) -> int:
@@ -70,7 +74,7 @@ def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray
         return _by_rate(np.asarray(timestamps, dtype=np.float64), config.fps)
     if config.strategy == "windows":
         return _windows(_by_rate(np.asarray(timestamps, dtype=np.float64), config.fps), config.window_frames,
-                        config.window_stride)
+                        config.window_stride, config.last_window)
     return _clips(n, config.clips, config.frames_per_clip, config.stride)
 
 
@@ -87,8 +91,14 @@ def _by_rate(ts: np.ndarray, fps: float) -> np.ndarray:
     return np.clip(np.searchsorted(ts, times + eps, side="right") - 1, 0, len(ts) - 1).astype(np.int64)
 
 
-def _windows(stream: np.ndarray, frames: int, stride: int) -> np.ndarray:
-    """Flattened (windows * frames) indices of whole windows of `stream`; a short stream pads one window."""
+def _windows(stream: np.ndarray, frames: int, stride: int, last: str = "whole") -> np.ndarray:
+    """Flattened (windows * frames) indices of whole windows of `stream`; a short stream pads one window. With
+    `last="zeros"`, windows go on until one reaches the end, its positions past the end `ZERO_FRAME`."""
+    if last == "zeros":
+        count = 1 + -(-max(0, len(stream) - frames) // stride)
+        positions = np.arange(count)[:, None] * stride + np.arange(frames)[None, :]
+        inside = positions < len(stream)
+        return np.where(inside, stream[np.minimum(positions, len(stream) - 1)], ZERO_FRAME).reshape(-1)
     if len(stream) < frames:
         return np.concatenate([stream, np.full(frames - len(stream), stream[-1], dtype=stream.dtype)])
     starts = np.arange(0, len(stream) - frames + 1, stride)

@@ -47,8 +47,12 @@ def stamp(provenance: dict, *packages: str) -> dict:
             "software": software_versions(*packages), "platform": sys.platform}
 
 
+# Keys older sets recorded that repeat another one: `frames_per_view` is `sampling.frames_per_clip`.
+REDUNDANT_KEYS = ("frames_per_view",)
+
+
 def identity(provenance: dict) -> dict:
-    return {k: v for k, v in provenance.items() if k not in VOLATILE_KEYS and k != "platform"}
+    return {k: v for k, v in provenance.items() if k not in (*VOLATILE_KEYS, *REDUNDANT_KEYS, "platform")}
 
 
 def differences(stored: dict, new: dict, prefix: str = "") -> list[str]:

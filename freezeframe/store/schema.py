@@ -46,6 +46,10 @@ def row_axis(provenance: dict) -> str:
 
 def describe_array(name: str, shape: tuple[int, ...], rows: str | None = "frame") -> tuple[tuple[str, ...], str]:
     """(dimension names, description) of an array of `shape` (rows first, unless `rows` is None)."""
+    view = re.fullmatch(r"views/(\d+)/(.+)", name)  # extract --views: augmented view v of a plain array
+    if view:
+        dims, text = describe_array(view.group(2), shape, rows)
+        return dims, f"augmented view {view.group(1)}: {text}" if text else ""
     for pattern, dims, text in ARRAYS:
         match = re.fullmatch(pattern, name)
         if match and rows is not None and len(dims) == len(shape) - 1:

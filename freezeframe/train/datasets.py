@@ -1,11 +1,13 @@
-"""Torch datasets over a feature set: labelled videos, chosen arrays, chosen frames per item.
+"""Torch datasets over a feature set: labelled videos, chosen arrays, chosen frames per item, and which view.
 
 The store is opened lazily in each DataLoader worker, so a dataset pickles cheaply and many
 workers read at once. Frame selection happens here, not in the head:
 `all`, `uniform:T`, `sparse-random:T` (fresh random frames each epoch, ClipBERT-style), and
-`views` (every stored clip of a `--clips` extraction, for multi-view evaluation), `dense-random:T:STRIDE`
+`stored-clips` (every stored clip of a `--clips` extraction, for multi-clip evaluation), `dense-random:T:STRIDE`
 (EVL's random dense clip; `dense:T:STRIDE` centred) and `clips-random:N:T:CONSENSUS` (ClipBERT's N short
 clips; `clips:N:T:CONSENSUS` centred in their segments; see train.consensus).
+On a set extracted with `--views V`, a training dataset (`augmented=True`) reads one of the V augmented
+views of each video per epoch, a different one each epoch; otherwise the plain view.
 
 Where `freezeframe export-memmap` left an up-to-date `memmap/` export (built from exactly the
 committed shards the worker sees, holding every array read here), each worker reads its memory
@@ -14,6 +16,7 @@ maps instead of the shards; otherwise it reads the shards. Both give identical i
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,19 +29,38 @@ from freezeframe.errors import InputError, StoreError
 from freezeframe.frames import segment_middles
 from freezeframe.store.feature_set import block_source
 from freezeframe.store.store import Store
+from freezeframe.views import augmented_views, view_array
 
-FRAME_MODES = ("all", "uniform", "sparse-random", "views", "dense", "dense-random", "clips", "clips-random")
+FRAME_MODES = ("all", "uniform", "sparse-random", "stored-clips", "dense", "dense-random", "clips", "clips-random")
+WHOLE_MODES = ("all", "stored-clips")  # every stored row
 RANDOM_MODES = ("sparse-random", "dense-random", "clips-random")  # redrawn each epoch
 DENSE_MODES = ("dense", "dense-random")
 CLIP_MODES = ("clips", "clips-random")
 CONSENSUS = ("mean", "lse", "max")
+VIEW_STREAM = 7  # seeds each video's order of augmented views apart from its frame draws
+
+
+def stored_clip_length(provenance: dict) -> int | None:
+    """Frames per clip of a set extracted with `--clips` (its rows are clip-major), else None."""
+    sampling = provenance.get("sampling") or {}
+    return sampling.get("frames_per_clip") if sampling.get("strategy") == "clips" else None
+
+
+def read_sources(arrays: Sequence[str], stored: dict, provenance: dict, augmented: bool) -> dict[str, list[str]]:
+    """array -> the stored arrays a dataset reads for it: [plain], or with `augmented` on a set with V views one per
+    augmented view 1..V (`views/<v>/...`; `timestamps` and `frame_indices` have no copies: the plain one V times)."""
+    views = range(1, augmented_views(provenance) + 1) if augmented else ()
+
+    def per_view(source: str) -> list[str]:
+        return [view_array(v, source) if view_array(v, source) in stored else source for v in views] or [source]
+    return {a: per_view(block_source(a, stored)) for a in arrays}
 
 
 @dataclass(frozen=True)
 class FrameSelection:
     """Which rows of a video an item carries.
 
-    `num_frames` applies to all but `all` and `views`; `stride` (rows between frames) to the dense and clips
+    `num_frames` applies to all but `all` and `stored-clips`; `stride` (rows between frames) to the dense and clips
     modes; `num_clips` and `consensus` (how per-clip logits combine) to the clips modes. Each `-random` mode
     draws afresh every epoch; its plain twin (`dense`, `clips`) takes the centred rows, for evaluation.
     """
@@ -59,11 +81,16 @@ class FrameSelection:
 
     @classmethod
     def parse(cls, text: str) -> "FrameSelection":
-        """`all`, `views`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`), `dense[-random]:T:STRIDE`
-        (T frames STRIDE rows apart from a random start, or centred), `clips[-random]:N:T[:mean|lse|max]`
+        """`all`, `stored-clips`, `uniform:8`, `sparse-random:8` (a bare number means `uniform:N`),
+        `dense[-random]:T:STRIDE` (T frames STRIDE rows apart from a random start, or centred), `clips[-random]:N:T[:mean|lse|max]`
         (ClipBERT: N clips of T consecutive rows, one in each of N equal segments, logits combined by the
-        consensus)."""
+        consensus). `views`, the old name of `stored-clips`, is read as it with a warning."""
         mode, *values = text.split(":")
+        if mode == "views":
+            warnings.warn("frame selection 'views' is now called 'stored-clips' (every stored clip of a --clips "
+                          "extraction); 'view' now means an augmented view (extract --views).", FutureWarning,
+                          stacklevel=2)
+            mode = "stored-clips"
         try:
             if mode.isdigit():
                 return cls("uniform", int(mode))
@@ -82,7 +109,7 @@ class FrameSelection:
             return f"{self.mode}:{self.num_frames}:{self.stride}"
         if self.mode in CLIP_MODES:
             return f"{self.mode}:{self.num_clips}:{self.num_frames}:{self.consensus}"
-        return self.mode if self.mode in ("all", "views") else f"{self.mode}:{self.num_frames}"
+        return self.mode if self.mode in WHOLE_MODES else f"{self.mode}:{self.num_frames}"
 
     @property
     def random(self) -> bool:
@@ -90,7 +117,7 @@ class FrameSelection:
 
     def rows(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Row indices into a video of `n` stored frames (segments when `n` < `num_frames` repeat rows)."""
-        if self.mode in ("all", "views"):
+        if self.mode in WHOLE_MODES:
             return np.arange(n)
         t = self.num_frames
         rng = rng if self.random else None
@@ -120,8 +147,10 @@ class FrameSelection:
 class FeatureDataset(Dataset):
     """Items are `{"inputs": {array: tensor (frames, ...)}, "label": int, "index": int}`.
 
-    With `views`, each input has shape (views, frames_per_view, ...). `preload=True` reads every
-    requested array into memory once (worth it for small arrays such as `embed`).
+    With `stored-clips`, each input has shape (clips, frames_per_clip, ...). `preload=True` reads every
+    requested array into memory once (worth it for small arrays such as `embed`). `augmented=True`
+    (training) reads, on a set extracted with `--views V`, augmented view 1 + (o + epoch) % V of each video,
+    o drawn once per video from the seed: every view in turn, a different one each epoch.
     """
 
     def __init__(
@@ -134,6 +163,7 @@ class FeatureDataset(Dataset):
         labels: Sequence[int] | None = None,
         preload: bool = False,
         seed: int = 0,
+        augmented: bool = False,
     ) -> None:
         self.store_path = str(store_path)
         self.feature_set = feature_set
@@ -153,20 +183,21 @@ class FeatureDataset(Dataset):
                 f"{len(missing_ids)} video ids are not committed in feature set {feature_set!r} "
                 f"(e.g. {', '.join(map(repr, missing_ids[:3]))})."
             )
-        self._sources = {a: block_source(a, stored) for a in self.arrays}
-        missing = [a for a, src in self._sources.items() if src not in stored]
+        self._sources = read_sources(self.arrays, stored, fs.provenance, augmented)  # array -> one source per view
+        missing = [a for a, sources in self._sources.items() if any(src not in stored for src in sources)]
         if missing:
             raise InputError(
                 f"feature set {feature_set!r} has no array {missing[0]!r}; it has: {', '.join(stored)}."
             )
-        self.frames_per_view = fs.provenance.get("frames_per_view")
-        if selection.mode == "views" and not self.frames_per_view:
-            raise InputError(f"feature set {feature_set!r} was not extracted with --clips, so it has no views.")
-        self.row_shapes = {a: tuple(stored[src]["shape"]) for a, src in self._sources.items()}
+        self.clip_length = stored_clip_length(fs.provenance)
+        if selection.mode == "stored-clips" and not self.clip_length:
+            raise InputError(f"feature set {feature_set!r} was not extracted with --clips, so it has no stored clips.")
+        self.views = augmented_views(fs.provenance) if augmented else 0  # augmented views read in turn
+        self.row_shapes = {a: tuple(stored[sources[0]]["shape"]) for a, sources in self._sources.items()}
         self.lengths = {v: fs.locate(v).n_rows for v in self.video_ids}
         self._cache: dict[tuple[str, str], np.ndarray] | None = None
         if preload:
-            self._cache = {(v, src): fs.read(v, src) for v in self.video_ids for src in set(self._sources.values())}
+            self._cache = {(v, src): fs.read(v, src) for v in self.video_ids for src in self.stored_arrays}
         self._fs = None  # reopened lazily, once per worker process
         self._memmap = None
 
@@ -185,9 +216,21 @@ class FeatureDataset(Dataset):
         if self._memmap is None:
             from freezeframe.store.memmap import open_memmap_export
 
-            export = open_memmap_export(fs, set(self._sources.values()))
+            export = open_memmap_export(fs, self.stored_arrays)
             self._memmap = export if export is not None else False
         return self._memmap or None
+
+    @property
+    def stored_arrays(self) -> list[str]:
+        """Every stored array this dataset may read (each augmented view's, in training on a set with views)."""
+        return list(dict.fromkeys(src for sources in self._sources.values() for src in sources))
+
+    def view(self, index: int) -> int:
+        """The view item `index` reads this epoch: 0 (plain), or augmented view 1..V, each in turn."""
+        if not self.views:
+            return 0
+        offset = int(np.random.default_rng((self.seed, index, VIEW_STREAM)).integers(self.views))
+        return 1 + (offset + self.epoch) % self.views
 
     @property
     def uses_memmap(self) -> bool:
@@ -198,7 +241,8 @@ class FeatureDataset(Dataset):
         return {**self.__dict__, "_fs": None, "_memmap": None}
 
     def set_epoch(self, epoch: int) -> None:
-        """Re-draws `sparse-random` frames: items depend only on (seed, epoch, index), also after resume."""
+        """Re-draws random frames and turns augmented views: items depend only on (seed, epoch, index), also after
+        resume."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -217,15 +261,17 @@ class FeatureDataset(Dataset):
         video_id = self.video_ids[index]
         n = self.lengths[video_id]
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.selection.random else None
-        rows = None if self.selection.mode in ("all", "views") else self.selection.rows(n, rng)
+        rows = None if self.selection.mode in WHOLE_MODES else self.selection.rows(n, rng)
+        view = self.view(index)
         cache: dict[str, np.ndarray] = {}
         inputs = {}
-        for array, source in self._sources.items():
+        for array, sources in self._sources.items():
+            source = sources[max(0, view - 1)]  # sources hold views 1..V, or the plain view alone
             if source not in cache:
                 cache[source] = self._read(video_id, source, rows)
             value = torch.from_numpy(np.ascontiguousarray(cache[source]))
-            if self.selection.mode == "views":
-                value = value.reshape(-1, self.frames_per_view, *value.shape[1:])
+            if self.selection.mode == "stored-clips":
+                value = value.reshape(-1, self.clip_length, *value.shape[1:])
             elif self.selection.mode in CLIP_MODES:  # (clips, frames, ...): train.consensus scores each clip
                 value = value.reshape(self.selection.num_clips, -1, *value.shape[1:])
             inputs[array] = value

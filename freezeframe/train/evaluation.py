@@ -1,4 +1,4 @@
-"""Predictions and top-k accuracy of a head over a dataset, averaging over stored views."""
+"""Predictions and top-k accuracy of a head over a dataset, averaging over stored clips."""
 
 from __future__ import annotations
 
@@ -17,18 +17,18 @@ def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str
 @torch.no_grad()
 def predict(head: nn.Module, dataset: FeatureDataset, batch_size: int = 32, device: str | torch.device = "cpu",
             workers: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities (videos, classes), averaged over views when the dataset yields views."""
+    """Class probabilities (videos, classes), averaged over clips when the dataset yields stored clips."""
     device = torch.device(device)
     head.eval().to(device)
-    views = dataset.selection.mode == "views"
+    clips = dataset.selection.mode == "stored-clips"
     size = 1 if dataset.selection.mode == "all" else batch_size
     probs, labels = [], []
     for batch in DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=workers):
         inputs = to_device(batch["inputs"], device)
-        if views:
-            b, v = next(iter(inputs.values())).shape[:2]
+        if clips:
+            b, c = next(iter(inputs.values())).shape[:2]
             inputs = {k: x.flatten(0, 1) for k, x in inputs.items()}
-            probs.append(F.softmax(head(inputs).float(), dim=-1).view(b, v, -1).mean(1).cpu())
+            probs.append(F.softmax(head(inputs).float(), dim=-1).view(b, c, -1).mean(1).cpu())
         else:
             probs.append(F.softmax(head(inputs).float(), dim=-1).cpu())
         if "label" in batch:

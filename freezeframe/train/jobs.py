@@ -15,14 +15,14 @@ import torch.nn as nn
 from freezeframe.devices import resolve_device
 from freezeframe.errors import InputError, StoreError
 from freezeframe.heads.registry import HeadEntry, Solution, get_head, head_config
-from freezeframe.store.feature_set import FeatureSet, block_source
+from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.provenance import differences
 from freezeframe.store.store import open_feature_set
 from freezeframe.train.checkpoints import BEST, save_weights
 from freezeframe.train.classification import Classification
 from freezeframe.train.consensus import attach_consensus
 from freezeframe.train.curves import plot_confusion, plot_curves
-from freezeframe.train.datasets import FeatureDataset, FrameSelection
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, read_sources, stored_clip_length
 from freezeframe.train.evaluation import predict, scores
 from freezeframe.train.loop import TrainConfig, fit, seed_everything, write_metrics
 from freezeframe.train.run import RunInfo, load_head, new_run, prepare_run_dir
@@ -30,16 +30,19 @@ from freezeframe.userfiles import read_labels
 
 # What a run records of its feature set's provenance, and what `eval` requires to match: the numbers of
 # another model, weights, preprocessing or frame sampling are not the features the head was trained on.
-MATCHED_PROVENANCE = ("backbone", "preprocess", "sampling", "compute_dtype", "frames_per_view")
+# (Not `augment`: the plain view of a set with augmented views is the frame of a set without.)
+MATCHED_PROVENANCE = ("backbone", "preprocess", "sampling", "compute_dtype")
 
 
 PRELOAD_LIMIT = 2 * 1024**3
 
 
-def preload_bytes(fs, video_ids: list[str], arrays: list[str]) -> int:
-    """Bytes that preloading `arrays` of these videos takes (each stored array is cached once)."""
+def preload_bytes(fs, video_ids: list[str], arrays: list[str], augmented: bool = False) -> int:
+    """Bytes that preloading `arrays` of these videos takes (each stored array is cached once; in training on a set
+    with augmented views, every view's)."""
     stored = fs.arrays()
-    sources = {block_source(array, stored) for array in arrays} & set(stored)
+    sources = {s for per_view in read_sources(arrays, stored, fs.provenance, augmented).values() for s in per_view}
+    sources &= set(stored)
     row_bytes = sum(int(np.prod(stored[s]["shape"], dtype=np.int64)) * np.dtype(stored[s]["dtype"]).itemsize
                     for s in sources)
     return row_bytes * sum(fs.locate(v).n_rows for v in video_ids if v in fs)
@@ -55,7 +58,7 @@ def check_provenance(run_provenance: dict | None, fs: FeatureSet, allow_mismatch
     Raises a one-line `StoreError` naming them unless `allow_mismatch` (then returns them)."""
     if not run_provenance:
         return []
-    found = differences(run_provenance, matched_provenance(fs))
+    found = differences({key: run_provenance.get(key) for key in MATCHED_PROVENANCE}, matched_provenance(fs))
     if found and not allow_mismatch:
         keys = ", ".join(line.split(":")[0] for line in found)
         raise StoreError(f"feature set {fs.name!r} was not made like the run's training features (differs in: {keys}); "
@@ -78,18 +81,18 @@ def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[li
 
 
 def _frames_per_item(selection: FrameSelection, fs: FeatureSet) -> int:
-    if selection.mode == "views":
-        return fs.provenance["frames_per_view"]
+    if selection.mode == "stored-clips":
+        return stored_clip_length(fs.provenance)
     return selection.num_frames
 
 
 def _frames(entry: HeadEntry, fs: FeatureSet, train_frames: str | None, eval_frames: str | None) -> tuple[str, str]:
-    """Training and evaluation frames: the given ones, else the head's defaults (views for a --clips set)."""
+    """Training and evaluation frames: the given ones, else the head's defaults (stored-clips for a --clips set)."""
     train_frames = train_frames or entry.frames[0]
     if eval_frames is None and FrameSelection.parse(train_frames).mode == "clips-random":
         eval_frames = train_frames.replace("clips-random", "clips", 1)  # ClipBERT: the same clips, centred
-    if eval_frames is None and entry.frames[1] != "all" and fs.provenance.get("frames_per_view"):
-        eval_frames = "views"  # (a head that evaluates on `all` frames reads every view's frames anyway)
+    if eval_frames is None and entry.frames[1] != "all" and stored_clip_length(fs.provenance):
+        eval_frames = "stored-clips"  # (a head that evaluates on `all` frames reads every clip's frames anyway)
     return train_frames, eval_frames or entry.frames[1]
 
 
@@ -128,9 +131,10 @@ def train_run(
     seed_everything(config.seed)  # the head's initial weights, too, follow --seed (not the process's RNG state)
     head = attach_consensus(entry.build(head_cfg), train_sel)  # clips:N:T: per-clip logits combined
     arrays = head.required_arrays
+    augmented = entry.solve is None  # heads trained by steps read an augmented view per epoch where the set has them
     if preload is None:
-        preload = preload_bytes(fs, ids, arrays) <= PRELOAD_LIMIT
-    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed)
+        preload = preload_bytes(fs, ids, arrays, augmented) <= PRELOAD_LIMIT
+    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented)
     val_set = None
     if val_labels is not None:
         val_ids, val_y, _ = labelled_ids(val_labels, classes)
@@ -161,7 +165,7 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
              batch_size: int = 32, device: str = "auto", workers: int = 0, trust_checkpoint: bool = False,
              allow_provenance_mismatch: bool = False, predictions: str | Path | None = None,
              confusion: str | Path | None = None) -> dict:
-    """top-1/top-5 of a run's best checkpoint on a labelled set (views averaged).
+    """top-1/top-5 of a run's best checkpoint on a labelled set (stored clips averaged; the plain view).
 
     The feature set must have been made like the run's training features (`MATCHED_PROVENANCE`);
     `predictions` writes per-video scores (CSV, or JSON lines for a .jsonl name), `confusion` a PNG."""

@@ -5,8 +5,9 @@ L2-normalised pooled input features, O(n*k*d) per iteration, FAISS at scale) and
 one cluster, so its negatives are similar videos, i.e. hard ones.
 Clusters are visited in a nearest-centroid chain, so a batch that runs past the end of a cluster continues
 in the closest one. Videos x clips (`VideoClipBatches`) and their model-based neighbourhoods
-(`ModelNeighbourBatches`, re-embedded with the model being trained before every pass) are the published
-recipe's. All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
+(`ModelNeighbourBatches`, re-embedded with the model being trained before every pass; MMPT's 64 nearest
+neighbours of random seed videos, through a FAISS IVF index on large sets) are the published recipe's.
+All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
+
+from freezeframe.train.nearest import NeighbourSearch, nearest_neighbours
 
 
 def squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -48,12 +51,10 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
     return points[chosen].clone()
 
 
-def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids), or None without faiss-cpu."""
-    try:
-        import faiss
-    except ImportError:
-        return None
+def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids)."""
+    import faiss
+
     model = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=len(points),
                          min_points_per_centroid=1, verbose=False)
     model.train(points.numpy())
@@ -66,17 +67,12 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, iterations:
     """Lloyd's k-means: (cluster of each point (n,), centroids (k, dim)); O(n*k*d) per iteration.
 
     Seeds: k-means++ (`plusplus`), k distinct random points (`random`), or `auto`: k-means++ while
-    n*k <= 5e7 (its k sequential passes are memory-bound), beyond that FAISS's k-means when faiss-cpu is
-    installed, else random seeds.
+    n*k <= 5e7 (its k sequential passes are memory-bound), beyond that FAISS's k-means.
     """
     points = points.float().contiguous()
     k = max(1, min(k, len(points)))
     if seeding == "auto" and len(points) * k > 50_000_000:
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        found = faiss_kmeans(points, k, seed, iterations)
-        if found is not None:
-            return found
-        seeding = "random"
+        return faiss_kmeans(points, k, int(torch.randint(2**31 - 1, (1,), generator=generator)), iterations)
     if seeding in ("auto", "plusplus"):
         centroids = kmeans_plus_plus(points, k, generator)
     else:
@@ -193,14 +189,17 @@ class ModelNeighbourBatches(VideoClipBatches):
 
     `refresh` (called by the training loop before each pass) re-embeds every item with the model being
     trained; a video's point is the mean over its items of (video embedding + text embedding) / 2,
-    L2-normalised. Groups: a random unassigned seed video and its `videos_per_batch - 1` nearest unassigned
-    neighbours (cosine, brute force), until every video is in a group.
+    L2-normalised. Groups, as MMPT draws them: one per `videos_per_batch` videos, each from a random seed video
+    (distinct seeds), its `search.k` nearest neighbours (exact, or FAISS IVF on large sets: train.nearest) and
+    itself, of which `videos_per_batch` are drawn at random. A pass may repeat a video in two groups and miss
+    another, as MMPT's does.
     """
 
     def __init__(self, item_videos: Sequence[int], videos_per_batch: int, clips_per_video: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, search: NeighbourSearch = NeighbourSearch()) -> None:
         super().__init__(item_videos, videos_per_batch, clips_per_video, seed)
         self.item_videos = torch.as_tensor(list(item_videos))
+        self.search = search
         self.points: torch.Tensor | None = None  # (videos, width), rows in `self.videos` order
 
     def refresh(self, model, dataset, device) -> None:
@@ -214,13 +213,11 @@ class ModelNeighbourBatches(VideoClipBatches):
     def groups(self, generator: torch.Generator) -> list[list[int]]:
         if self.points is None:
             return super().groups(generator)
-        free = torch.ones(len(self.videos), dtype=torch.bool)
+        seeds = torch.randperm(len(self.videos), generator=generator)[:len(self)]
+        k = max(self.search.k, self.videos_per_batch - 1) + 1  # the seed comes back first
         groups = []
-        for seed in torch.randperm(len(self.videos), generator=generator).tolist():
-            if not free[seed]:
-                continue
-            similarity = (self.points @ self.points[seed]).masked_fill(~free, -math.inf)
-            take = similarity.topk(min(self.videos_per_batch, int(free.sum()))).indices
-            free[take] = False
-            groups.append([self.videos[i] for i in take.tolist()])
+        for seed, found in zip(seeds.tolist(), nearest_neighbours(self.points, seeds, k, self.search, generator)):
+            candidates = [seed] + [i for i in found.tolist() if i >= 0 and i != seed][:k - 1]
+            picked = torch.randperm(len(candidates), generator=generator)[:self.videos_per_batch].sort().values
+            groups.append([self.videos[candidates[i]] for i in picked.tolist()])
         return groups
