@@ -5,9 +5,8 @@
 Sites: claim (a video claimed), chunk (a chunk of a video's frames handed to the shard writer), shard.array (one
 array of a shard written), shard.rename (a shard written, before its rename), shard.marker (renamed, before
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
-committed (a shard committed, before its claims are given back), index (before the index is merged at the end of a
-run),
-decode (a video about to be opened, in a decode worker or with --workers 0 in the main process;
+committed (a shard committed, before its claims are given back), index (before the index is merged at the end
+of a run), decode (a video about to be opened, in a decode worker or with --workers 0 in the main process;
 `decode.hang` makes it hang there instead of dying).
 With `FREEZEFRAME_FAULT_ONCE=<marker file>` as well, the kill is one-shot across processes: a process dies there
 only if it creates the marker file first (so a restarted Ray actor, counting afresh, does not die again).
