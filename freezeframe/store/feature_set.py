@@ -154,7 +154,9 @@ class FeatureSet:
 
     def _marker(self, shard_id: str, keep: bool = True) -> dict:
         marker = self._markers.get(shard_id)
-        if marker is None:
+        if marker is not None:
+            self._markers.move_to_end(shard_id)  # least recently used goes first
+        else:
             marker = read_marker(self.path / SHARDS_DIR, shard_id)
             if keep:
                 self._markers[shard_id] = marker

@@ -184,13 +184,13 @@ def load_index(fs_dir: StorePath, segments: Iterable[Segment] | None = None) -> 
     committed = committed_shard_ids(shards_dir)
     segments = list(open_segments(fs_dir).values()) if segments is None else list(segments)
     pairs = {pair for segment in segments for pair in segment.replaces}
+    indexed = {shard_id for segment in segments for shard_id in segment.shard_ids}
     markers: dict[str, dict] = {}
     while True:  # a marker read here may replace a shard a segment holds: choose again until nothing changes
         served = served_shards(committed, pairs)
         chosen = choose_segments(segments, set(served))
         covered = {shard_id for segment in chosen for shard_id in segment.shard_ids}
         replaced = set(committed) - set(served)
-        indexed = {shard_id for segment in segments for shard_id in segment.shard_ids}
         need = [s for s in served if s not in covered and s not in markers] + \
                [s for s in replaced if s not in markers and s not in indexed]  # whose own replacements we lack
         if not need:

@@ -22,10 +22,10 @@ from freezeframe.errors import StoreError
 from freezeframe.store.backends import BACKENDS
 from freezeframe.store.confine import open_regular
 from freezeframe.store.files import dumps
-from freezeframe.store.index import load_index, segment_from_markers
+from freezeframe.store.index import index_from_markers
 from freezeframe.store.layout import (FAILURES_FILE, FROZEN_NAME, INDEX_DIR, MARKER_SUFFIX, PROVENANCE_FILE,
                                       PUBLISHED_FILE, SCHEMA_FILE, SEGMENT_SUFFIX, SHARDS_DIR, ZARR_GROUP_FILE)
-from freezeframe.store.markers import read_markers, shard_file
+from freezeframe.store.markers import shard_file
 from freezeframe.store.published import PUBLISHED_FORMAT, PUBLISHED_VERSION
 from freezeframe.store.store import Store
 
@@ -86,22 +86,21 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
             put(relative, _blocks(store.path / relative))
     for name in chosen:
         fs_dir = store.path / name
-        index = load_index(fs_dir)
-        markers = read_markers(fs_dir / SHARDS_DIR, index.shard_ids)
-        segment, _duplicates = segment_from_markers(markers, index.shard_ids)
+        index = index_from_markers(fs_dir)  # the published index is built from the markers alone
+        segment = index.merged()
         put(f"{name}/{INDEX_DIR}/published{SEGMENT_SUFFIX}", iter([segment.to_bytes()]))
         report.videos += segment.n
         files = [PROVENANCE_FILE, ZARR_GROUP_FILE, FAILURES_FILE, f"{SHARDS_DIR}/{ZARR_GROUP_FILE}"]
         files += [f"{FROZEN_NAME}{backend.extension}" for backend in BACKENDS.values()]
-        for shard_id, marker in markers.items():
+        for shard_id in index.shard_ids:
             files += [f"{SHARDS_DIR}/{shard_id}{MARKER_SUFFIX}",
-                      f"{SHARDS_DIR}/{shard_file(shard_id, marker['format'])}"]
+                      f"{SHARDS_DIR}/{shard_file(shard_id, index.shard_info(shard_id).format)}"]
         for relative in files:
             for path in _tree(fs_dir / relative):
                 put(f"{name}/{path.relative_to(fs_dir).as_posix()}", _blocks(path))
         if log:
-            log(f"{name}: {segment.n} video{'s' * (segment.n != 1)} in {len(markers)} shard{'s' * (len(markers) != 1)} "
-                "published")
+            shards = len(index.shard_ids)
+            log(f"{name}: {segment.n} video{'s' * (segment.n != 1)} in {shards} shard{'s' * (shards != 1)} published")
     body = dumps({"format": PUBLISHED_FORMAT, "version": PUBLISHED_VERSION, "source": str(store.path),
                   "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "feature_sets": chosen,
                   "files": manifest}, compact=True)

@@ -51,15 +51,19 @@ class PublishedStore:
             raise StoreError(f"{location} is not a published store (no {PUBLISHED_FILE}).") from None
         manifest = parse_json(body, f"{location}/{PUBLISHED_FILE}")
         self.files = _checked_files(manifest, location)
-        self.mirror = Path(cache_dir or default_cache_dir()) / "published" / hashlib.sha256(body).hexdigest()[:32]
+        manifest_sha256 = hashlib.sha256(body).hexdigest()
+        self.mirror = Path(cache_dir or default_cache_dir()) / "published" / manifest_sha256[:32]
         self.bundles: dict[str, list[str]] = {}  # "NAME/shards/<bundle>" -> its files
+        metadata = []  # every file outside the shard bundles, fetched when the mirror is made
         for relative in self.files:
-            if _bundle_of(relative):
-                self.bundles.setdefault(_bundle_of(relative), []).append(relative)
+            bundle = _bundle_of(relative)
+            if bundle:
+                self.bundles.setdefault(bundle, []).append(relative)
+            else:
+                metadata.append(relative)
         if not (self.mirror / READY_FILE).exists():
-            self._fetch([relative for relative in self.files if not _bundle_of(relative)])
-            self._write(MIRROR_FILE, dumps({"published_store": location, "manifest_sha256":
-                                            hashlib.sha256(body).hexdigest()}))
+            self._fetch(metadata)
+            self._write(MIRROR_FILE, dumps({"published_store": location, "manifest_sha256": manifest_sha256}))
             self._write(READY_FILE, b"")
 
     def fetch_shard(self, fs_dir: Path, shard_file: str) -> None:

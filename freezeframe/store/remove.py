@@ -17,13 +17,14 @@ from typing import Iterable
 
 import numpy as np
 
-from freezeframe.errors import InputError, StoreError
+from freezeframe.errors import InputError
 from freezeframe.store.backends import get_backend
 from freezeframe.store.files import fsync_dir, read_json
 from freezeframe.store.markers import VIDEO_FIELDS, committed_shard_ids, read_marker
 from freezeframe.store.layout import PROVENANCE_FILE, REPLACES_KEY, TEMP_PREFIX, marker_path, temp_owner_tag
-from freezeframe.store.location import is_remote, remove_tree
-from freezeframe.store.store import Store, check_writable
+from freezeframe.store.feature_set import FeatureSet
+from freezeframe.store.location import is_remote, remove_tree, store_path
+from freezeframe.store.store import check_writable, open_feature_set
 
 COPY_BYTES = 64 * 1024 * 1024  # rows copied per read when a shard keeps some of its videos
 
@@ -41,15 +42,15 @@ class RemoveReport:
 
 def remove_feature_set(store: str | Path, name: str) -> None:
     """Delete feature set `name` whole: one rename makes it invisible, then its files go."""
-    st = _writable_store(store, name)
-    path = st.path / name
+    fs = _writable_set(store, name)
+    root, path = fs.path.parent, fs.path
     if is_remote(path):  # no rename on object stores: the provenance file goes first, which hides the set
         (path / PROVENANCE_FILE).unlink()
         remove_tree(path)
         return
-    trash = st.path / f"{TEMP_PREFIX}{temp_owner_tag()}-removed-{name}"
+    trash = root / f"{TEMP_PREFIX}{temp_owner_tag()}-removed-{name}"
     path.rename(trash)
-    fsync_dir(st.path)
+    fsync_dir(root)
     remove_tree(trash)
 
 
@@ -57,22 +58,23 @@ def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> Rem
     """Delete committed videos of feature set `name`, shard by shard, each shard's change committed atomically."""
     from freezeframe.store.writer import FeatureSetWriter
 
-    st = _writable_store(store, name)
+    fs = _writable_set(store, name)
+    root = fs.path.parent
     wanted = set(video_ids)
     if not wanted:
         raise InputError("no videos given to remove.")
-    provenance = read_json(st.path / name / PROVENANCE_FILE)
+    provenance = read_json(fs.path / PROVENANCE_FILE)
     writers: dict[str, FeatureSetWriter] = {}
 
     def writer_for(fmt: str) -> FeatureSetWriter:  # a copy keeps its shard's format
         if fmt not in writers:
-            writers[fmt] = FeatureSetWriter(st.path, name, provenance, format=fmt)
+            writers[fmt] = FeatureSetWriter(root, name, provenance, format=fmt)
         return writers[fmt]
 
     writer = writer_for("zarr")
     clear_replaced(writer.shards_dir)
     report = RemoveReport(name)
-    committed = st[name].video_ids()
+    committed = fs.video_ids()
     report.missing = sorted(wanted - set(committed))
     for shard_id in committed_shard_ids(writer.shards_dir):
         marker = read_marker(writer.shards_dir, shard_id)
@@ -92,12 +94,11 @@ def remove_videos(store: str | Path, name: str, video_ids: Iterable[str]) -> Rem
     return report
 
 
-def _writable_store(store: str | Path, name: str) -> Store:
-    st = Store(store)
-    check_writable(st.path)
-    if name not in st:
-        raise StoreError(f"store {st.path} has no feature set {name!r}; it has: {', '.join(st.names()) or 'none'}")
-    return st
+def _writable_set(store: str | Path, name: str) -> FeatureSet:
+    """Feature set `name` of a store that may be changed: a published store is refused before anything of it is
+    fetched into the local cache."""
+    check_writable(store_path(store))
+    return open_feature_set(store, name)
 
 
 def clear_replaced(shards_dir: Path) -> int:

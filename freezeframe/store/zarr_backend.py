@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_tree, read_regular
-from freezeframe.store.location import is_remote
+from freezeframe.store.location import is_remote, remove_tree
 
 METADATA_BYTES = 1024 * 1024  # an array's zarr.json is a few hundred bytes
 
@@ -83,7 +83,7 @@ class ZarrBundleWriter:
         self._raw = compression == "none" and not is_remote(path)
         self._zarr_group = None
         if self._raw:
-            _remove_tree(path)
+            remove_tree(path)
             path.mkdir()
             _write_group(path, {})
         else:
@@ -134,13 +134,7 @@ class ZarrBundleWriter:
 
     def set_attrs(self, attrs: dict) -> None:
         """Replace the group's attributes: its zarr.json written directly (through zarr it costs ~5 ms a shard)."""
-        if is_remote(self.path):
-            from freezeframe.store.files import dumps
-            from freezeframe.store.schema import group_metadata
-
-            (self.path / "zarr.json").write_bytes(dumps(group_metadata(attrs), compact=True))
-        else:
-            _write_group(self.path, attrs)
+        _write_group(self.path, attrs)
 
     def close(self) -> None:
         for array in self._arrays.values():
@@ -154,12 +148,6 @@ def _write_group(path: Path, attrs: dict) -> None:
     from freezeframe.store.schema import group_metadata
 
     (path / "zarr.json").write_bytes(dumps(group_metadata(attrs), compact=True))
-
-
-def _remove_tree(path: Path) -> None:
-    from freezeframe.store.location import remove_tree
-
-    remove_tree(path)
 
 
 class _RawChunkWriter:
