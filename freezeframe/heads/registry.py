@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from freezeframe.errors import InputError
 from freezeframe.options import Option, options_of, options_table
+from freezeframe.registry import Registry
 
 TASKS = ("classification", "contrastive")
 
@@ -60,7 +61,7 @@ class HeadEntry:
         return options_of(self.config)
 
 
-REGISTRY: dict[str, HeadEntry] = {}
+REGISTRY = Registry("head", "freezeframe.heads")
 
 
 def register_head(name: str, *, config: type, size: Callable[..., Any], task: str, summary: str, reads: str,
@@ -71,29 +72,19 @@ def register_head(name: str, *, config: type, size: Callable[..., Any], task: st
         raise ValueError(f"head {name!r}: task must be one of {TASKS}")
 
     def decorate(build: Callable) -> Callable:
-        if name in REGISTRY:
-            raise ValueError(f"head {name!r} is registered twice")
-        REGISTRY[name] = HeadEntry(name, config, build, size, task, summary, reads, prepare, solve, frames)
+        REGISTRY.add(name, HeadEntry(name, config, build, size, task, summary, reads, prepare, solve, frames))
         return build
 
     return decorate
 
 
-def _load_all() -> None:
-    import freezeframe.heads  # noqa: F401 - importing the package registers every built-in head
-
-
 def head_names() -> list[str]:
-    _load_all()
-    return list(REGISTRY)
+    return REGISTRY.names()
 
 
 def get_head(name: str) -> HeadEntry:
     """The entry registered as `name`; an unknown name is one sentence listing the known ones."""
-    _load_all()
-    if name not in REGISTRY:
-        raise InputError(f"unknown head {name!r}; choose one of {', '.join(REGISTRY)}.")
-    return REGISTRY[name]
+    return REGISTRY.entry(name)
 
 
 def head_config(kind: str, feature_set: FeatureSource, *args: Any, **options: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from freezeframe.errors import InputError
 from freezeframe.options import FieldError, Option, format_default, options_of
+from freezeframe.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class BackboneEntry:
         return self.config(**{**values, **self.preset})
 
 
-REGISTRY: dict[str, BackboneEntry] = {}
+REGISTRY = Registry("backbone", "freezeframe.extract.backbones")
 
 
 def register_backbone(name: str, *, config: type, summary: str, arrays: str, preprocess: str,
@@ -55,35 +56,25 @@ def register_backbone(name: str, *, config: type, summary: str, arrays: str, pre
     """Decorator: register the decorated builder (a class or function taking `(config, device=...)`) as `name`."""
 
     def decorate(build: Callable) -> Callable:
-        if name in REGISTRY:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        REGISTRY[name] = BackboneEntry(name, config, build, summary, arrays, preprocess, windows, dict(preset or {}),
-                                       required)
+        REGISTRY.add(name, BackboneEntry(name, config, build, summary, arrays, preprocess, windows, dict(preset or {}),
+                                         required))
         return build
 
     return decorate
 
 
-def _load_all() -> None:
-    import freezeframe.extract.backbones  # noqa: F401 - importing the package registers every built-in backbone
-
-
 def backbone_names() -> list[str]:
-    _load_all()
-    return list(REGISTRY)
+    return REGISTRY.names()
 
 
 def get_entry(name: str) -> BackboneEntry:
     """The entry registered as `name`; an unknown name is one sentence listing the known ones."""
-    _load_all()
-    if name not in REGISTRY:
-        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(REGISTRY)}.")
-    return REGISTRY[name]
+    return REGISTRY.entry(name)
 
 
 def entry_for_config(config: Any) -> BackboneEntry:
     """The entry whose config type is `config`'s and whose preset fields it carries."""
-    _load_all()
+    REGISTRY.load()
     for entry in REGISTRY.values():
         if type(config) is entry.config and all(getattr(config, k) == v for k, v in entry.preset.items()):
             return entry
