@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from freezeframe.errors import InputError
-from freezeframe.extract.preprocess import PreprocessConfig, one_torch_thread
+from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.views import view_array
 
 EVL_RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"
@@ -265,8 +265,8 @@ class ViewMaker:
         if draws is None:
             draws = self._draws[size] = [draw_view(self.augment, self.video_id, v, *size)
                                          for v in range(1, self.augment.views + 1)]
-        with one_torch_thread():
-            views = [torch.stack([apply_view(frame, draw, self.preprocess) for frame in frames]) for draw in draws]
+        # (on one torch thread: the decode loop calls it inside one_torch_thread)
+        views = [torch.stack([apply_view(frame, draw, self.preprocess) for frame in frames]) for draw in draws]
         return torch.stack([self.plain(frames), *views], dim=1)
 
 

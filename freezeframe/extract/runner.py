@@ -124,14 +124,19 @@ def sampling_provenance(config: ExtractConfig) -> dict:
             **({"decode_device": config.decode_device} if config.decode_device != "cpu" else {})}
 
 
+def augment_provenance(config: ExtractConfig) -> dict | None:
+    """How augmented views were made; None without views (not recorded, so sets written before --views existed
+    still take appends)."""
+    return config.augment.describe() if config.augment.views else None
+
+
 def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
     preprocess = replace(backbone.preprocess, mode=config.preprocess)
     provenance = {
         **backbone.provenance(),
         "preprocess": preprocess.describe(),
         "sampling": sampling_provenance(config),
-        # recorded only with views, so sets written before --views existed still take appends
-        **({"augment": config.augment.describe()} if config.augment.views else {}),
+        **({"augment": augment} if (augment := augment_provenance(config)) else {}),
     }
     return prov.stamp(provenance, "torch", "torchvision", "open_clip_torch", "av", "torchcodec", "decord")
 
@@ -288,7 +293,7 @@ def check_store(store: str, name: str | None = None, config: ExtractConfig | Non
         return
     stored = read_json(path / name / PROVENANCE_FILE)
     ours = {"sampling": sampling_provenance(config), "preprocess": {"mode": config.preprocess},
-            "augment": config.augment.describe() if config.augment.views else None}
+            "augment": augment_provenance(config)}
     theirs = {"sampling": stored.get("sampling"), "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")},
               "augment": stored.get("augment")}
     diffs = prov.differences(theirs, ours)
