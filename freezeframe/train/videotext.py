@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from freezeframe.errors import InputError
+from freezeframe.heads.registry import vector_width
 from freezeframe.heads.videoclip import check_pair_of_sets, default_text_layer, default_video_array, token_states_width
 from freezeframe.options import FieldError
 from freezeframe.store.store import open_feature_set
@@ -116,17 +117,12 @@ class VideoTextPairs(Dataset):
         self.array = array or default_video_array(videos)
         self.text_layer = default_text_layer(texts) if text_layer is None else text_layer
         stored, stored_text = videos.arrays(), texts.arrays()
-        if self.array not in stored:
-            raise InputError(f"feature set {video_set!r} has no array {self.array!r}; it has: {', '.join(stored)}.")
-        if len(stored[self.array]["shape"]) != 1:
-            raise InputError(f"array {self.array!r} of {video_set!r} is not one vector per row; pass --array "
-                             "video_embedding or embed.")
+        self.video_dim = vector_width(videos, self.array)
         token_array = "token_ids" if token_ids else f"tokens/{self.text_layer}"
         if token_ids and token_array not in stored_text:
             raise InputError(f"text set {text_set!r} stores no token_ids; BERT towers need a set made by "
                              "`extract-text --backbone bert`.")
-        if not token_ids:
-            token_states_width(texts, self.text_layer)
+        self.text_dim = 0 if token_ids else token_states_width(texts, self.text_layer)
         self.captions = list(captions)
         missing_videos = sorted({c.video_id for c in self.captions if c.video_id not in videos})
         if missing_videos:
@@ -156,8 +152,6 @@ class VideoTextPairs(Dataset):
         self.text_masks = [texts.read(c.caption_id, "attention_mask")[:max_tokens].astype(bool)
                            if "attention_mask" in stored_text else np.ones(len(t), bool)
                            for c, t in zip(self.captions, self.tokens)]
-        self.video_dim = int(stored[self.array]["shape"][0])
-        self.text_dim = 0 if token_ids else int(stored_text[token_array]["shape"][0])
         self.max_seconds, self.spans, self.seed, self.epoch = max_seconds, spans, seed, 0
         self.token_ids, self.max_tokens = token_ids, max_tokens
         self.merge_tokens = merge_tokens if token_ids else None
