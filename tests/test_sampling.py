@@ -226,6 +226,9 @@ def test_zeros_keeps_the_last_partial_window_padded_with_zero_frames():
     overlap = _windows_of(100, 10.0, fps=10.0, window_frames=16, window_stride=8, last_window="zeros")
     np.testing.assert_array_equal(overlap[:, 0], np.arange(0, 89, 8))
     assert overlap[-1, 11] == 99 and (overlap[-1, 12:] == ZERO_FRAME).all() and (overlap[:-1] >= 0).all()
+    # a stride longer than a window skips frames: no window of zero frames alone starts past the end
+    sparse = _windows_of(10, 10.0, fps=10.0, window_frames=3, window_stride=5, last_window="zeros")
+    np.testing.assert_array_equal(sparse, [[0, 1, 2], [5, 6, 7]])
     config = SamplingConfig("windows", last_window="zeros")
     assert config.describe()["last_window"] == "zeros" and "last_window" not in SamplingConfig("windows").describe()
     with pytest.raises(InputError, match="--last-window"):

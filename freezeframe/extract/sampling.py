@@ -93,9 +93,10 @@ def _by_rate(ts: np.ndarray, fps: float) -> np.ndarray:
 
 def _windows(stream: np.ndarray, frames: int, stride: int, last: str = "whole") -> np.ndarray:
     """Flattened (windows * frames) indices of whole windows of `stream`; a short stream pads one window. With
-    `last="zeros"`, windows go on until one reaches the end, its positions past the end `ZERO_FRAME`."""
+    `last="zeros"`, windows go on until one reaches the end, its positions past the end `ZERO_FRAME`; a window
+    that would start past the end (a stride longer than a window skips the last frames) is not made."""
     if last == "zeros":
-        count = 1 + -(-max(0, len(stream) - frames) // stride)
+        count = min(1 + -(-max(0, len(stream) - frames) // stride), -(-len(stream) // stride))
         positions = np.arange(count)[:, None] * stride + np.arange(frames)[None, :]
         inside = positions < len(stream)
         return np.where(inside, stream[np.minimum(positions, len(stream) - 1)], ZERO_FRAME).reshape(-1)
