@@ -685,6 +685,18 @@ def test_ctrl_c_in_training_checkpoints_and_says_how_to_resume(order_task, tmp_p
     assert len(read_metrics(run)) == done
 
 
+def test_ctrl_c_during_an_epochs_checkpoint_is_delivered_once_it_is_written():
+    from freezeframe.train.loop import ctrl_c_deferred
+
+    order = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred():
+            signal.raise_signal(signal.SIGINT)
+            order.append("checkpoint written")
+    assert order == ["checkpoint written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.fixture(scope="module")
 def other_features(order_task, tmp_path_factory) -> Path:
     """The test videos extracted again under the same set name, with fast preprocessing."""

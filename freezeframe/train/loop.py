@@ -11,14 +11,17 @@ otherwise get 20 steps from 10 epochs, too few for any head to learn) or as more
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -174,6 +177,24 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
 CURVE_INTERVAL_S = 20.0  # curves.png is redrawn at most this often (and after the last epoch): matplotlib is slow
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then deliver it: an epoch's checkpoint files (last.pt, its metrics line)
+    are written together, so the interruption message's epoch is the one on disk. Main thread only (elsewhere
+    signals cannot be handled, and the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
+
+
 def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict, score: float, best_score: float,
                  config: TrainConfig, shown: Sequence[str], total_epochs: int,
                  log: Callable[[str], None] = print) -> float:
@@ -258,8 +279,9 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
             metrics.update(objective.validate(head, device))
             metrics["seconds"] = time.perf_counter() - started
             score = metrics.get(objective.score_key, -metrics["train_loss"])
-            best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config, objective.shown,
-                                      epochs, log)
+            with ctrl_c_deferred():
+                best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config,
+                                          objective.shown, epochs, log)
     except KeyboardInterrupt:
         done = len(history)
         if history:
