@@ -7,7 +7,7 @@ array of a shard written), shard.rename (a shard written, before its rename), sh
 its commit marker), json.replace (a JSON file written under its temporary name, before the rename),
 committed (a shard committed, before its claims are given back), index (before the index is merged at the end
 of a run), decode (a video about to be opened, in a decode worker or with --workers 0 in the main process;
-`decode.hang` makes it hang there instead of dying).
+`decode.hang` makes it hang there instead of dying), publish.file (a file about to be copied by publish).
 With `FREEZEFRAME_FAULT_ONCE=<marker file>` as well, the kill is one-shot across processes: a process dies there
 only if it creates the marker file first (so a restarted Ray actor, counting afresh, does not die again).
 Unset, as always outside tests, `fault_point` is an empty function.
@@ -20,7 +20,7 @@ import signal
 import time
 
 SITES = ("claim", "chunk", "shard.array", "shard.rename", "shard.marker", "json.replace", "committed", "index",
-         "decode", "decode.hang")
+         "decode", "decode.hang", "publish.file")
 
 
 def _parse(spec: str) -> tuple[str, int]:

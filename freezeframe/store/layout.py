@@ -21,6 +21,7 @@ FROZEN_NAME = "frozen"
 MARKER_SUFFIX = ".done.json"
 TEMP_PREFIX = ".tmp-"
 PUBLISHED_FILE = "published.json"  # the manifest of a published store (store/publish.py), written last
+PUBLISHING_FILE = "publishing.json"  # written first by publish, removed last: a destination holding it is incomplete
 MIRROR_FILE = "published-mirror.json"  # marks a local cache of a published store (store/published.py)
 REPLACES_KEY = "replaces"  # marker field: shard ids this shard supersedes (a removal kept the rest of their videos)
 

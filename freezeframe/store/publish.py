@@ -4,8 +4,9 @@
 URL or a local directory, which must be empty) exactly what readers use: the schema and group files, each feature
 set's provenance, failures and frozen-weights bundle, its served shards with their markers, and one index segment
 built from those markers. Claims, memmap exports, temporaries, unmarked and replaced shards stay behind. Every file
-is hashed while it is copied; `published.json`, the manifest (relative path -> size and sha256), is written last,
-so DEST is a published store only once it is whole. Readers (store/published.py) fetch what they read into a local
+is hashed while it is copied; `publishing.json` is written first and removed last, after `published.json`, the
+manifest (relative path -> size and sha256), so a publish killed midway leaves a DEST that readers refuse as
+incomplete and writers as read-only. Readers (store/published.py) fetch what they read into a local
 cache and check each file against the manifest first. A local DEST is left read-only (files 0444, folders 0555).
 """
 
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from freezeframe.errors import StoreError
+from freezeframe.faults import fault_point
 from freezeframe.store.backends import BACKENDS
 from freezeframe.store.confine import open_regular
 from freezeframe.store.files import dumps
 from freezeframe.store.index import index_from_markers
 from freezeframe.store.layout import (FAILURES_FILE, FROZEN_NAME, INDEX_DIR, MARKER_SUFFIX, PROVENANCE_FILE,
-                                      PUBLISHED_FILE, SCHEMA_FILE, SEGMENT_SUFFIX, SHARDS_DIR, ZARR_GROUP_FILE)
+                                      PUBLISHED_FILE, PUBLISHING_FILE, SCHEMA_FILE,
+                                      SEGMENT_SUFFIX, SHARDS_DIR, ZARR_GROUP_FILE)
 from freezeframe.store.markers import shard_file
 from freezeframe.store.published import PUBLISHED_FORMAT, PUBLISHED_VERSION
 from freezeframe.store.store import Store
@@ -65,10 +68,12 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
     if fs.exists(root) and fs.ls(root):
         raise StoreError(f"{dest} is not empty; publish into a new location (a published store is never changed).")
     fs.makedirs(root, exist_ok=True)
-    report = PublishReport(dest)
+    fs.pipe_file(f"{root}/{PUBLISHING_FILE}", dumps({"source": str(store.path)}))  # removed last: until then,
+    report = PublishReport(dest)  # readers see an incomplete published store, writers a read-only one
     manifest: dict[str, dict] = {}
 
     def put(relative: str, chunks: Iterator[bytes]) -> None:
+        fault_point("publish.file")
         digest, size = hashlib.sha256(), 0
         target = f"{root}/{relative}"
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
@@ -105,6 +110,7 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
                   "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "feature_sets": chosen,
                   "files": manifest}, compact=True)
     fs.pipe_file(f"{root}/{PUBLISHED_FILE}", body)
+    fs.rm_file(f"{root}/{PUBLISHING_FILE}")
     report.manifest_sha256 = hashlib.sha256(body).hexdigest()
     from fsspec.implementations.local import LocalFileSystem
 

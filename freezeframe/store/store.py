@@ -7,8 +7,8 @@ from pathlib import Path
 from freezeframe.errors import StoreError
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.files import read_json
-from freezeframe.store.layout import (MIRROR_FILE, PROVENANCE_FILE, PUBLISHED_FILE, SCHEMA_FILE, SCHEMA_VERSION,
-                                      TEMP_PREFIX)
+from freezeframe.store.layout import (MIRROR_FILE, PROVENANCE_FILE, PUBLISHED_FILE, PUBLISHING_FILE, SCHEMA_FILE,
+                                      SCHEMA_VERSION, TEMP_PREFIX)
 from freezeframe.store.location import StorePath, store_path
 
 
@@ -23,7 +23,7 @@ def check_schema(path: Path) -> None:
 
 def check_writable(path: StorePath) -> None:
     """Refuse to change a published store, or the local cache of one."""
-    if (path / PUBLISHED_FILE).exists() or (path / MIRROR_FILE).exists():
+    if any((path / name).exists() for name in (PUBLISHED_FILE, PUBLISHING_FILE, MIRROR_FILE)):
         raise StoreError(f"{path} is a published store (or the local cache of one), which is read-only; write to "
                          "a store of your own (freezeframe convert copies one).")
 

@@ -66,6 +66,8 @@ def verify_store(path: str | Path, quick: bool = False, jobs: int | None = None,
     if store.published is not None and not quick:
         store.published.fetch_all()
     report = VerifyReport()
+    if store.published is not None:
+        report.problems += store.published.mirror_problems(quick)
     for name in store.names():
         try:
             verify_feature_set(store.path / name, name, report, quick=quick, jobs=jobs or default_jobs())

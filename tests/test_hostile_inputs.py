@@ -1,0 +1,189 @@
+"""Hostile inputs, round two: published stores fetched safely, array metadata that cannot hang or balloon a read,
+an index that cannot serve another video's rows, output that cannot forge a line, every library error one line.
+
+Each case builds a small real store (Zarr or HDF5, written by freezeframe's writer; published with `publish`),
+damages it as an attacker would, then runs the readers under a deadline, in a subprocess with a capped address
+space (RLIMIT_AS) where memory is the point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_hostile_stores import SECRET, _run_limited, deadline
+
+from freezeframe.errors import StoreError
+from freezeframe.store import FeatureSetWriter, open_store, verify_store
+from freezeframe.store.layout import PUBLISHED_FILE, PUBLISHING_FILE
+from freezeframe.store.publish import publish_store
+
+NAME = "fs"
+VIDEOS = {f"v{i}": np.arange(12, dtype=np.float16).reshape(3, 4) + i for i in range(4)}
+
+
+def write_store(path: Path, fmt: str = "zarr", per_shard: int = 2) -> Path:
+    """A store of the four VIDEOS, `per_shard` videos in each shard."""
+    writer = FeatureSetWriter(path, NAME, {"backbone": {"model": "tiny"}}, format=fmt)
+    ids = sorted(VIDEOS)
+    for k in range(0, len(ids), per_shard):
+        shard = writer.new_shard()
+        for video_id in ids[k:k + per_shard]:
+            shard.append(video_id, {"embed": VIDEOS[video_id]})
+            shard.end_video(video_id)
+        shard.commit()
+    writer.write_index()
+    return path
+
+
+def one_line_error(run_cli, *args) -> str:
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+# ---- 1. fetching a published store -------------------------------------------------------------------------------
+
+@pytest.fixture
+def published(tmp_path) -> Path:
+    """A store published into a local directory, made writable again so that a test can play the attacker."""
+    dest = tmp_path / "published"
+    publish_store(write_store(tmp_path / "source"), str(dest))
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return dest
+
+
+def a_chunk(dest: Path) -> tuple[Path, str]:
+    """(path, manifest name) of one published chunk of `embed`."""
+    path = next(p for p in sorted(dest.rglob("*")) if p.parent.name == "0" and p.parent.parent.name == "c")
+    return path, path.relative_to(dest).as_posix()
+
+
+def relist(dest: Path, relative: str, data: bytes | None = None, size: int | None = None) -> None:
+    """Make the manifest vouch for `relative` as `data` (the attacker writes the manifest too)."""
+    manifest = json.loads((dest / PUBLISHED_FILE).read_text())
+    entry = manifest["files"][relative]
+    if data is not None:
+        entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if size is not None:
+        entry["size"] = size
+    (dest / PUBLISHED_FILE).write_text(json.dumps(manifest))
+
+
+def read_all(dest: Path, cache: Path) -> None:
+    store = open_store(dest, cache_dir=cache)
+    for video_id in VIDEOS:
+        store[NAME].read(video_id, "embed")
+
+
+def test_a_published_file_linked_to_a_host_file_never_enters_the_cache(published, tmp_path):
+    outside = tmp_path / "host-file"
+    outside.write_bytes(SECRET)
+    chunk, relative = a_chunk(published)
+    chunk.unlink()
+    chunk.symlink_to(outside)
+    relist(published, relative, SECRET)  # its hash is known to the attacker: a hash check alone would let it in
+    with deadline(20), pytest.raises(StoreError, match="symbolic link"):
+        read_all(published, tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and SECRET[:18] in p.read_bytes()]
+
+
+def test_a_published_folder_linked_elsewhere_is_refused(published, tmp_path):
+    chunk, relative = a_chunk(published)
+    elsewhere = tmp_path / "elsewhere"
+    chunk.parent.rename(elsewhere)
+    chunk.parent.symlink_to(elsewhere)  # the file itself is regular; a folder on its path is the link
+    with deadline(20), pytest.raises(StoreError, match="symbolic link"):
+        read_all(published, tmp_path / "cache")
+
+
+def test_a_published_link_to_dev_zero_and_a_sparse_giant_are_cut_off(published, tmp_path):
+    chunk, _ = a_chunk(published)
+    sparse = next(p for p in published.rglob("*") if p.is_file() and p.parent.name == "0" and p != chunk)
+    chunk.unlink()
+    chunk.symlink_to("/dev/zero")
+    with open(sparse, "r+b") as handle:
+        handle.truncate(8 << 30)  # 8 GiB on the filesystem, a few bytes on disk
+    code = f"""
+        from pathlib import Path
+        from freezeframe.errors import StoreError
+        from freezeframe.store import open_store
+        store = open_store({str(published)!r}, cache_dir={str(tmp_path / "cache")!r})
+        for video_id in {sorted(VIDEOS)!r}:
+            try:
+                store["fs"].read(video_id, "embed")
+                print("read", video_id)
+            except StoreError as exc:
+                print("refused:", exc)
+    """
+    result = _run_limited(code, address_space_mb=3072, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "symbolic link" in result.stdout and "larger than the" in result.stdout, result.stdout
+    assert result.stdout.count("refused:") == 4  # two shards of two videos each, both refused
+
+
+def test_a_published_fifo_is_refused_without_waiting(published, tmp_path, run_cli):
+    provenance = published / NAME / "provenance.json"
+    provenance.unlink()
+    os.mkfifo(provenance)
+    with deadline(20):
+        line = one_line_error(run_cli, "inspect", published)
+    assert "not a regular file" in line and "FIFO" in line
+
+
+def test_a_manifest_listing_a_file_and_a_folder_of_one_name_is_one_line(published, tmp_path, run_cli, monkeypatch):
+    manifest = json.loads((published / PUBLISHED_FILE).read_text())
+    manifest["files"]["fs/provenance.json/x"] = {"size": 1, "sha256": "0" * 64}
+    (published / PUBLISHED_FILE).write_text(json.dumps(manifest))
+    monkeypatch.setenv("FREEZEFRAME_CACHE_DIR", str(tmp_path / "cache"))
+    assert "both as a file and as a folder" in one_line_error(run_cli, "inspect", published)
+
+
+def test_verify_compares_every_cached_file_with_the_manifest(published, tmp_path):
+    cache = tmp_path / "cache"
+    read_all(published, cache)
+    assert verify_store(published, cache_dir=cache).ok
+    mirror = open_store(published, cache_dir=cache).path
+    markers = sorted((mirror / NAME / "shards").glob("*.done.json"))
+    chunks = [next(mirror.glob(f"{NAME}/shards/{m.name[:-10]}.zarr/embed/c/0/0")) for m in markers]
+    # an edited cached chunk with its marker edited to match: every check against the markers passes
+    chunks[0].write_bytes(chunks[1].read_bytes())
+    first, second = (json.loads(m.read_text()) for m in markers)
+    first["arrays"]["embed"]["sha256"] = second["arrays"]["embed"]["sha256"]
+    markers[0].write_text(json.dumps(first))
+    (mirror / NAME / "shards" / "stray.txt").write_bytes(b"added")
+    problems = verify_store(published, cache_dir=cache).problems
+    assert any("differs from the manifest" in p and chunks[0].relative_to(mirror).as_posix() in p for p in problems)
+    assert any("differs from the manifest" in p and markers[0].name in p for p in problems)
+    assert any("stray.txt is not in the manifest" in p for p in problems)
+    quick = verify_store(published, quick=True, cache_dir=cache).problems
+    assert any(markers[0].name in p for p in quick)  # sizes alone: the edited marker's size changed
+
+
+def test_a_publish_killed_midway_is_recognised_as_incomplete(tmp_path):
+    source = write_store(tmp_path / "source")
+    dest = tmp_path / "dest"
+    result = subprocess.run([sys.executable, "-m", "freezeframe.cli", "publish", str(source), str(dest)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "FREEZEFRAME_FAULT": "publish.file:6"})
+    assert result.returncode == -9, result.stderr
+    assert (dest / PUBLISHING_FILE).exists() and not (dest / PUBLISHED_FILE).exists()
+    with pytest.raises(StoreError, match="incomplete published store"):
+        open_store(dest, cache_dir=tmp_path / "cache")
+    with pytest.raises(StoreError, match="read-only"):
+        FeatureSetWriter(dest, NAME, {"backbone": {"model": "tiny"}})
+    finished = tmp_path / "finished"
+    publish_store(source, str(finished))
+    assert not (finished / PUBLISHING_FILE).exists()
+    np.testing.assert_array_equal(open_store(finished, cache_dir=tmp_path / "c2")[NAME].read("v2", "embed"),
+                                  VIDEOS["v2"])
