@@ -23,6 +23,7 @@ DOCUMENT_BYTES = 64 * MIB
 LIST_BYTES = 2048 * MIB
 READ_BYTES = 4096 * MIB
 READ_BLOCK = MIB
+LINE_BYTES = 2 * READ_BLOCK  # one line of a label, caption, class or list file (csv's own field limit is 128 KiB)
 
 
 class OversizeFileError(FreezeframeError, ValueError):
@@ -60,15 +61,23 @@ def _too_large(path, max_bytes: int, what: str) -> OversizeFileError:
         "split it (input lists), or raise the limit with FREEZEFRAME_MAX_FILE_MB=N.")
 
 
-def read_limited(path, max_bytes: int, what: str) -> bytes:
-    """The bytes of `path` (a local Path or a UPath), or an OversizeFileError past `max_bytes`."""
+def read_limited(path, max_bytes: int, what: str, max_line: int | None = None) -> bytes:
+    """The bytes of `path` (a local Path or a UPath), or an OversizeFileError past `max_bytes`; with `max_line`
+    (at least READ_BLOCK), also one the moment a line passes `max_line` bytes, before the rest is read."""
     max_bytes = limit(max_bytes)
-    parts, total = [], 0
+    parts, total, line, lines = [], 0, 0, 1  # line: bytes of the line being read; lines: its number
     with path.open("rb") as handle:
         while total <= max_bytes:  # in blocks: an 8-byte file never allocates the limit
             part = handle.read(min(READ_BLOCK, max_bytes + 1 - total))
             if not part:
                 break
+            if max_line is not None:  # a line inside one block is shorter than a block: check the spanning ones
+                newline = part.find(b"\n")
+                if (line + len(part) if newline < 0 else line + newline) > max_line:
+                    raise OversizeFileError(f"{path}:{lines}: a line longer than {max_line // 1024} KiB, the limit "
+                                            f"for a line of {what}; check that it is the right file.")
+                lines += part.count(b"\n")
+                line = line + len(part) if newline < 0 else len(part) - part.rfind(b"\n") - 1
             parts.append(part)
             total += len(part)
     if total > max_bytes:

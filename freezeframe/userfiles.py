@@ -1,6 +1,7 @@
 """Reading the text files a user hands freezeframe (input lists, label, caption, class files): size-limited,
 UTF-8 only, CSV errors with the file and line, so that a Latin-1 or UTF-16 file, a short row or a huge field is
-one sentence instead of a traceback.
+one sentence instead of a traceback. Reading stops at the first line longer than LINE_BYTES, so a file of one
+huge field costs at most that much memory before its error.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from freezeframe.errors import InputError
-from freezeframe.limits import LIST_BYTES, read_limited
+from freezeframe.limits import LINE_BYTES, LIST_BYTES, read_limited
 
 _BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
 
@@ -20,7 +21,7 @@ def read_user_text(path: str | Path, what: str, max_bytes: int = LIST_BYTES) -> 
     """The text of a UTF-8 file (a BOM is dropped); other encodings are an InputError naming the file and line."""
     path = Path(path)
     try:
-        data = read_limited(path, max_bytes, what)
+        data = read_limited(path, max_bytes, what, max_line=LINE_BYTES)
     except IsADirectoryError:
         raise InputError(f"{what} {path} is a folder, not a file.") from None
     except FileNotFoundError:

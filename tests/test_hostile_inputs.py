@@ -187,3 +187,78 @@ def test_a_publish_killed_midway_is_recognised_as_incomplete(tmp_path):
     assert not (finished / PUBLISHING_FILE).exists()
     np.testing.assert_array_equal(open_store(finished, cache_dir=tmp_path / "c2")[NAME].read("v2", "embed"),
                                   VIDEOS["v2"])
+
+
+# ---- 2. array metadata that lies, 3. memory bounded by what is asked, decompressed ---------------------------------
+
+def embed_meta(store: Path) -> Path:
+    return next(store.glob(f"{NAME}/shards/*.zarr/embed/zarr.json"))
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -1, 1 << 40])
+def test_a_chunk_grid_that_lies_is_one_line_before_any_read(tmp_path, run_cli, chunk_rows):
+    store = write_store(tmp_path / "store", per_shard=4)
+    meta = json.loads(embed_meta(store).read_text())
+    meta["chunk_grid"]["configuration"]["chunk_shape"][0] = chunk_rows
+    embed_meta(store).write_text(json.dumps(meta))
+    with deadline(20):
+        line = one_line_error(run_cli, "export-npy", store, tmp_path / "out", "--set", NAME)
+        with pytest.raises(StoreError, match="chunk"):
+            open_store(store)[NAME].read("v1", "embed")
+        assert any("chunk" in p for p in verify_store(store).problems)
+    assert "chunk" in line
+
+
+def test_an_hdf5_chunk_far_larger_than_its_array_is_refused(tmp_path):
+    import h5py
+
+    store = write_store(tmp_path / "store", fmt="hdf5", per_shard=4)
+    bundle = next(store.glob(f"{NAME}/shards/*.h5"))
+    with h5py.File(bundle, "a") as f:
+        data = f["embed"][:]
+        del f["embed"]
+        f.create_dataset("embed", data=data, maxshape=(None, 4), chunks=(1 << 24, 4))  # one 128 MiB chunk, 12 rows
+    with deadline(20), pytest.raises(StoreError, match="larger than the 12 rows"):
+        open_store(store)[NAME].read("v1", "embed")
+
+
+def test_a_zstd_chunk_inflating_past_its_chunk_is_refused_before_decompressing(tmp_path):
+    import numcodecs
+
+    store = write_store(tmp_path / "store", per_shard=4)
+    writer = FeatureSetWriter(store, "z", {"backbone": {"model": "tiny"}}, compression="zstd")
+    shard = writer.new_shard()
+    shard.append("v0", {"embed": VIDEOS["v0"]})
+    shard.end_video("v0")
+    shard.commit()
+    writer.write_index()
+    chunk = next(store.glob("z/shards/*.zarr/embed/c/0/0"))
+    bomb = numcodecs.Zstd(level=1).encode(np.zeros(1536 << 20, np.uint8))  # 48 KB that inflate to 1.5 GiB
+    chunk.write_bytes(bytes(bomb))
+    result = _run_limited(f"""
+        from freezeframe.errors import StoreError
+        from freezeframe.store import open_store
+        try:
+            open_store({str(store)!r})["z"].read("v0", "embed")
+        except StoreError as exc:
+            print("refused:", exc)
+    """, address_space_mb=1024)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused:" in result.stdout and "1610612736 bytes decompressed" in result.stdout, result.stdout
+
+
+def test_a_label_file_of_one_huge_field_stops_at_the_line_limit(tmp_path):
+    labels = tmp_path / "labels.csv"
+    with open(labels, "wb") as handle:
+        handle.write(b"video_id,label\nv0,")
+        handle.truncate(1 << 30)  # one 1 GiB field (sparse on disk)
+    result = _run_limited(f"""
+        from freezeframe.errors import FreezeframeError
+        from freezeframe.userfiles import read_labels
+        try:
+            read_labels({str(labels)!r})
+        except FreezeframeError as exc:
+            print("refused:", exc)
+    """, address_space_mb=1024)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused:" in result.stdout and "labels.csv:2: a line longer than" in result.stdout, result.stdout

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from freezeframe.errors import StoreError
+from freezeframe.store.chunks import check_chunk_grid
 from freezeframe.store.confine import UnsafeStoreError, check_regular
 from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, chunk_rows
 
@@ -224,7 +225,9 @@ class Hdf5BundleReader:
         file = self._handle()
         dataset = self._cache.get(name)
         if dataset is None:
-            dataset = self._cache[name] = file[name]
+            dataset = file[name]
+            check_chunk_grid(dataset.chunks, dataset.shape, dataset.dtype.itemsize, f"{self.path} dataset {name!r}")
+            self._cache[name] = dataset
         return dataset
 
     def shape(self, name: str) -> tuple[int, ...]:

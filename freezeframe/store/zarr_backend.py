@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from freezeframe.errors import StoreError
+from freezeframe.store.chunks import HEADER_BYTES, ChunkLayoutError, check_chunk_grid, check_compressed_chunk
 from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_tree, read_regular
 from freezeframe.store.location import is_remote, remove_tree
 
@@ -35,8 +39,6 @@ def compressors(compression: str) -> tuple | None:
         return (ZstdCodec(level=ZSTD_LEVEL),)
     if compression == "blosc":
         return (BloscCodec(shuffle="shuffle", **BLOSC),)
-    from freezeframe.errors import StoreError
-
     raise StoreError(f"unknown compression {compression!r}; choose none, zstd or blosc.")
 
 
@@ -297,6 +299,8 @@ class ZarrBundleReader:
 
     Plain local arrays are described and read from their own files (`_RawChunks`); zarr opens the group only for
     anything else (compressed or remote arrays, listing, attributes), so a first read of a shard costs ~0.3 ms.
+    Each array's chunk grid is checked once, when it is first described, and each compressed chunk's header
+    before zarr decompresses it (store/chunks.py).
     """
 
     def __init__(self, path: Path) -> None:
@@ -306,26 +310,37 @@ class ZarrBundleReader:
         self._zarr_group = None
         self._cache: dict[str, Any] = {}
         self._raw: dict[str, _RawChunks | None] = {}
+        self._codec: dict[str, str | None] = {}  # compressed array -> "zstd" or "blosc" (None: uncompressed)
+        self._headers_checked: set[tuple[str, int]] = set()  # (array, first-axis chunk) whose header was checked
 
     @property
     def _group(self):
         if self._zarr_group is None:
-            self._zarr_group = zarr.open_group(_zarr_store(self.path, read_only=True), mode="r")
+            with zarr_errors(self.path):
+                self._zarr_group = zarr.open_group(_zarr_store(self.path, read_only=True), mode="r")
         return self._zarr_group
 
     def array_names(self) -> list[str]:
-        return sorted(name for name, node in self._group.members(max_depth=None) if isinstance(node, zarr.Array))
+        with zarr_errors(self.path):
+            return sorted(name for name, node in self._group.members(max_depth=None) if isinstance(node, zarr.Array))
 
     def _array(self, name: str):
         array = self._cache.get(name)
         if array is None:
-            array = self._group[name]
+            with zarr_errors(self.path / name):
+                array = self._group[name]
+                self._codec[name] = _checked_codecs(array.metadata.to_dict(), self.path / name)
+                check_chunk_grid(tuple(array.chunks), tuple(array.shape), np.dtype(array.dtype).itemsize,
+                                 self.path / name)
             self._cache[name] = array
         return array
 
     def _raw_array(self, name: str) -> _RawChunks | None:
         if name not in self._raw:
-            self._raw[name] = None if is_remote(self.path) else _RawChunks.open(self.path / name)
+            raw = None if is_remote(self.path) else _RawChunks.open(self.path / name)
+            if raw is not None:
+                check_chunk_grid((raw.chunk_rows, *raw.shape[1:]), raw.shape, raw.dtype.itemsize, self.path / name)
+            self._raw[name] = raw
         return self._raw[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -338,11 +353,83 @@ class ZarrBundleReader:
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         raw = self._raw_array(name)
-        return raw.read(start, stop) if raw is not None else np.asarray(self._array(name)[start:stop])
+        if raw is not None:
+            return raw.read(start, stop)
+        array = self._array(name)
+        if self._codec[name]:
+            self._check_headers(name, array, start, stop)
+        with zarr_errors(self.path / name):
+            return np.asarray(array[start:stop])
+
+    def _check_headers(self, name: str, array, start: int | None, stop: int | None) -> None:
+        """Each compressed chunk a read of rows [start, stop) decompresses must declare at most a chunk's bytes."""
+        lo, hi, _ = slice(start, stop).indices(array.shape[0])
+        rows = array.chunks[0]
+        chunk_bytes = math.prod(array.chunks) * np.dtype(array.dtype).itemsize
+        across = [range(-(-d // c)) for d, c in zip(array.shape[1:], array.chunks[1:])]
+        for number in range(lo // rows, -(-hi // rows)) if hi > lo else ():
+            if (name, number) in self._headers_checked:
+                continue
+            for rest in itertools.product(*across):
+                key = "/".join(str(k) for k in ("c", number, *rest))
+                header = _chunk_header(self.path / name, key)
+                if header is not None:
+                    check_compressed_chunk(self._codec[name], header, chunk_bytes, self.path / name / key)
+            self._headers_checked.add((name, number))
 
     def attrs(self) -> dict:
-        return dict(self._group.attrs)
+        with zarr_errors(self.path):
+            return dict(self._group.attrs)
 
     def close(self) -> None:
         self._cache.clear()
         self._raw.clear()
+
+
+PLAIN_CODECS = {"bytes", "zstd", "blosc"}  # what freezeframe writes: bytes, then at most one compressor
+
+
+def _checked_codecs(meta: dict, where: object) -> str | None:
+    """The compressor of an array freezeframe could have written ("zstd", "blosc" or None); any other codec chain
+    or chunk key layout is refused, so no chunk is decoded that could not first have its size checked."""
+    names = [codec.get("name") if isinstance(codec, dict) else None for codec in meta.get("codecs", ())]
+    key_encoding = meta.get("chunk_key_encoding", {})
+    if not names or names[0] != "bytes" or len(names) > 2 or not set(names) <= PLAIN_CODECS \
+            or meta.get("chunk_grid", {}).get("name") != "regular" or key_encoding.get("name") != "default" \
+            or key_encoding.get("configuration", {}).get("separator", "/") != "/":
+        raise ChunkLayoutError(f"{where}: codecs {names} or its chunk layout are not what freezeframe writes "
+                               "(bytes, then zstd or blosc, in a regular grid); it is not read.")
+    return names[1] if len(names) == 2 else None
+
+
+def _chunk_header(array_dir, key: str) -> bytes | None:
+    """The first bytes of a chunk file (None when the chunk was never written: it reads as the fill value)."""
+    if is_remote(array_dir):
+        try:
+            return array_dir.fs.cat_file(f"{array_dir.path}/{key}", start=0, end=HEADER_BYTES)
+        except FileNotFoundError:
+            return None
+    try:
+        fd = os.open(os.path.join(str(array_dir), key), READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafeStoreError(f"chunk {array_dir}/{key} is not a regular file; it is not read.")
+        return os.pread(fd, HEADER_BYTES, 0)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def zarr_errors(where: object):
+    """Whatever zarr raises on a malformed array (bad fill value, codec and dtype at odds, an unknown codec) as one
+    StoreError naming the file; freezeframe's own errors pass as they are."""
+    try:
+        yield
+    except (StoreError, FileNotFoundError, KeyError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile zarr.json can make zarr raise almost anything
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise StoreError(f"{where}: zarr cannot read it ({type(exc).__name__}: {detail[:300]}); the store is "
+                         "damaged, so it is not read.") from None
