@@ -262,3 +262,67 @@ def test_a_label_file_of_one_huge_field_stops_at_the_line_limit(tmp_path):
     """, address_space_mb=1024)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "refused:" in result.stdout and "labels.csv:2: a line longer than" in result.stdout, result.stdout
+
+
+# ---- 4. an index segment is a cache, never the truth ---------------------------------------------------------------
+
+def segment_path(store: Path) -> Path:
+    (path,) = store.glob(f"{NAME}/index/*.idx")
+    return path
+
+
+def patch_column(store: Path, column: str, dtype: str, change) -> None:
+    """Edit one column of the feature set's index segment in place, as an attacker with a hex editor would."""
+    path = segment_path(store)
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[8:16], "little")
+    offset, count = json.loads(bytes(data[16:16 + length]))["columns"][column]
+    change(np.frombuffer(data, dtype, count, -(-(16 + length) // 64) * 64 + offset))
+    path.write_bytes(bytes(data))
+
+
+def add_ghost(store: Path) -> None:
+    from freezeframe.store.segment import Segment
+
+    segment = Segment.open(segment_path(store))
+    keys = segment.keys() + [b"ghost"]
+    column = {name: np.append(segment.columns[name], value) for name, value in
+              (("shard", 0), ("row_start", 0), ("n_rows", 3))}
+    shards = {shard_id: segment.shard_info(i) for i, shard_id in enumerate(segment.shard_ids)}
+    ghostly = Segment.build(keys, column["shard"], column["row_start"], column["n_rows"], shards, [])[0]
+    segment_path(store).write_bytes(ghostly.to_bytes())
+
+
+def swap_starts(store: Path) -> None:
+    def swap(starts):
+        starts[[1, 2]] = starts[[2, 1]]
+    patch_column(store, "row_start", "<i8", swap)
+
+
+def list_twice(store: Path) -> None:
+    def rename(id_bytes):
+        id_bytes[-1] = ord("2")  # "v3" becomes a second "v2": v3 vanishes from the listing
+    patch_column(store, "id_bytes", "u1", rename)
+
+
+@pytest.mark.parametrize("damage", [swap_starts, add_ghost, list_twice])
+def test_readers_never_serve_rows_the_markers_do_not_vouch_for(tmp_path, run_cli, damage):
+    from freezeframe.train.datasets import FeatureDataset, FrameSelection
+
+    store = write_store(tmp_path / "store", per_shard=4)
+    damage(store)
+    assert not verify_store(store, quick=True).ok  # what verify already caught; the readers now agree
+    fs = open_store(store)[NAME]
+    for video_id, rows in VIDEOS.items():
+        np.testing.assert_array_equal(fs.read(video_id, "embed"), rows)
+    with pytest.raises(KeyError):
+        open_store(store)[NAME].read("ghost", "embed")
+    dataset = FeatureDataset(store, NAME, sorted(VIDEOS), ["embed"], FrameSelection("all"))
+    for i, video_id in enumerate(sorted(VIDEOS)):
+        np.testing.assert_array_equal(dataset[i]["inputs"]["embed"].numpy(), VIDEOS[video_id])
+    result = run_cli("export-npy", store, tmp_path / "out", "--set", NAME)
+    assert result.exit_code == 0, result.output
+    exported = json.loads((tmp_path / "out" / "export.json").read_text())["videos"]
+    assert sorted(exported) == sorted(VIDEOS)
+    for video_id, rows in VIDEOS.items():
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{video_id}_embed.npy"), rows)

@@ -56,6 +56,7 @@ def export_npy(fs: FeatureSet, out: str | Path, arrays: list[str] | None = None,
     if unknown:
         raise InputError(f"feature set {fs.name!r} has no array {', '.join(map(repr, unknown))}; it has: "
                          f"{', '.join(stored)}")
+    fs.check_index()  # every shard is read anyway: list only the videos the commit markers vouch for
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, str]] = {}

@@ -17,7 +17,7 @@ from freezeframe.store.confine import UnsafeStoreError
 from freezeframe.store.index import index_from_markers, load_index
 from freezeframe.store.location import is_remote
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROVENANCE_FILE, SHARDS_DIR
-from freezeframe.store.markers import read_marker, shard_file
+from freezeframe.store.markers import read_marker, read_markers, shard_file
 from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
 from freezeframe.store.location import store_path as store_path_of
 
@@ -76,11 +76,13 @@ class FeatureSet:
         self._readers: dict[str, object] = {}
         self._markers: OrderedDict[str, dict] = OrderedDict()  # recently read markers, for video_info
         self._checked: set[tuple[str, str]] = set()  # (shard, array) whose stored shape matched the marker
+        self._vouched: set[str] = set()  # shards whose index entries matched their commit marker
         self.refresh()
 
     def refresh(self) -> None:
         """Look at the commit markers again, so that newly committed shards become visible."""
         self._index = load_index(self.path)
+        self._vouched = set()
 
     def _from_index(self, lookup):
         """`lookup(index)`, or, when the index turns out damaged, the same from an index built from the markers."""
@@ -184,6 +186,8 @@ class FeatureSet:
     def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
         """Array `array` of one video; the first axis is rows (optionally only the rows `frames`)."""
         entry = self.locate(video_id)
+        if entry.shard not in self._vouched:
+            entry = self._vouch(video_id, entry)
         shard = self.shard_info(entry.shard)
         if array not in shard.arrays:
             raise KeyError(
@@ -199,6 +203,29 @@ class FeatureSet:
             check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}")
             return reader.read(array, lo, hi)
         return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id)
+
+    def _vouch(self, video_id: str, entry: Entry) -> Entry:
+        """`entry` once the index's entries of its shard match the shard's commit marker (checked the first time
+        a shard is read); when they do not, the index is rebuilt from the markers and the video located again
+        (KeyError when no marker has it), so no read serves rows the markers do not vouch for."""
+        try:
+            self._index.vouch(entry.shard, self._marker(entry.shard))
+        except DamagedIndexError:
+            self._index = index_from_markers(self.path)  # the markers are the truth; verify reports the damage
+            entry = self.locate(video_id)
+        self._vouched.add(entry.shard)
+        return entry
+
+    def check_index(self) -> None:
+        """Vouch for every served shard at once (a whole-set export reads them all anyway), so that the ids listed
+        afterwards are the committed ones; a damaged index is replaced by one built from the markers."""
+        try:
+            for shard_id, marker in read_markers(self.path / SHARDS_DIR, self.shard_ids).items():
+                self._index.vouch(shard_id, marker)
+                self._vouched.add(shard_id)
+        except DamagedIndexError:
+            self._index = index_from_markers(self.path)
+            self._vouched = set(self._index.shard_ids)
 
     def _check_stored(self, reader, shard_id: str, array: str, meta: dict, shard: ShardInfo) -> None:
         """The stored array must have the shape and dtype its commit marker declares, before anything is read."""

@@ -82,6 +82,27 @@ class VideoIndex:
         segment, position = self._shards[shard_id]
         return segment.shard_info(position)
 
+    def vouch(self, shard_id: str, marker: dict) -> None:
+        """DamagedIndexError unless what the index says of `shard_id` is what its commit marker says: the shard's
+        description, and its entries exactly the marker's videos (a video the marker lists may instead be served
+        from an earlier shard that holds it too). A segment built from the markers needs no check."""
+        segment, position = self._shards[shard_id]
+        if segment.from_markers:
+            return
+        where = f"{segment.where}: shard {shard_id}"
+        if segment.shard_info(position) != shard_info_of(marker):
+            raise DamagedIndexError(f"{where} is described otherwise than its commit marker says.")
+        listed = {video["id"].encode("utf-8"): (video["row_start"], video["n_rows"]) for video in marker["videos"]}
+        held = segment.shard_entries(position)
+        if len({key for key, _, _ in held}) != len(held) \
+                or any(listed.get(key) != (start, rows) for key, start, rows in held):
+            raise DamagedIndexError(f"{where}: an entry is not what the commit marker says (an id it does not list, "
+                                    "one listed twice, or other rows).")
+        for key in listed.keys() - {key for key, _, _ in held}:  # rare: a video committed twice
+            found = self.locate(key.decode("utf-8"))
+            if found is None or found.shard >= shard_id:
+                raise DamagedIndexError(f"{where}: video {key.decode('utf-8')!r} of its marker is not served.")
+
     def arrays(self) -> dict[str, dict]:
         """Array name -> {"shape", "dtype"} over the served shards (the first shard's description of each)."""
         out: dict[str, dict] = {}
@@ -120,8 +141,10 @@ def segment_from_markers(markers: dict[str, dict], shard_ids: Iterable[str]) -> 
         starts += [video["row_start"] for video in videos]
         rows += [video["n_rows"] for video in videos]
     shards = {shard_id: shard_info_of(markers[shard_id]) for shard_id in shard_ids}
-    return Segment.build(keys, np.array(shard, np.int64), np.array(starts, np.int64), np.array(rows, np.int64),
-                         shards, replacements(markers))
+    segment, duplicates = Segment.build(keys, np.array(shard, np.int64), np.array(starts, np.int64),
+                                        np.array(rows, np.int64), shards, replacements(markers))
+    segment.from_markers = True
+    return segment, duplicates
 
 
 def merge_segments(segments: list[Segment]) -> Segment:

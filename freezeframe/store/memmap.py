@@ -75,6 +75,7 @@ def export_memmap(fs: FeatureSet, arrays: Sequence[str] | None = None, log=None)
         if source not in names:
             names.append(source)
     export_id = secrets.token_hex(6)
+    fs.check_index()  # every shard is read anyway: export only the videos the commit markers vouch for
     table = fs.video_table()
     video_ids = table.ids()
     offsets = np.zeros(table.n + 1, np.int64)

@@ -75,6 +75,8 @@ class Segment:
         self.columns = columns
         self.n = len(columns["shard"])
         self.layouts, self.array_sets, self.replaces = layouts, array_sets, replaces
+        self.from_markers = False  # built from commit markers (the truth), not opened from a file (a cache)
+        self._by_shard: tuple[np.ndarray, np.ndarray] | None = None  # entry positions grouped by shard, when asked
         # scalar access through memoryviews: about 10x faster than indexing numpy arrays one element at a time
         self._off = memoryview(columns["id_offsets"]).cast("B").cast("q")
         self._ids = memoryview(columns["id_bytes"])
@@ -122,6 +124,16 @@ class Segment:
                 or start + rows > int(self.columns["shard_rows"][shard]):
             raise DamagedIndexError(f"{self.where}: the entry of video {i} lies outside its shard.")
         return Entry(self.shard_ids[shard], start, rows)
+
+    def shard_entries(self, position: int) -> list[tuple[bytes, int, int]]:
+        """(UTF-8 id, row start, rows) of every entry of the shard at `position` of the table (grouped once per
+        segment, on first use: one stable sort of the shard column)."""
+        if self._by_shard is None:
+            order = np.argsort(self.columns["shard"], kind="stable")
+            bounds = np.searchsorted(self.columns["shard"][order], np.arange(len(self.shard_ids) + 1))
+            self._by_shard = order, bounds
+        order, bounds = self._by_shard
+        return [(self._key(i), self._start[i], self._rows[i]) for i in order[bounds[position]:bounds[position + 1]].tolist()]
 
     def check_entries(self) -> None:
         """Every entry at once (`entry` checks one): DamagedIndexError unless all lie inside their shards."""

@@ -178,6 +178,9 @@ class FeatureDataset(Dataset):
         fs = self._open()
         stored = fs.arrays()
         missing_ids = [v for v in self.video_ids if v not in fs]
+        if missing_ids:  # a damaged index may hide a committed video: check it against the markers, then again
+            fs.check_index()
+            missing_ids = [v for v in self.video_ids if v not in fs]
         if missing_ids:
             raise InputError(
                 f"{len(missing_ids)} video ids are not committed in feature set {feature_set!r} "
