@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from freezeframe.printable import printable_lines
 from freezeframe.store import Store
 
 
@@ -70,4 +71,4 @@ def format_summary(summary: dict) -> str:
             lines.append(f"    {array:<{width}} {meta['dtype']:<8} per {row} {tuple(meta['shape'])}")
         if fs["failures"]:
             lines.append(f"    failures  {plural(len(fs['failures']), 'video')} (see failures.jsonl)")
-    return "\n".join(lines)
+    return printable_lines(lines)  # names and provenance come from the store: each line stays one line

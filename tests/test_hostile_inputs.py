@@ -326,3 +326,38 @@ def test_readers_never_serve_rows_the_markers_do_not_vouch_for(tmp_path, run_cli
     assert sorted(exported) == sorted(VIDEOS)
     for video_id, rows in VIDEOS.items():
         np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{video_id}_embed.npy"), rows)
+
+
+# ---- 5. output that cannot forge a line ------------------------------------------------------------------------------
+
+HOSTILE = "bad\x1b]0;pwned\x07\x1b[2J\r\nerror: forged \u202e"  # sets the title, clears the screen, forges a line
+
+
+def assert_unforged(output: str) -> None:
+    assert not any(char in output for char in "\x1b\x07\r\u202e"), repr(output)
+    assert not [line for line in output.splitlines() if line.startswith("error: forged")], output
+
+
+def test_names_from_files_and_stores_never_forge_a_line(tmp_path, sample_videos, tiny_model_name, run_cli):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "good.mp4").write_bytes(sample_videos["short_32frames.mp4"].read_bytes())
+    (videos / f"{HOSTILE}.mp4").write_bytes(b"not a video at all")
+    store = tmp_path / "store"
+    result = run_cli("extract", videos, "--store", store, "--model", tiny_model_name, "--pretrained", "none",
+                     "--num-frames", "2", "--workers", "1", "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "failed: bad\\x1b]0;pwned\\x07\\x1b[2J\\r\\nerror: forged \\u202e" in result.output
+    assert_unforged(result.output)
+    (name,) = open_store(store).names()
+    (record,) = [json.loads(line) for line in (store / name / "failures.jsonl").read_text().splitlines()]
+    assert record["video_id"] == HOSTILE  # failures.jsonl stays exact JSON
+    provenance = store / name / "provenance.json"
+    provenance.write_text(json.dumps({**json.loads(provenance.read_text()), "backbone": {"model": HOSTILE}}))
+    inspected = run_cli("inspect", store)
+    assert inspected.exit_code == 0 and "bad\\x1b" in inspected.output
+    assert_unforged(inspected.output)
+    assert json.loads(run_cli("inspect", store, "--json").output)["feature_sets"][name]["provenance"]["backbone"] \
+        == {"model": HOSTILE}
+    assert "\\r\\nerror: forged" in one_line_error(run_cli, "inspect", tmp_path / HOSTILE)
+    assert_unforged(run_cli("inspect", tmp_path / HOSTILE).output)

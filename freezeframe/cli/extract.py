@@ -9,6 +9,7 @@ import click
 from freezeframe.cli.group import main, option_given, refuse_ignored
 from freezeframe.cli.options import given_backbone_options, with_backbone_options
 from freezeframe.extract.backbones.registry import backbone_names, get_entry
+from freezeframe.printable import printable, printable_lines
 
 
 @main.command()
@@ -154,15 +155,16 @@ def _print_report(report, store) -> None:
     from freezeframe.summary import format_summary, plural, store_summary
 
     click.echo(format_summary(store_summary(open_store(store), [report.feature_set])))
-    click.echo(
+    click.echo(printable(
         f"{report.feature_set}: stored {plural(report.stored, 'video')} ({plural(report.frames, 'frame')}) in "
         f"{report.seconds:.1f}s; "
         f"{report.skipped} already committed; "
         f"{f'{report.by_others} by other writers; ' if report.by_others else ''}store {report.store}"
-    )
+    ))
     if report.failures:
         for failure in report.failures:
-            click.echo(f"failed: {failure['video_id']} ({failure['path']}): {failure['reason']}", err=True)
+            click.echo(printable(f"failed: {failure['video_id']} ({failure['path']}): {failure['reason']}"),
+                       err=True)
         click.echo(f"{len(report.failures)} of {report.total} videos failed; see {report.failures_path}")
         sys.exit(1)
 
@@ -196,7 +198,7 @@ def format_plan(plan) -> str:
     lines += [f"  to do     {video_id}" for video_id in plan.todo[:20]]
     if len(plan.todo) > 20:
         lines.append(f"  ...       and {len(plan.todo) - 20} more")
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 def plan_count(n: int, noun: str) -> str:
@@ -223,9 +225,9 @@ def _interrupted(sources, store: str, name: str) -> None:
             committed = sum(source.video_id in done for source in sources)
     except Exception:  # noqa: BLE001 - the store may not exist yet; the message below still holds
         pass
-    click.echo(f"\ninterrupted: {committed} of {len(sources)} videos are committed in feature set {name} of {store}; "
-               "shards in flight were discarded. Run the same command again to resume: committed videos are "
-               "skipped.", err=True)
+    click.echo("\n" + printable(f"interrupted: {committed} of {len(sources)} videos are committed in feature set "
+                                 f"{name} of {store}; shards in flight were discarded. Run the same command again to "
+                                 "resume: committed videos are skipped."), err=True)
     sys.exit(130)
 
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from freezeframe.errors import FreezeframeError
+from freezeframe.printable import printable
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -40,7 +41,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FreezeframeError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(exc)}", err=True)  # names in it come from files: never a line of their own
             sys.exit(2)
         except KeyboardInterrupt:  # commands that commit work say what was kept; this is the plain fallback
             click.echo("\ninterrupted", err=True)

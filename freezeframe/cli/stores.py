@@ -8,7 +8,13 @@ import sys
 import click
 
 from freezeframe.cli.group import main
+from freezeframe.printable import printable
 from freezeframe.store.store import open_feature_set
+
+
+def echo_printable(line: str) -> None:
+    """A progress line naming store data, escaped (see freezeframe.printable)."""
+    click.echo(printable(line))
 
 
 @main.command()
@@ -35,9 +41,9 @@ def verify(store, quick, jobs) -> None:
 
     report = verify_store(store, quick=quick, jobs=jobs)
     for warning in report.warnings:
-        click.echo(f"warning: {warning}")
+        click.echo(printable(f"warning: {warning}"))
     for problem in report.problems:
-        click.echo(f"problem: {problem}")
+        click.echo(printable(f"problem: {problem}"))
     status = "ok:" if report.ok else f"{plural(len(report.problems), 'problem')} found;"
     click.echo(f"{status} {plural(report.checked_shards, 'shard')}, {plural(report.checked_videos, 'video')} checked")
     sys.exit(0 if report.ok else 1)
@@ -61,13 +67,13 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
     from freezeframe.summary import plural
 
     report = convert_store(src, dst, format=store_format, compression=compression, names=names,
-                           log=None if quiet else click.echo)
+                           log=None if quiet else echo_printable)
     for name, done in report.feature_sets.items():
         click.echo(f"{name}: copied {plural(done.copied_shards, 'shard')} ({plural(done.copied_videos, 'video')}), "
                    f"skipped {done.skipped_shards} already in {dst}; {done.verified_videos} videos verified equal; "
                    f"{done.failures_copied} failure records copied")
     for problem in report.problems:
-        click.echo(f"problem: {problem}", err=True)
+        click.echo(printable(f"problem: {problem}"), err=True)
     if not report.ok:
         click.echo(f"convert failed: {len(report.problems)} mismatches between {src} and {dst}", err=True)
         sys.exit(1)
@@ -88,7 +94,7 @@ def publish(store, dest, names) -> None:
     from freezeframe.store.publish import publish_store
     from freezeframe.summary import plural
 
-    report = publish_store(store, dest, names, log=click.echo)
+    report = publish_store(store, dest, names, log=echo_printable)
     click.echo(f"published {plural(report.videos, 'video')} in {plural(report.files, 'file')} "
                f"({report.bytes / 1e6:.1f} MB) to {dest}; manifest sha256 {report.manifest_sha256}")
 
@@ -107,7 +113,7 @@ def export_memmap_command(store, feature_set, arrays) -> None:
 
     fs = open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
-    index = export_memmap(fs, names, log=click.echo)
+    index = export_memmap(fs, names, log=echo_printable)
     click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(fs)} videos, "
                f"{index['num_rows']} rows from {len(index['shards'])} shards to {fs.path / MEMMAP_DIR}")
 
@@ -170,5 +176,6 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
         return
     report = remove_videos(store, name, ids)
     missing = f"; not committed, so nothing to do: {', '.join(report.missing[:5])}" if report.missing else ""
-    click.echo(f"{name}: removed {plural(len(report.removed_videos), 'video')} ({plural(report.dropped_shards, 'shard')} "
-               f"dropped, {report.rewritten_shards} rewritten without them){missing}")
+    click.echo(printable(f"{name}: removed {plural(len(report.removed_videos), 'video')} "
+                         f"({plural(report.dropped_shards, 'shard')} dropped, {report.rewritten_shards} rewritten "
+                         f"without them){missing}"))

@@ -25,6 +25,7 @@ from freezeframe.extract.preprocess import PreprocessConfig, check_fast_supporte
 from freezeframe.extract.sampling import SamplingConfig
 from freezeframe.extract.sources import VideoSource, check_unique
 from freezeframe.faults import fault_point
+from freezeframe.printable import printable
 from freezeframe.store import provenance as prov
 from freezeframe.store.claims import DEFAULT_LEASE, Claims, claiming, forget_committed_claims
 from freezeframe.store.files import read_jsonl
@@ -387,8 +388,8 @@ def _unfinished(todo: Sequence[VideoSource], claims: Claims, writer: FeatureSetW
             chosen = set(takeable)
             return [s for s in left if s.video_id in chosen]
         if progress and not waiting_shown:
-            tqdm.write(f"waiting for {len(held_by_others)} videos that other writers are extracting "
-                       f"({claims.describe_holders(held_by_others)})")
+            tqdm.write(printable(f"waiting for {len(held_by_others)} videos that other writers are extracting "
+                                 f"({claims.describe_holders(held_by_others)})"))
             waiting_shown = True
         time.sleep(min(2.0, claims.lease / 4))
 
