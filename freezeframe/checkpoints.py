@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from freezeframe.errors import InputError
+from freezeframe.errors import InputError, library_errors
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -40,10 +40,12 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: str 
     if path.suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import load_file
 
-        return load_file(str(path), device=str(map_location))
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        if not trust:
-            raise UntrustedCheckpointError(untrusted_message(path)) from None
-    return torch.load(path, map_location=map_location, weights_only=False)
+        with library_errors(path, InputError):  # a huge header length, a header not JSON, offsets past the end
+            return load_file(str(path), device=str(map_location))
+    with library_errors(path, InputError):  # a truncated or damaged file: one line naming it
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            if not trust:
+                raise UntrustedCheckpointError(untrusted_message(path)) from None
+        return torch.load(path, map_location=map_location, weights_only=False)

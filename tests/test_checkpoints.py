@@ -215,3 +215,32 @@ def test_an_index_segment_declaring_an_oversize_header_is_ignored(head_run, tmp_
     assert open_store(store)[FEATURE_SET].video_ids() == ids  # read from the markers instead
     report = verify_store(store)
     assert report.ok and any("not a readable index segment" in w for w in report.warnings), report.warnings
+
+
+def _huge_header(data: bytes) -> bytes:
+    return (1 << 60).to_bytes(8, "little") + data[8:]
+
+
+def _header_not_json(data: bytes) -> bytes:
+    length = int.from_bytes(data[:8], "little")
+    return data[:8] + b"!" * length + data[8 + length:]
+
+
+@pytest.mark.parametrize("damage", [_huge_header, _header_not_json, lambda data: data[:-64]],
+                         ids=["huge header length", "header not JSON", "offsets past the end"])
+def test_a_damaged_best_safetensors_is_one_line_naming_it(head_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(head_run["run"], run)
+    best = run / "best.safetensors"
+    best.write_bytes(damage(best.read_bytes()))
+    line = one_error_line(cli("eval", run, "--labels", head_run["labels"]))
+    assert str(best) in line and "cannot be read" in line
+
+
+def test_a_truncated_last_checkpoint_is_one_line_on_resume(head_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(head_run["run"], run)
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])
+    line = one_error_line(cli(*head_run["train"], "--out", run, "--epochs", "2", "--resume"))
+    assert str(last) in line and "cannot be read" in line

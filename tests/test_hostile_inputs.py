@@ -361,3 +361,58 @@ def test_names_from_files_and_stores_never_forge_a_line(tmp_path, sample_videos,
         == {"model": HOSTILE}
     assert "\\r\\nerror: forged" in one_line_error(run_cli, "inspect", tmp_path / HOSTILE)
     assert_unforged(run_cli("inspect", tmp_path / HOSTILE).output)
+
+
+# ---- 6. every library error is one line ------------------------------------------------------------------------------
+
+def zarr_meta_edit(change):
+    def damage(store: Path) -> None:
+        meta = json.loads(embed_meta(store).read_text())
+        change(meta)
+        embed_meta(store).write_text(json.dumps(meta))
+    return damage
+
+
+def empty_h5(store: Path) -> None:
+    next(store.glob(f"{NAME}/shards/*.h5")).write_bytes(b"")
+
+
+def zip_h5(store: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(next(store.glob(f"{NAME}/shards/*.h5")), "w") as archive:
+        archive.writestr("embed.npy", b"\x93NUMPY")
+
+
+DAMAGED_FILES = {
+    "zarr fill value": ("zarr", "zstd", zarr_meta_edit(lambda m: m.update(fill_value="not a number"))),
+    "zarr codec and dtype at odds": ("zarr", "none", zarr_meta_edit(lambda m: m["codecs"].append(
+        {"name": "zstd", "configuration": {"level": 3, "checksum": False}}))),
+    "zarr unknown codec": ("zarr", "zstd", zarr_meta_edit(lambda m: m["codecs"].append({"name": "evil"}))),
+    "zarr bad data type": ("zarr", "none", zarr_meta_edit(lambda m: m.update(data_type="complex-float16"))),
+    "0-byte .h5": ("hdf5", "none", empty_h5),
+    "zip named .h5": ("hdf5", "none", zip_h5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_FILES))
+def test_whatever_a_damaged_shard_makes_a_library_raise_is_one_line(tmp_path, run_cli, case):
+    from freezeframe.train.datasets import FeatureDataset, FrameSelection
+
+    fmt, compression, damage = DAMAGED_FILES[case]
+    writer = FeatureSetWriter(tmp_path / "store", NAME, {"backbone": {"model": "tiny"}}, format=fmt,
+                              compression=compression)
+    shard = writer.new_shard()
+    shard.append("v0", {"embed": VIDEOS["v0"]})
+    shard.end_video("v0")
+    shard.commit()
+    writer.write_index()
+    store = tmp_path / "store"
+    damage(store)
+    with deadline(20):
+        line = one_line_error(run_cli, "export-npy", store, tmp_path / "out", "--set", NAME)
+        with pytest.raises(StoreError, match="shards"):
+            open_store(store)[NAME].read("v0", "embed")
+        with pytest.raises(StoreError):
+            FeatureDataset(store, NAME, ["v0"], ["embed"], FrameSelection("all"))[0]
+    assert "/shards/" in line

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from freezeframe.errors import StoreError
+from freezeframe.errors import API_ERRORS, FreezeframeError, StoreError, library_error, library_errors
 from freezeframe.store.backends import BACKENDS, get_backend
 from freezeframe.store.files import read_json, read_jsonl
 from freezeframe.limits import check_read
@@ -193,15 +193,21 @@ class FeatureSet:
             raise KeyError(
                 f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard.arrays))}"
             )
-        reader = self._reader(entry.shard, shard)
         meta = shard.arrays[array]
         if (entry.shard, array) not in self._checked:
-            self._check_stored(reader, entry.shard, array, meta, shard)
+            with library_errors(self.path / SHARDS_DIR / shard_file(entry.shard, shard.format)):
+                self._check_stored(self._reader(entry.shard, shard), entry.shard, array, meta, shard)
+        reader = self._reader(entry.shard, shard)
         row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize  # (np.prod costs ~15 us a read)
 
         def read_rows(lo: int, hi: int) -> np.ndarray:
             check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}")
-            return reader.read(array, lo, hi)
+            try:  # (inline, not a context manager: free when nothing is raised)
+                return reader.read(array, lo, hi)
+            except (FreezeframeError, *API_ERRORS):
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
+                raise library_error(f"{self.path / SHARDS_DIR / entry.shard} array {array!r}", exc) from None
         return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id)
 
     def _vouch(self, video_id: str, entry: Entry) -> Entry:
@@ -241,14 +247,15 @@ class FeatureSet:
         """Frozen backbone weights stored once per feature set (e.g. the blocks' norm and q/k projections)."""
         path, backend = self.frozen_bundle()
         if path is not None:
-            reader = backend.reader(path)
-            try:
-                for name in reader.array_names():
-                    nbytes = int(np.prod(reader.shape(name), dtype=np.int64)) * reader.dtype(name).itemsize
-                    check_read(nbytes, f"{path} array {name!r}")
-                return {name: reader.read(name) for name in reader.array_names()}
-            finally:
-                reader.close()
+            with library_errors(path):
+                reader = backend.reader(path)
+                try:
+                    for name in reader.array_names():
+                        nbytes = int(np.prod(reader.shape(name), dtype=np.int64)) * reader.dtype(name).itemsize
+                        check_read(nbytes, f"{path} array {name!r}")
+                    return {name: reader.read(name) for name in reader.array_names()}
+                finally:
+                    reader.close()
         raise StoreError(f"feature set {self.name!r} keeps no frozen weights (extract with --features tokens).")
 
     def frozen_bundle(self):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from freezeframe.errors import StoreError
+from freezeframe.errors import StoreError, library_errors
 from freezeframe.store.chunks import check_chunk_grid
 from freezeframe.store.confine import UnsafeStoreError, check_regular
 from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, chunk_rows
@@ -198,7 +198,8 @@ class Hdf5BundleReader:
             self._file, self._cache = None, {}
             if not _plugins_checked:
                 _load_plugins(required=False)
-            self._file = _open(self.path, "r")
+            with library_errors(self.path):  # a 0-byte file, a zip named .h5: h5py's OSError, as one line
+                self._file = _open(self.path, "r")
             self._pid = os.getpid()
             if not self._checked:
                 try:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from freezeframe.errors import StoreError
+from freezeframe.errors import StoreError, library_errors
 from freezeframe.store.chunks import HEADER_BYTES, ChunkLayoutError, check_chunk_grid, check_compressed_chunk
 from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_tree, read_regular
 from freezeframe.store.location import is_remote, remove_tree
@@ -421,15 +421,7 @@ def _chunk_header(array_dir, key: str) -> bytes | None:
         os.close(fd)
 
 
-@contextlib.contextmanager
 def zarr_errors(where: object):
     """Whatever zarr raises on a malformed array (bad fill value, codec and dtype at odds, an unknown codec) as one
-    StoreError naming the file; freezeframe's own errors pass as they are."""
-    try:
-        yield
-    except (StoreError, FileNotFoundError, KeyError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - a hostile zarr.json can make zarr raise almost anything
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise StoreError(f"{where}: zarr cannot read it ({type(exc).__name__}: {detail[:300]}); the store is "
-                         "damaged, so it is not read.") from None
+    StoreError naming the file; freezeframe's own errors, and KeyError for a missing array, pass as they are."""
+    return library_errors(where)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from freezeframe.checkpoints import load_checkpoint
-from freezeframe.errors import InputError
+from freezeframe.errors import InputError, library_errors
 from freezeframe.store.files import write_atomic
 
 BEST = "best.safetensors"
@@ -41,7 +41,7 @@ def saved_info(path: Path) -> dict:
     """The metadata `save_weights` wrote (epoch, metrics)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as handle:
+    with library_errors(path, InputError), safe_open(str(path), "pt") as handle:
         return json.loads((handle.metadata() or {}).get("freezeframe", "{}"))
 
 
