@@ -129,11 +129,18 @@ class Segment:
         """(UTF-8 id, row start, rows) of every entry of the shard at `position` of the table (grouped once per
         segment, on first use: one stable sort of the shard column)."""
         if self._by_shard is None:
-            order = np.argsort(self.columns["shard"], kind="stable")
+            order = np.argsort(self.columns["shard"], kind="stable").astype(np.int32)
             bounds = np.searchsorted(self.columns["shard"][order], np.arange(len(self.shard_ids) + 1))
             self._by_shard = order, bounds
         order, bounds = self._by_shard
-        return [(self._key(i), self._start[i], self._rows[i]) for i in order[bounds[position]:bounds[position + 1]].tolist()]
+        entries = order[bounds[position]:bounds[position + 1]]
+        offsets = self.columns["id_offsets"]
+        lo, hi = offsets[entries], offsets[entries + 1]
+        if len(entries) and (lo.min() < 0 or np.any(hi < lo) or hi.max() > len(self._ids)):
+            raise DamagedIndexError(f"{self.where}: a video id lies outside the id column.")
+        ids = self._ids
+        keys = [bytes(ids[a:b]) for a, b in zip(lo.tolist(), hi.tolist())]
+        return list(zip(keys, self.columns["row_start"][entries].tolist(), self.columns["n_rows"][entries].tolist()))
 
     def check_entries(self) -> None:
         """Every entry at once (`entry` checks one): DamagedIndexError unless all lie inside their shards."""
