@@ -416,3 +416,43 @@ def test_whatever_a_damaged_shard_makes_a_library_raise_is_one_line(tmp_path, ru
         with pytest.raises(StoreError):
             FeatureDataset(store, NAME, ["v0"], ["embed"], FrameSelection("all"))[0]
     assert "/shards/" in line
+
+
+# ---- 7. rm while another process extracts into the same set --------------------------------------------------------
+
+def test_rm_while_another_process_extracts_into_the_same_set(tmp_path, sample_videos, tiny_model_name, run_cli):
+    import time
+
+    names = sorted(sample_videos)
+    store = tmp_path / "store"
+    common = ["--store", str(store), "--model", tiny_model_name, "--pretrained", "none", "--num-frames", "2",
+              "--name", NAME, "--no-progress", "--shard-size", "1"]
+    first = [sample_videos[n] for n in names[:3]]
+    assert run_cli("extract", *first, *common, "--workers", "0").exit_code == 0
+    fs = open_store(store)[NAME]
+    kept = {v: fs.read(v, "embed") for v in fs.video_ids()}
+    gone = sorted(kept)[0]
+    del kept[gone]
+    shards = store / NAME / "shards"
+    before = len(list(shards.glob("*.done.json")))
+    rest = [str(sample_videos[n]) for n in names[3:]]
+    extract = subprocess.Popen([sys.executable, "-m", "freezeframe.cli", "extract", *rest, *common, "--workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline_s = time.monotonic() + 240
+        while len(list(shards.glob("*.done.json"))) == before and extract.poll() is None:
+            assert time.monotonic() < deadline_s, "the extraction committed nothing"
+            time.sleep(0.05)
+        result = run_cli("rm", store, NAME, "--videos", gone, "--yes")  # while the extraction goes on
+        assert result.exit_code == 0, result.output
+        output, _ = extract.communicate(timeout=240)
+    finally:
+        extract.kill()
+    assert extract.returncode == 0, output
+    assert "removed 1 video" in result.output
+    fs = open_store(store)[NAME]
+    assert sorted(fs.video_ids()) == sorted([*kept, *(Path(p).stem for p in rest)])
+    for video_id, rows in kept.items():
+        np.testing.assert_array_equal(fs.read(video_id, "embed"), rows)
+    report = verify_store(store)
+    assert report.ok, report.problems
