@@ -247,6 +247,32 @@ def test_a_zstd_chunk_inflating_past_its_chunk_is_refused_before_decompressing(t
     assert "refused:" in result.stdout and "1610612736 bytes decompressed" in result.stdout, result.stdout
 
 
+def test_an_hdf5_zstd_chunk_inflating_past_its_chunk_is_refused_before_decompressing(tmp_path):
+    import h5py
+    import numcodecs
+
+    store = tmp_path / "store"
+    writer = FeatureSetWriter(store, NAME, {"backbone": {"model": "tiny"}}, format="hdf5", compression="zstd")
+    shard = writer.new_shard()
+    shard.append("v0", {"embed": VIDEOS["v0"]})
+    shard.end_video("v0")
+    shard.commit()
+    writer.write_index()
+    bomb = bytes(numcodecs.Zstd(level=1).encode(np.zeros(1536 << 20, np.uint8)))  # 48 KB, 1.5 GiB inflated
+    with h5py.File(next(store.glob(f"{NAME}/shards/*.h5")), "a") as f:
+        f["embed"].id.write_direct_chunk((0, 0), bomb, filter_mask=0)
+    result = _run_limited(f"""
+        from freezeframe.errors import StoreError
+        from freezeframe.store import open_store
+        try:
+            open_store({str(store)!r})["fs"].read("v0", "embed")
+        except StoreError as exc:
+            print("refused:", exc)
+    """, address_space_mb=1024)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused:" in result.stdout and "1610612736 bytes decompressed" in result.stdout, result.stdout
+
+
 def test_a_label_file_of_one_huge_field_stops_at_the_line_limit(tmp_path):
     labels = tmp_path / "labels.csv"
     with open(labels, "wb") as handle:

@@ -14,6 +14,7 @@ holds a file open would block any other process that opens it with write intent.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from freezeframe.errors import StoreError, library_errors
-from freezeframe.store.chunks import check_chunk_grid
-from freezeframe.store.confine import UnsafeStoreError, check_regular
+from freezeframe.store.chunks import HEADER_BYTES, ChunkLayoutError, check_chunk_grid, check_compressed_chunk
+from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_regular
 from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, chunk_rows
 
 EXTENSION = ".h5"
@@ -174,6 +175,33 @@ def _check_confined(file, path: Path) -> None:
         raise UnsafeStoreError(f"{path}: {problems[0]}; store files hold their own data, so it is not read.")
 
 
+FILTER_CODECS = {"32015": "zstd", "32001": "blosc"}  # the HDF5 filters freezeframe writes (hdf5plugin's ids)
+
+
+def _check_compressed_chunks(path: Path, dataset, where: str) -> None:
+    """Every compressed chunk of `dataset` must declare (in its zstd or blosc header) no more bytes than a chunk
+    holds, before HDF5 decompresses any (its filters allocate what the header says); other filters are refused.
+    One pread of a header per chunk, once per dataset and reader."""
+    filters = dict(dataset._filters)
+    if not filters:
+        return
+    unknown = sorted(set(filters) - set(FILTER_CODECS))
+    if unknown or len(filters) > 1:
+        raise ChunkLayoutError(f"{where}: filters {sorted(filters)} are not what freezeframe writes (zstd or blosc "
+                               "alone); it is not read.")
+    codec = FILTER_CODECS[next(iter(filters))]
+    chunk_bytes = math.prod(dataset.chunks) * dataset.dtype.itemsize
+    fd = os.open(path, READ_FLAGS)
+    try:
+        for number in range(dataset.id.get_num_chunks()):
+            info = dataset.id.get_chunk_info(number)
+            if not info.filter_mask & 1:  # (a set bit: stored as it was, the filter skipped)
+                header = os.pread(fd, min(HEADER_BYTES, info.size), info.byte_offset)
+                check_compressed_chunk(codec, header, chunk_bytes, f"{where} chunk at {info.chunk_offset}")
+    finally:
+        os.close(fd)
+
+
 class Hdf5BundleReader:
     """Read-only access to a file written by `Hdf5BundleWriter`, opened lazily on first use.
 
@@ -227,7 +255,9 @@ class Hdf5BundleReader:
         dataset = self._cache.get(name)
         if dataset is None:
             dataset = file[name]
-            check_chunk_grid(dataset.chunks, dataset.shape, dataset.dtype.itemsize, f"{self.path} dataset {name!r}")
+            where = f"{self.path} dataset {name!r}"
+            check_chunk_grid(dataset.chunks, dataset.shape, dataset.dtype.itemsize, where)
+            _check_compressed_chunks(self.path, dataset, where)
             self._cache[name] = dataset
         return dataset
 
