@@ -17,6 +17,7 @@ from freezeframe.store.confine import UnsafeStoreError
 from freezeframe.store.index import index_from_markers, load_index
 from freezeframe.store.location import is_remote
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROVENANCE_FILE, SHARDS_DIR
+from freezeframe.store.mapped import into, span_take
 from freezeframe.store.markers import read_marker, shard_file
 from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
 from freezeframe.store.location import store_path as store_path_of
@@ -35,23 +36,25 @@ def block_source(array: str, stored: dict) -> str:
     return previous if previous in stored else array
 
 
-def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None, video_id: str) -> np.ndarray:
-    """Frames of one video stored at rows [start, start + n): all, a slice, or chosen indices.
+def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None, video_id: str,
+                take_rows=None, out: np.ndarray | None = None) -> np.ndarray:
+    """Frames of one video stored at rows [start, start + n): all, a slice, or chosen indices (into `out` if given).
 
-    `read_rows(lo, hi)` returns rows lo..hi-1 of the flat array; one contiguous range is read.
+    `read_rows(lo, hi, out)` returns rows lo..hi-1 of the flat array (in `out` where it is not None);
+    `take_rows(rows, out)` returns the chosen flat rows, reading only those; without it, the one span from the
+    first to the last chosen row is read and indexed.
     """
     if frames is None:
-        return read_rows(start, start + n)
+        return read_rows(start, start + n, out)
     if isinstance(frames, slice):
         lo, hi, step = frames.indices(n)
-        return read_rows(start + lo, start + hi)[::step]
+        return into(out, read_rows(start + lo, start + hi, None)[::step])
     frames = np.asarray(frames, dtype=np.int64)
     if frames.size and (frames.min() < 0 or frames.max() >= n):
         raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
-    if not frames.size:
-        return read_rows(start, start)
-    lo, hi = int(frames.min()), int(frames.max()) + 1
-    return read_rows(start + lo, start + hi)[frames - lo]
+    if take_rows is not None:
+        return take_rows(start + frames, out)
+    return into(out, span_take(lambda lo, hi: read_rows(start + lo, start + hi, None), frames))
 
 
 class FeatureSet:
@@ -181,8 +184,10 @@ class FeatureSet:
             self._readers[shard_id] = reader
         return reader
 
-    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
-        """Array `array` of one video; the first axis is rows (optionally only the rows `frames`)."""
+    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Array `array` of one video; the first axis is rows (optionally only the rows `frames`). With `out` (a
+        contiguous buffer of the result's shape and dtype, e.g. a row of a batch tensor) the rows land there."""
         entry = self.locate(video_id)
         shard = self.shard_info(entry.shard)
         if array not in shard.arrays:
@@ -194,11 +199,16 @@ class FeatureSet:
         if (entry.shard, array) not in self._checked:
             self._check_stored(reader, entry.shard, array, meta, shard)
         row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize  # (np.prod costs ~15 us a read)
+        where = f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}"
 
-        def read_rows(lo: int, hi: int) -> np.ndarray:
-            check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}")
-            return reader.read(array, lo, hi)
-        return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id)
+        def read_rows(lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
+            check_read((hi - lo) * row_bytes, where)
+            return reader.read(array, lo, hi, into_)
+
+        def take_rows(rows: np.ndarray, into_: np.ndarray | None) -> np.ndarray:
+            check_read(len(rows) * row_bytes, where)
+            return reader.take(array, rows, into_)
+        return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id, take_rows, out)
 
     def _check_stored(self, reader, shard_id: str, array: str, meta: dict, shard: ShardInfo) -> None:
         """The stored array must have the shape and dtype its commit marker declares, before anything is read."""
