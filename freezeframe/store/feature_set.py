@@ -25,6 +25,7 @@ from freezeframe.store.location import store_path as store_path_of
 if TYPE_CHECKING:
     from freezeframe.store.published import PublishedStore
 
+LOCATED_KEPT = 1 << 20  # video entries `locate` keeps (about 200 bytes each)
 MARKERS_KEPT = 256  # markers `video_info` keeps parsed (about 10 KB each for 64 videos)
 
 
@@ -79,11 +80,22 @@ class FeatureSet:
         self._readers: dict[str, object] = {}
         self._markers: OrderedDict[str, dict] = OrderedDict()  # recently read markers, for video_info
         self._checked: set[tuple[str, str]] = set()  # (shard, array) whose stored shape matched the marker
+        self._arrays_read: dict[tuple[str, str], tuple] = {}  # (shard, array) -> checked (reader, row bytes, name)
         self.refresh()
 
     def refresh(self) -> None:
         """Look at the commit markers again, so that newly committed shards become visible."""
         self._index = load_index(self.path)
+
+    @property
+    def _index(self):
+        return self._current_index
+
+    @_index.setter
+    def _index(self, index) -> None:
+        self._current_index = index
+        self._located: dict[str, Entry] = {}  # video id -> entry, looked up in this index (a training epoch asks
+        # for each video again; a binary search of the index costs ~10 us)
 
     def _from_index(self, lookup):
         """`lookup(index)`, or, when the index turns out damaged, the same from an index built from the markers."""
@@ -130,9 +142,13 @@ class FeatureSet:
 
     def locate(self, video_id: str) -> Entry:
         """Where a committed video's rows are: (shard, row_start, n_rows); KeyError when it is not committed."""
-        entry = self._from_index(lambda index: index.locate(video_id))
+        entry = self._located.get(video_id)
         if entry is None:
-            raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}")
+            entry = self._from_index(lambda index: index.locate(video_id))
+            if entry is None:
+                raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}")
+            if len(self._located) < LOCATED_KEPT:
+                self._located[video_id] = entry
         return entry
 
     def video_info(self, video_id: str) -> dict:
@@ -189,17 +205,7 @@ class FeatureSet:
         """Array `array` of one video; the first axis is rows (optionally only the rows `frames`). With `out` (a
         contiguous buffer of the result's shape and dtype, e.g. a row of a batch tensor) the rows land there."""
         entry = self.locate(video_id)
-        shard = self.shard_info(entry.shard)
-        if array not in shard.arrays:
-            raise KeyError(
-                f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard.arrays))}"
-            )
-        reader = self._reader(entry.shard, shard)
-        meta = shard.arrays[array]
-        if (entry.shard, array) not in self._checked:
-            self._check_stored(reader, entry.shard, array, meta, shard)
-        row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize  # (np.prod costs ~15 us a read)
-        where = f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}"
+        reader, row_bytes, where = self._arrays_read.get((entry.shard, array)) or self._open_array(entry.shard, array)
 
         def read_rows(lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
             check_read((hi - lo) * row_bytes, where)
@@ -209,6 +215,23 @@ class FeatureSet:
             check_read(len(rows) * row_bytes, where)
             return reader.take(array, rows, into_)
         return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id, take_rows, out)
+
+    def _open_array(self, shard_id: str, array: str) -> tuple:
+        """(reader, bytes per row, name for messages) of an array of a served shard, checked against its commit
+        marker once: every later read of it goes straight to the reader."""
+        shard = self.shard_info(shard_id)
+        if array not in shard.arrays:
+            raise KeyError(
+                f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard.arrays))}"
+            )
+        reader = self._reader(shard_id, shard)
+        meta = shard.arrays[array]
+        if (shard_id, array) not in self._checked:
+            self._check_stored(reader, shard_id, array, meta, shard)
+        row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize
+        access = self._arrays_read[(shard_id, array)] = (reader, row_bytes,
+                                                         f"{self.name}/{SHARDS_DIR}/{shard_id} array {array!r}")
+        return access
 
     def _check_stored(self, reader, shard_id: str, array: str, meta: dict, shard: ShardInfo) -> None:
         """The stored array must have the shape and dtype its commit marker declares, before anything is read."""
@@ -261,6 +284,7 @@ class FeatureSet:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+        self._arrays_read.clear()
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.name!r}, videos={len(self)}, rows={self.num_rows})"

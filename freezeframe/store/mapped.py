@@ -25,14 +25,15 @@ MAPS_KEPT = 4096  # memory maps one process keeps open (each costs a kernel map 
 _maps: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
-def mapped_file(path: str, nbytes: int | None = None) -> np.ndarray | None:
-    """The bytes of regular file `path` as a read-only uint8 array, mapped once per process; None when it does not
-    hold exactly `nbytes` (any size with None). FileNotFoundError when it is absent; never through a symlink or
-    a FIFO."""
+def mapped_file(path: str, nbytes: int | None = None, dtype: np.dtype = np.dtype(np.uint8),
+                shape: tuple[int, ...] = (-1,)) -> np.ndarray | None:
+    """The bytes of regular file `path` as a read-only array of `dtype` and `shape` (one path is always asked for
+    as the same), mapped once per process; None when the file does not hold exactly `nbytes` (any size with None).
+    FileNotFoundError when it is absent; never through a symlink or a FIFO."""
     data = _maps.get(path)
     if data is not None:
         _maps.move_to_end(path)
-        return data if nbytes is None or len(data) == nbytes else None
+        return data
     fd = os.open(path, READ_FLAGS)
     try:
         info = os.fstat(fd)
@@ -41,6 +42,7 @@ def mapped_file(path: str, nbytes: int | None = None) -> np.ndarray | None:
         if (nbytes is not None and info.st_size != nbytes) or info.st_size == 0:
             return None
         data = np.frombuffer(mmap.mmap(fd, info.st_size, access=mmap.ACCESS_READ), np.uint8)
+        data = data.view(dtype).reshape(shape) if shape != (-1,) or dtype != np.uint8 else data
     finally:
         os.close(fd)
     _maps[path] = data
@@ -106,12 +108,13 @@ class ChunkedRows:
         out = output(len(rows), self.shape[1:], self.dtype, out)
         if not len(rows):
             return out
-        numbers, offsets = np.divmod(rows, self.chunk_rows)
-        edges = [0, *(np.flatnonzero(numbers[1:] != numbers[:-1]) + 1).tolist(), len(rows)]
+        size = self.chunk_rows
+        numbers = [row // size for row in rows.tolist()]  # chunk of each row (few rows: Python beats numpy calls)
+        edges = [0, *(i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1]), len(numbers)]
         for lo, hi in zip(edges, edges[1:]):  # runs of rows in one chunk
-            source = self.chunk(int(numbers[lo]))
-            if isinstance(source, np.ndarray):
-                np.take(source, offsets[lo:hi], axis=0, out=out[lo:hi], mode="clip")  # 'clip': no buffered copy
+            source = self.chunk(numbers[lo])
+            if isinstance(source, np.ndarray):  # 'clip' (rows are in range) avoids numpy's buffered copy
+                np.take(source, rows[lo:hi] - numbers[lo] * size, axis=0, out=out[lo:hi], mode="clip")
             else:
                 out[lo:hi] = source
         return out

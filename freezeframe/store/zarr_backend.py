@@ -241,6 +241,7 @@ class _RawChunks:
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         # chunk k's file is c/k/0/.../0: built as a string per read (pathlib costs ~15 us a chunk)
         self._chunk_path = os.path.join(str(directory), "c", "{}") + "/0" * (len(shape) - 1)
+        self._chunk_shape, self._chunk_bytes = (chunk_rows, *shape[1:]), chunk_rows * self.row_bytes
         self.rows = ChunkedRows(shape, dtype, chunk_rows, self._chunk)
 
     @classmethod
@@ -269,20 +270,21 @@ class _RawChunks:
         """Chunk `number` as a read-only (chunk_rows, ...) array mapped from its file; the fill value when it was
         never written (all fill); read with pread, which says what is wrong, when it is not exactly one chunk."""
         path = self._chunk_path.format(number)
-        nbytes = self.chunk_rows * self.row_bytes
+        nbytes = self._chunk_bytes
         try:
-            data = mapped_file(path, nbytes)
+            data = mapped_file(path, nbytes, self.dtype, self._chunk_shape)
         except FileNotFoundError:  # a chunk that was all fill value is never written
             return self.fill
-        if data is None:
-            data = np.empty(nbytes, np.uint8)
-            fd = os.open(path, READ_FLAGS)
-            try:
-                got = os.preadv(fd, [data], 0)
-            finally:
-                os.close(fd)
-            if got != nbytes:
-                raise OSError(f"chunk {path} is truncated: read {got} of {nbytes} bytes")
+        if data is not None:
+            return data
+        data = np.empty(nbytes, np.uint8)
+        fd = os.open(path, READ_FLAGS)
+        try:
+            got = os.preadv(fd, [data], 0)
+        finally:
+            os.close(fd)
+        if got != nbytes:
+            raise OSError(f"chunk {path} is truncated: read {got} of {nbytes} bytes")
         return data.view(self.dtype).reshape(self.chunk_rows, *self.shape[1:])
 
     def read(self, start: int | None, stop: int | None, out: np.ndarray | None = None) -> np.ndarray:

@@ -197,6 +197,7 @@ class FeatureDataset(Dataset):
         self.views = augmented_views(fs.provenance) if augmented else 0  # augmented views read in turn
         self.row_shapes = {a: tuple(stored[sources[0]]["shape"]) for a, sources in self._sources.items()}
         self._dtypes = {src: np.dtype(stored[src]["dtype"]) for src in self.stored_arrays}
+        self._fixed_rows: dict[int, np.ndarray] = {}  # video length -> rows, for selections that draw none
         self.lengths = {v: fs.locate(v).n_rows for v in self.video_ids}
         self._cache: dict[tuple[str, str], np.ndarray] | None = None
         if preload:
@@ -263,8 +264,15 @@ class FeatureDataset(Dataset):
     def _plan(self, index: int) -> tuple[str, np.ndarray | None, int]:
         """(video id, rows to read or None for all, view) of item `index` this epoch."""
         video_id = self.video_ids[index]
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.selection.random else None
-        rows = None if self.selection.mode in WHOLE_MODES else self.selection.rows(self.lengths[video_id], rng)
+        n = self.lengths[video_id]
+        if self.selection.mode in WHOLE_MODES:
+            rows = None
+        elif self.selection.random:
+            rows = self.selection.rows(n, np.random.default_rng((self.seed, self.epoch, index)))
+        else:  # the same rows for every video of n rows
+            rows = self._fixed_rows.get(n)
+            if rows is None:
+                rows = self._fixed_rows[n] = self.selection.rows(n)
         return video_id, rows, self.view(index)
 
     def _shaped(self, value: torch.Tensor) -> torch.Tensor:
