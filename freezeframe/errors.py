@@ -22,8 +22,13 @@ class BackboneError(FreezeframeError):
     """A backbone that cannot be built or whose weights cannot be loaded."""
 
 
-# what a caller asked for wrongly (a missing array or video, a frame out of range), never a damaged file
-API_ERRORS = (KeyError, IndexError)
+class OutputBufferError(ValueError):
+    """An `out=` buffer of the wrong shape, dtype or layout for the rows asked for: the caller's error."""
+
+
+# what a caller asked for wrongly (a missing array or video, a frame out of range, a wrong `out=` buffer), never a
+# damaged file
+API_ERRORS = (KeyError, IndexError, OutputBufferError)
 
 
 def library_error(where: object, exc: BaseException, kind: type[FreezeframeError] = StoreError) -> FreezeframeError:

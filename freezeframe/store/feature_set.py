@@ -17,6 +17,7 @@ from freezeframe.store.confine import UnsafeStoreError
 from freezeframe.store.index import index_from_markers, load_index
 from freezeframe.store.location import is_remote
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROVENANCE_FILE, SHARDS_DIR
+from freezeframe.store.mapped import into, span_take
 from freezeframe.store.markers import read_marker, read_markers, shard_file
 from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
 from freezeframe.store.location import store_path as store_path_of
@@ -24,6 +25,7 @@ from freezeframe.store.location import store_path as store_path_of
 if TYPE_CHECKING:
     from freezeframe.store.published import PublishedStore
 
+LOCATED_KEPT = 1 << 20  # video entries `locate` keeps (about 200 bytes each)
 MARKERS_KEPT = 256  # markers `video_info` keeps parsed (about 10 KB each for 64 videos)
 
 
@@ -35,23 +37,25 @@ def block_source(array: str, stored: dict) -> str:
     return previous if previous in stored else array
 
 
-def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None, video_id: str) -> np.ndarray:
-    """Frames of one video stored at rows [start, start + n): all, a slice, or chosen indices.
+def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None, video_id: str,
+                take_rows=None, out: np.ndarray | None = None) -> np.ndarray:
+    """Frames of one video stored at rows [start, start + n): all, a slice, or chosen indices (into `out` if given).
 
-    `read_rows(lo, hi)` returns rows lo..hi-1 of the flat array; one contiguous range is read.
+    `read_rows(lo, hi, out)` returns rows lo..hi-1 of the flat array (in `out` where it is not None);
+    `take_rows(rows, out)` returns the chosen flat rows, reading only those; without it, the one span from the
+    first to the last chosen row is read and indexed.
     """
     if frames is None:
-        return read_rows(start, start + n)
+        return read_rows(start, start + n, out)
     if isinstance(frames, slice):
         lo, hi, step = frames.indices(n)
-        return read_rows(start + lo, start + hi)[::step]
+        return into(out, read_rows(start + lo, start + hi, None)[::step])
     frames = np.asarray(frames, dtype=np.int64)
     if frames.size and (frames.min() < 0 or frames.max() >= n):
         raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
-    if not frames.size:
-        return read_rows(start, start)
-    lo, hi = int(frames.min()), int(frames.max()) + 1
-    return read_rows(start + lo, start + hi)[frames - lo]
+    if take_rows is not None:
+        return take_rows(start + frames, out)
+    return into(out, span_take(lambda lo, hi: read_rows(start + lo, start + hi, None), frames))
 
 
 class FeatureSet:
@@ -77,12 +81,23 @@ class FeatureSet:
         self._markers: OrderedDict[str, dict] = OrderedDict()  # recently read markers, for video_info
         self._checked: set[tuple[str, str]] = set()  # (shard, array) whose stored shape matched the marker
         self._vouched: set[str] = set()  # shards whose index entries matched their commit marker
+        self._arrays_read: dict[tuple[str, str], tuple] = {}  # (shard, array) -> checked (reader, row bytes, name)
         self.refresh()
 
     def refresh(self) -> None:
         """Look at the commit markers again, so that newly committed shards become visible."""
         self._index = load_index(self.path)
         self._vouched = set()
+
+    @property
+    def _index(self):
+        return self._current_index
+
+    @_index.setter
+    def _index(self, index) -> None:
+        self._current_index = index
+        self._located: dict[str, Entry] = {}  # video id -> entry, looked up in this index (a training epoch asks
+        # for each video again; a binary search of the index costs ~10 us)
 
     def _from_index(self, lookup):
         """`lookup(index)`, or, when the index turns out damaged, the same from an index built from the markers."""
@@ -129,9 +144,13 @@ class FeatureSet:
 
     def locate(self, video_id: str) -> Entry:
         """Where a committed video's rows are: (shard, row_start, n_rows); KeyError when it is not committed."""
-        entry = self._from_index(lambda index: index.locate(video_id))
+        entry = self._located.get(video_id)
         if entry is None:
-            raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}")
+            entry = self._from_index(lambda index: index.locate(video_id))
+            if entry is None:
+                raise KeyError(f"video {video_id!r} is not committed in feature set {self.name!r}")
+            if len(self._located) < LOCATED_KEPT:
+                self._located[video_id] = entry
         return entry
 
     def video_info(self, video_id: str) -> dict:
@@ -183,32 +202,52 @@ class FeatureSet:
             self._readers[shard_id] = reader
         return reader
 
-    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
-        """Array `array` of one video; the first axis is rows (optionally only the rows `frames`)."""
+    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Array `array` of one video; the first axis is rows (optionally only the rows `frames`). With `out` (a
+        contiguous buffer of the result's shape and dtype, e.g. a row of a batch tensor) the rows land there."""
         entry = self.locate(video_id)
         if entry.shard not in self._vouched:
             entry = self._vouch(video_id, entry)
-        shard = self.shard_info(entry.shard)
+        reader, row_bytes, where = self._arrays_read.get((entry.shard, array)) or self._open_array(entry.shard, array)
+
+        def read_rows(lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
+            check_read((hi - lo) * row_bytes, where)
+            try:  # (inline, not a context manager: free when nothing is raised)
+                return reader.read(array, lo, hi, into_)
+            except (FreezeframeError, *API_ERRORS):
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
+                raise library_error(self.path / SHARDS_DIR / entry.shard, exc) from None
+
+        def take_rows(rows: np.ndarray, into_: np.ndarray | None) -> np.ndarray:
+            check_read(len(rows) * row_bytes, where)
+            try:
+                return reader.take(array, rows, into_)
+            except (FreezeframeError, *API_ERRORS):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise library_error(self.path / SHARDS_DIR / entry.shard, exc) from None
+        return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id, take_rows, out)
+
+    def _open_array(self, shard_id: str, array: str) -> tuple:
+        """(reader, bytes per row, name for messages) of an array of a served shard, checked against its commit
+        marker once: every later read of it goes straight to the reader."""
+        shard = self.shard_info(shard_id)
         if array not in shard.arrays:
             raise KeyError(
                 f"feature set {self.name!r} has no array {array!r}; it has: {', '.join(sorted(shard.arrays))}"
             )
+        reader = self._reader(shard_id, shard)
         meta = shard.arrays[array]
-        if (entry.shard, array) not in self._checked:
-            with library_errors(self.path / SHARDS_DIR / shard_file(entry.shard, shard.format)):
-                self._check_stored(self._reader(entry.shard, shard), entry.shard, array, meta, shard)
-        reader = self._reader(entry.shard, shard)
-        row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize  # (np.prod costs ~15 us a read)
-
-        def read_rows(lo: int, hi: int) -> np.ndarray:
-            check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}")
-            try:  # (inline, not a context manager: free when nothing is raised)
-                return reader.read(array, lo, hi)
-            except (FreezeframeError, *API_ERRORS):
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
-                raise library_error(f"{self.path / SHARDS_DIR / entry.shard} array {array!r}", exc) from None
-        return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id)
+        where = self.path / SHARDS_DIR / shard_file(shard_id, shard.format)
+        if (shard_id, array) not in self._checked:
+            with library_errors(where):
+                self._check_stored(reader, shard_id, array, meta, shard)
+        row_bytes = math.prod(meta["shape"]) * np.dtype(meta["dtype"]).itemsize
+        access = self._arrays_read[(shard_id, array)] = (reader, row_bytes,
+                                                         f"{self.name}/{SHARDS_DIR}/{shard_id} array {array!r}")
+        return access
 
     def _vouch(self, video_id: str, entry: Entry) -> Entry:
         """`entry` once the index's entries of its shard match the shard's commit marker (checked the first time
@@ -285,6 +324,7 @@ class FeatureSet:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+        self._arrays_read.clear()
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.name!r}, videos={len(self)}, rows={self.num_rows})"

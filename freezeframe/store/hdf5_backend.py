@@ -24,6 +24,7 @@ import numpy as np
 from freezeframe.errors import StoreError, library_errors
 from freezeframe.store.chunks import HEADER_BYTES, ChunkLayoutError, check_chunk_grid, check_compressed_chunk
 from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_regular
+from freezeframe.store.mapped import ChunkedRows, into, mapped_file, span_take
 from freezeframe.store.zarr_backend import BLOSC, ZSTD_LEVEL, chunk_rows
 
 EXTENSION = ".h5"
@@ -152,6 +153,35 @@ def _native(value: object) -> bool:
     return isinstance(value, int) and -(2**63) <= value < 2**63
 
 
+def _mapped_dataset(dataset, path: str, base: int) -> ChunkedRows | None:
+    """Rows of an uncompressed little-endian dataset chunked by whole rows, copied from a map of its file (at the
+    chunks' byte offsets, each checked to lie inside the file), or None: read it through h5py."""
+    shape, dtype, chunks = tuple(dataset.shape), np.dtype(dataset.dtype), dataset.chunks
+    if (chunks is None or tuple(chunks[1:]) != shape[1:] or dataset.id.get_create_plist().get_nfilters()
+            or dtype.byteorder == ">" or dtype.kind not in "biufc" or dtype.fields is not None):
+        return None
+    chunk_rows, chunk_bytes = chunks[0], int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize
+    file = mapped_file(path)
+    if file is None:
+        return None
+    offsets: dict[int, int] = {}
+    for number in range(dataset.id.get_num_chunks()):
+        info = dataset.id.get_chunk_info(number)
+        start = None if info.byte_offset is None else base + info.byte_offset
+        if (start is None or info.size != chunk_bytes or info.chunk_offset[0] % chunk_rows
+                or start + chunk_bytes > len(file) or any(info.chunk_offset[1:])):
+            return None
+        offsets[info.chunk_offset[0] // chunk_rows] = start
+    fill = dataset.fillvalue
+
+    def chunk(number: int) -> np.ndarray:
+        start = offsets.get(number)
+        if start is None:  # never written: all fill value
+            return fill
+        return mapped_file(path)[start:start + chunk_bytes].view(dtype).reshape(chunk_rows, *shape[1:])
+    return ChunkedRows(shape, dtype, chunk_rows, chunk)
+
+
 def _check_confined(file, path: Path) -> None:
     """Refuse an HDF5 file whose data could come from elsewhere: external or soft links, datasets with
     external raw storage, virtual datasets (all of which a reader would otherwise follow)."""
@@ -219,6 +249,7 @@ class Hdf5BundleReader:
         self._file = None
         self._pid: int | None = None
         self._cache: dict[str, Any] = {}
+        self._raw: dict[str, ChunkedRows | None] = {}
 
     def _handle(self):
         if self._file is None or self._pid != os.getpid():
@@ -241,7 +272,7 @@ class Hdf5BundleReader:
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "disk_bytes": self.disk_bytes, "_checked": self._checked, "_file": None,
-                "_pid": None, "_cache": {}}
+                "_pid": None, "_cache": {}, "_raw": {}}
 
     def array_names(self) -> list[str]:
         import h5py
@@ -267,17 +298,34 @@ class Hdf5BundleReader:
     def dtype(self, name: str) -> np.dtype:
         return np.dtype(self._array(name).dtype)
 
-    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    def _raw_array(self, name: str) -> ChunkedRows | None:
+        if name not in self._raw:
+            self._raw[name] = _mapped_dataset(self._array(name), str(self.path), self._handle().userblock_size)
+        return self._raw[name]
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Rows start..stop-1 of dataset `name`, into `out` where given."""
+        raw = self._raw_array(name)
+        if raw is not None:
+            return raw.read(start, stop, out)
         dataset = self._array(name)
         lo, hi, _ = slice(start, stop).indices(dataset.shape[0])
         if hi <= lo:
-            return np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype)
+            return into(out, np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype))
         try:
-            return dataset[lo:hi]
+            return into(out, dataset[lo:hi])
         except OSError as exc:
             if dataset.compression is not None or "filter" in str(exc).lower() or "plugin" in str(exc).lower():
                 raise StoreError(f"{self.path}: cannot decompress {name!r} ({exc}); is hdf5plugin installed?") from exc
             raise
+
+    def take(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows `rows` (in range) of dataset `name`, into `out` where given: a mapped dataset copies only those."""
+        raw = self._raw_array(name)
+        if raw is not None:
+            return raw.take(rows, out)
+        return into(out, span_take(lambda lo, hi: self.read(name, lo, hi), rows))
 
     def attrs(self) -> dict:
         file = self._handle()

@@ -41,6 +41,7 @@ from freezeframe.store.confine import UnsafeStoreError, check_regular, plain_nam
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.location import is_remote, remove_tree, require_local
+from freezeframe.store.mapped import into, output
 from freezeframe.store.segment import DamagedIndexError, Segment
 from freezeframe.store.shard import _fsync_tree
 from freezeframe.store.store import check_writable
@@ -180,11 +181,19 @@ class MemmapExport:
             raise StoreError(f"{self.directory}: the export has no rows for {video_id!r}; run freezeframe verify.")
         return start, stop - start
 
-    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None) -> np.ndarray:
+    def read(self, video_id: str, array: str, frames: np.ndarray | slice | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Private, writable copies (never views of the map), into `out` where given; chosen frames copy only those."""
         start, n = self.rows(video_id)
         data = self.maps[array]
-        # private, writable copies (never views of the map)
-        return read_frames(lambda lo, hi: np.array(data[lo:hi]), start, n, frames, video_id)
+
+        def read_rows(lo: int, hi: int, target: np.ndarray | None) -> np.ndarray:
+            return np.array(data[lo:hi]) if target is None else into(target, data[lo:hi])
+
+        def take_rows(rows: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+            target = output(len(rows), data.shape[1:], data.dtype, target)
+            return np.take(data, rows, axis=0, out=target, mode="clip")  # rows are checked in range
+        return read_frames(read_rows, start, n, frames, video_id, take_rows, out)
 
 
 def read_memmap_index(fs_path: Path) -> dict | None:

@@ -16,6 +16,7 @@ maps instead of the shards; otherwise it reads the shards. Both give identical i
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from freezeframe.errors import InputError, StoreError
 from freezeframe.frames import segment_middles
 from freezeframe.store.feature_set import block_source
+from freezeframe.store.mapped import into
 from freezeframe.store.store import Store
 from freezeframe.views import augmented_views, view_array
 
@@ -197,6 +199,8 @@ class FeatureDataset(Dataset):
             raise InputError(f"feature set {feature_set!r} was not extracted with --clips, so it has no stored clips.")
         self.views = augmented_views(fs.provenance) if augmented else 0  # augmented views read in turn
         self.row_shapes = {a: tuple(stored[sources[0]]["shape"]) for a, sources in self._sources.items()}
+        self._dtypes = {src: np.dtype(stored[src]["dtype"]) for src in self.stored_arrays}
+        self._fixed_rows: dict[int, np.ndarray] = {}  # video length -> rows, for selections that draw none
         self.lengths = {v: fs.locate(v).n_rows for v in self.video_ids}
         self._cache: dict[tuple[str, str], np.ndarray] | None = None
         if preload:
@@ -251,37 +255,98 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.video_ids)
 
-    def _read(self, video_id: str, source: str, rows: np.ndarray | None) -> np.ndarray:
+    def _read(self, video_id: str, source: str, rows: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
         if self._cache is not None:
             full = self._cache[(video_id, source)]
-            return full if rows is None else full[rows]
+            return into(out, full if rows is None else full[rows])
         export = self._open_memmap()
         if export is not None:
-            return export.read(video_id, source, rows)
-        return self._open().read(video_id, source, rows)
+            return export.read(video_id, source, rows, out)
+        return self._open().read(video_id, source, rows, out)
 
-    def __getitem__(self, index: int) -> dict:
+    def _plan(self, index: int) -> tuple[str, np.ndarray | None, int]:
+        """(video id, rows to read or None for all, view) of item `index` this epoch."""
         video_id = self.video_ids[index]
         n = self.lengths[video_id]
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.selection.random else None
-        rows = None if self.selection.mode in WHOLE_MODES else self.selection.rows(n, rng)
-        view = self.view(index)
+        if self.selection.mode in WHOLE_MODES:
+            rows = None
+        elif self.selection.random:
+            rows = self.selection.rows(n, np.random.default_rng((self.seed, self.epoch, index)))
+        else:  # the same rows for every video of n rows
+            rows = self._fixed_rows.get(n)
+            if rows is None:
+                rows = self._fixed_rows[n] = self.selection.rows(n)
+        return video_id, rows, self.view(index)
+
+    def _shaped(self, value: torch.Tensor) -> torch.Tensor:
+        if self.selection.mode == "stored-clips":
+            return value.reshape(-1, self.clip_length, *value.shape[1:])
+        if self.selection.mode in CLIP_MODES:  # (clips, frames, ...): train.consensus scores each clip
+            return value.reshape(self.selection.num_clips, -1, *value.shape[1:])
+        return value
+
+    def _item(self, index: int, inputs: dict) -> dict:
+        item = {"inputs": inputs, "index": index}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        video_id, rows, view = self._plan(index)
         cache: dict[str, np.ndarray] = {}
         inputs = {}
         for array, sources in self._sources.items():
             source = sources[max(0, view - 1)]  # sources hold views 1..V, or the plain view alone
             if source not in cache:
                 cache[source] = self._read(video_id, source, rows)
-            value = torch.from_numpy(np.ascontiguousarray(cache[source]))
-            if self.selection.mode == "stored-clips":
-                value = value.reshape(-1, self.clip_length, *value.shape[1:])
-            elif self.selection.mode in CLIP_MODES:  # (clips, frames, ...): train.consensus scores each clip
-                value = value.reshape(self.selection.num_clips, -1, *value.shape[1:])
-            inputs[array] = value
-        item = {"inputs": inputs, "index": index}
-        if self.labels is not None:
-            item["label"] = self.labels[index]
-        return item
+            inputs[array] = self._shaped(torch.from_numpy(np.ascontiguousarray(cache[source])))
+        return self._item(index, inputs)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The items of one batch (what a DataLoader asks for), each array read straight into one batch tensor:
+        the items' inputs are views of it, so `collate` copies nothing. Items of different lengths are read
+        one by one."""
+        plans = [self._plan(index) for index in indices]
+        counts = {self.lengths[video_id] if rows is None else len(rows) for video_id, rows, _ in plans}
+        if len(counts) != 1:
+            return [self[index] for index in indices]
+        count = counts.pop()
+        batches: dict[tuple[str, ...], torch.Tensor] = {}  # the sources read per item -> their batch tensor
+        inputs: dict[str, torch.Tensor] = {}
+        for array, sources in self._sources.items():
+            per_item = tuple(sources[max(0, view - 1)] for _, _, view in plans)
+            batch = batches.get(per_item)
+            if batch is None:
+                batch = batches[per_item] = batch_tensor((len(plans), count, *self.row_shapes[array]),
+                                                         self._dtypes[per_item[0]])
+                target = batch.numpy()
+                for slot, (video_id, rows, _), source in zip(target, plans, per_item):
+                    self._read(video_id, source, rows, slot)
+            inputs[array] = batch
+        return [self._item(index, {array: self._shaped(batch[b]) for array, batch in inputs.items()})
+                for b, index in enumerate(indices)]
+
+
+def batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch; in a DataLoader worker it is made in shared memory, so handing it to
+    the main process copies nothing (as torch's default_collate does)."""
+    dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).new(storage).resize_(shape)
+
+
+def _stacked(values: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(values)`, or without a copy the batch tensor whose consecutive slices they are
+    (`FeatureDataset.__getitems__`)."""
+    base = values[0]._base
+    if (base is not None and base.is_contiguous() and base.numel() == len(values) * values[0].numel()
+            and all(v._base is base and v.is_contiguous()
+                    and v.data_ptr() == base.data_ptr() + b * values[0].numel() * base.element_size()
+                    for b, v in enumerate(values))):
+        return base.view(len(values), *values[0].shape)
+    return torch.stack(values)
 
 
 def collate(items: list[dict]) -> dict:
@@ -297,6 +362,6 @@ def collate(items: list[dict]) -> dict:
                 f"videos in a batch have different numbers of frames for {array!r}; use a fixed frame "
                 "selection such as uniform:8 instead of all."
             )
-        inputs[array] = torch.stack(values)
+        inputs[array] = _stacked(values)
     out["inputs"] = inputs
     return out
