@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from freezeframe.train.datasets import FeatureDataset, collate
+from freezeframe.train.datasets import FeatureDataset, collate_for
 from freezeframe.train.evaluation import evaluate, to_device
 from freezeframe.train.loop import TrainConfig
 
@@ -38,7 +38,7 @@ class Classification:
         self.train_set.set_epoch(data_pass)
         order = torch.Generator().manual_seed(self.config.seed * 100_003 + data_pass)
         return DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True, generator=order,
-                          collate_fn=collate, num_workers=self.config.workers, pin_memory=device.type == "cuda")
+                          collate_fn=collate_for(head), num_workers=self.config.workers, pin_memory=device.type == "cuda")
 
     def loss(self, head: nn.Module, batch: dict, device: torch.device) -> tuple[torch.Tensor, int, dict[str, float]]:
         labels = batch["label"].to(device)
