@@ -62,28 +62,32 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
 @main.command()
 @click.option("--store", required=True)
 @click.option("--set", "feature_set", required=True, help="Video feature set with per-frame CLIP `embed`.")
-@click.option("--classes", required=True, type=click.Path(exists=True, dir_okay=False), help="One class name a line.")
+@click.option("--classes", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="One class a line (its name is its prompt), a CSV label,prompt (a row per prompt), or a JSON "
+                   "object {label: prompt or [prompts]}.")
 @click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False), help="CSV video_id,label.")
-@click.option("--templates", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Prompt templates, one a line, with {} for the class [default: 'a video of {}.', 'a photo of {}.'].")
+@click.option("--templates", default=None,
+              help="imagenet (open_clip's 80 ImageNet templates), imagenet-simple (its 7), or a file of templates one "
+                   "a line with {} for the prompt [default: 'a video of {}.', 'a photo of {}.'].")
 @click.option("--model", default=None, help="open_clip model for the prompts [default: the set's own].")
 @click.option("--pretrained", default=None, help="Its weights [default: the set's own].")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a --pretrained file that is a full pickle (runs code).")
 @click.option("--allow-provenance-mismatch", is_flag=True,
               help="Use a --model/--pretrained other than the one that made the set's image embeddings.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (top1, top5, num_videos, per_class).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="Write per-video label, prediction, score and class probabilities (CSV; JSON lines for .jsonl).")
 def zeroshot(store, feature_set, classes, labels, templates, model, pretrained, trust_checkpoint,
-             allow_provenance_mismatch, as_json) -> None:
+             allow_provenance_mismatch, as_json, predictions) -> None:
     """Zero-shot classification: mean frame CLIP embeddings against class prompt embeddings."""
     import json
 
-    from freezeframe.text.zeroshot import DEFAULT_TEMPLATES, read_lines
+    from freezeframe.text.zeroshot import read_classes, resolve_templates
     from freezeframe.train.zeroshot import run_zeroshot
 
-    result = run_zeroshot(store, feature_set, read_lines(classes, "classes"), labels,
-                          templates=tuple(read_lines(templates, "templates")) if templates else DEFAULT_TEMPLATES,
+    result = run_zeroshot(store, feature_set, read_classes(classes), labels, templates=resolve_templates(templates),
                           model=model, pretrained=pretrained, trust_checkpoint=trust_checkpoint,
-                          allow_provenance_mismatch=allow_provenance_mismatch)
+                          allow_provenance_mismatch=allow_provenance_mismatch, predictions=predictions)
     if as_json:
         click.echo(json.dumps(result))
     else:
