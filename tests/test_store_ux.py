@@ -369,3 +369,81 @@ def test_export_npy_writes_one_file_per_video_and_array(tmp_path, run_cli):
         np.testing.assert_array_equal(np.load(out / files["timestamps_ms"]), arrays["timestamps"] * 1000)
     result = run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed,nope")
     assert result.exit_code == 2 and "has no array 'nope'" in result.output
+
+
+def _fps_set(store: Path, ids: list[str], provenance: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """A set sampled at 2 fps by model ViT-B/32 (as video_features names it), `embed` + tokens + timestamps."""
+    provenance = provenance or {"backbone": {"kind": "clip", "model": "ViT-B/32"},
+                                "sampling": {"strategy": "fps", "fps": 2.0}}
+    writer = FeatureSetWriter(store, "s", provenance)
+    rng = np.random.default_rng(1)
+    shard, data = writer.new_shard(), {}
+    for number, video_id in enumerate(ids):
+        rows = 3 + number
+        data[video_id] = {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
+                          "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
+                          "timestamps": np.arange(rows) / 2.0}
+        shard.append(video_id, data[video_id])
+        shard.end_video(video_id)
+    shard.commit()
+    writer.write_index()
+    return data
+
+
+def test_export_npy_video_features_layout_is_what_video_features_writes(tmp_path, run_cli):
+    """video_features (save_numpy, a frame-wise extractor) writes OUT/<feature_type>/<model with / as _>/
+    <stem>_<feature_type>.npy as np.array of Python floats (float64, frames x dim), <stem>_fps.npy (0-d float64)
+    and <stem>_timestamps_ms.npy (float64)."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    data = _fps_set(store, ["train/v_abc", "v3 ✓"])
+    result = run_cli("export-npy", store, "--set", "s", out, "--layout", "video-features")
+    assert result.exit_code == 0 and "wrote 6 files for 2 videos" in result.output, result.output
+    folder = out / "clip" / "ViT-B_32"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"{stem}_{key}.npy" for stem in ("v_abc", "v3 ✓") for key in ("clip", "fps", "timestamps_ms"))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
+        sorted(["export.json"] + [str(p.relative_to(out)) for p in folder.iterdir()])
+    for video_id, stem in (("train/v_abc", "v_abc"), ("v3 ✓", "v3 ✓")):
+        feats = np.load(folder / f"{stem}_clip.npy")
+        assert feats.dtype == np.float64 and feats.shape == data[video_id]["embed"].shape
+        np.testing.assert_array_equal(feats, data[video_id]["embed"].astype(np.float64))
+        fps = np.load(folder / f"{stem}_fps.npy")
+        assert fps.dtype == np.float64 and fps.shape == () and float(fps) == 2.0
+        times = np.load(folder / f"{stem}_timestamps_ms.npy")
+        assert times.dtype == np.float64
+        np.testing.assert_array_equal(times, np.arange(len(feats)) * 500.0)
+    refused = run_cli("export-npy", store, "--set", "s", out, "--layout", "video-features", "--arrays", "tokens/10")
+    assert refused.exit_code == 2 and "per-frame vectors" in refused.output
+
+
+@pytest.mark.parametrize("ids, provenance, message", [
+    (["a/v", "b/v"], None, "would both be written as v_*.npy"),
+    (["v"], {"backbone": {"kind": "clip", "model": "m"}, "sampling": {"strategy": "uniform"}}, "extract with --fps"),
+])
+def test_export_npy_video_features_refusals(tmp_path, run_cli, ids, provenance, message):
+    store = tmp_path / "store"
+    _fps_set(store, ids, provenance)
+    result = run_cli("export-npy", store, "--set", "s", tmp_path / "out", "--layout", "video-features")
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, result.output
+
+
+def test_re_export_removes_the_previous_exports_stale_files_and_nothing_else(tmp_path, run_cli):
+    store, out = tmp_path / "store", tmp_path / "out"
+    _two_shards(store)
+    assert run_cli("export-npy", store, "--set", "s", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "mine.npy").write_bytes(b"not listed")
+    before = {p.name for p in out.iterdir()}
+    result = run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed")
+    assert result.exit_code == 0 and "removed 12 files of the previous export" in result.output, result.output
+    manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    listed = {name for files in manifest["videos"].values() for name in files.values()}
+    assert {p.name for p in out.iterdir()} == listed | {"export.json", "notes.txt", "mine.npy"}
+    assert len(before) == 16 + 3 and len(listed) == 4
+    # a doctored export.json naming files outside OUT removes nothing there
+    outside = tmp_path / "keep_embed.npy"
+    outside.write_bytes(b"x")
+    manifest["videos"]["v0"]["embed"] = "../keep_embed.npy"
+    (out / "export.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed").exit_code == 0
+    assert outside.exists()

@@ -116,21 +116,28 @@ def export_memmap_command(store, feature_set, arrays) -> None:
 @click.argument("store")
 @click.option("--set", "feature_set", required=True, help="Feature-set name inside the store.")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--arrays", default=None, help="Comma list of arrays to export [default: all stored arrays].")
-def export_npy_command(store, feature_set, out, arrays) -> None:
-    """Write OUT/<video>_<array>.npy for every committed video of SET (video_features' save_numpy layout).
+@click.option("--arrays", default=None,
+              help="Comma list of arrays to export [default: all stored arrays; embed for video-features].")
+@click.option("--layout", type=click.Choice(["freezeframe", "video-features"]), default="freezeframe",
+              show_default=True, help="freezeframe: OUT/<video>_<array>.npy per array; video-features: exactly "
+                                      "video_features' save_numpy files (OUT/<feature_type>/<model>/<stem>_<feature_type>"
+                                      ".npy float64, _fps.npy, _timestamps_ms.npy), one array.")
+def export_npy_command(store, feature_set, out, arrays, layout) -> None:
+    """Write one .npy per committed video of SET (and array) into OUT.
 
-    Array names become keys with '/' as '-' (tokens/11 -> <video>_tokens-11.npy); timestamps also as
-    <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
+    freezeframe layout: array names become keys with '/' as '-' (tokens/11 -> <video>_tokens-11.npy); timestamps
+    also as <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
+    A re-export removes the files of the previous export (as its export.json lists them) that it does not rewrite.
     """
     from freezeframe.store.export_npy import export_npy
     from freezeframe.summary import plural
 
     fs = open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
-    report = export_npy(fs, out, names)
+    report = export_npy(fs, out, names, layout=layout)
+    stale = f"; removed {plural(report.removed, 'file')} of the previous export" if report.removed else ""
     click.echo(f"{feature_set}: wrote {plural(report.files, 'file')} for {plural(report.videos, 'video')} "
-               f"({report.bytes / 1e6:.1f} MB) to {out}")
+               f"({report.bytes / 1e6:.1f} MB) to {out}{stale}")
 
 
 @main.command("rm")
