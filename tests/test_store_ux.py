@@ -143,8 +143,12 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, run_cli, sample_vid
         meta = stored[array]
         assert f"{array:<18} {meta['dtype']:<8} per row {tuple(meta['shape'])}" in out, array
     changed = run_cli("extract", first, "--store", store, *options, "--num-frames", "3", "--dry-run")
-    assert changed.exit_code == 0 and "refused   the feature set was made differently" in changed.output
-    assert "num_frames: store has 2, this run has 3" in changed.output
+    # a dry run of a run that would be refused says so first and exits 2 (before: exit 0, leading with the plan)
+    assert changed.exit_code == 2, changed.output
+    assert changed.output.startswith("dry run: REFUSED: this run would stop before extracting: feature set "
+                                     f"{FEATURE_SET} was made differently (")
+    assert "num_frames: store has 2, this run has 3" in changed.output.splitlines()[0]
+    assert tree(store) == before
 
 
 def test_ctrl_c_in_extract_exits_130_and_says_how_to_resume(tmp_path, sample_videos):
@@ -300,9 +304,13 @@ def _assert_holds(store: Path, data: dict, ids: list[str]) -> None:
 def test_rm_videos_rewrites_their_shards_and_verifies(tmp_path, run_cli, store_format):
     store = tmp_path / "store"
     data = _two_shards(store, store_format)
-    result = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "v3 ✓", "--videos", "nope", "--yes")
+    refused = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "nope", "--yes")
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1, refused.output  # before: exit 0
+    assert "1 video id not committed in feature set 's': 'nope'; nothing deleted" in refused.output
+    _assert_holds(store, data, ODD_IDS)
+    result = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "v3 ✓", "--yes")
     assert result.exit_code == 0, result.output
-    assert "removed 2 videos (1 shard dropped, 1 rewritten without them)" in result.output and "nope" in result.output
+    assert "removed 2 videos (1 shard dropped, 1 rewritten without them)" in result.output
     _assert_holds(store, data, ["v0", ".."])
     assert len(open_store(store)["s"].shard_ids) == 1
     check = run_cli("verify", store)

@@ -166,7 +166,14 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
         if not ids:
             raise click.UsageError(f"--videos-from {videos_from} lists no video ids.")
     fs = open_feature_set(store, name)
+    from freezeframe.errors import InputError
     from freezeframe.summary import plural
+
+    unknown = sorted({v for v in ids if v not in fs})
+    if unknown:
+        raise InputError(f"{plural(len(unknown), 'video id')} not committed in feature set {name!r}: "
+                         f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}; nothing deleted "
+                         "(check the ids with inspect --videos, or drop them).")
 
     what = f"{plural(len(set(ids)), 'video')} of feature set {name}" if ids else f"feature set {name} ({plural(len(fs), 'video')})"
     if not yes:
