@@ -150,3 +150,32 @@ def test_train_and_eval_a_temporal_head_on_every_row_of_an_fps_set(store, tmp_pa
     assert result.exit_code == 0, result.output + repr(result.exception)
     result = run_cli("eval", run, "--labels", labels, "--json")
     assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_the_training_log_says_how_long_and_ends_with_the_best_epoch(store, tmp_path, run_cli):
+    """Steps and epochs first, an estimate from the first steps, epochs numbered as in metrics.jsonl, no top-5
+    for 2 classes, and a last line naming the best epoch and where its weights are (before: the last epoch's)."""
+    import json
+
+    from freezeframe.train.checkpoints import BEST, saved_info
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,label\nshort,a\nlowfps,b\nmpeg4,a\n")
+    run = tmp_path / "run"
+    result = run_cli("train", "temporal", "--store", store, "--set", "fps", "--labels", labels, "--val", labels,
+                     "--out", run, "--epochs", "6", "--batch-size", "1", "--lr", "3e-3", "--no-progress")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    lines = result.output.splitlines()
+    assert lines[0] == "training 6 epochs of 3 steps (18 steps, 3 videos, batch 1)"
+    assert lines[1].startswith("estimate: ") and "s a step over the first 3: about " in lines[1]
+    assert "for the 15 steps left" in lines[1]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    console = [line for line in lines if line.startswith("epoch ")]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [line.split(":")[0] for line in console] == [f"epoch {r['epoch']}/6" for r in records]
+    assert "top5" not in result.output and not any("val_top5" in r for r in records)
+    best = max(records, key=lambda r: (r["val_top1"], -r["epoch"]))
+    assert saved_info(run / BEST)["epoch"] == best["epoch"]
+    assert lines[-2] == (f"best epoch {best['epoch']}/6 (val_top1 {best['val_top1']:.4g}): weights in "
+                         f"{run / BEST}; the last epoch's state in {run / 'last.pt'}")
+    assert json.loads(lines[-1])["run"] == str(run)

@@ -235,7 +235,7 @@ def test_retrieval_eval_writes_per_query_predictions_and_refuses_confusion(train
 
 def test_run_records_metrics_best_and_last(trained):
     history = read_metrics(trained)
-    assert [h["epoch"] for h in history] == list(range(12))
+    assert [h["epoch"] for h in history] == list(range(1, 13))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all("val_t2v_r1" in h and "val_mean_recall" in h for h in history)
     best = max(history, key=lambda h: h["val_mean_recall"])
@@ -272,9 +272,9 @@ def test_resume_continues_to_the_same_result(corpus, tmp_path):
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     logged = []
     _resume_job(corpus, split, resume=True, log=logged.append)
-    assert logged[0].startswith("resumed from epoch 0")
+    assert logged[0].startswith("resumed after epoch 1")
     a, b = read_metrics(straight), read_metrics(split)
-    assert [h["epoch"] for h in b] == [0, 1, 2]
+    assert [h["epoch"] for h in b] == [1, 2, 3]
     drop = ("seconds",)
     assert [{k: v for k, v in h.items() if k not in drop} for h in a] == \
         [{k: v for k, v in h.items() if k not in drop} for h in b]

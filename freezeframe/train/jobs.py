@@ -132,7 +132,8 @@ def train_run(
     augmented = entry.solve is None  # heads trained by steps read an augmented view per epoch where the set has them
     if preload is None:
         preload = preload_bytes(fs, ids, arrays, augmented) <= PRELOAD_LIMIT
-    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented)
+    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented,
+                               classes=classes)
     val_set = None
     if val_labels is not None:
         val_set = FeatureDataset(store, feature_set, val_ids, arrays, eval_sel, val_y, preload, config.seed)
@@ -150,7 +151,7 @@ def train_run(
 def save_solution(solution: Solution, head: nn.Module, out: Path, log: Callable[[str], None]) -> dict:
     """A closed-form fit's run files: its sweep and final metrics, the sweep's curve and the weights."""
     write_metrics(out, [*({"sweep": True, **row} for row in solution.sweep), solution.metrics])
-    plot_curves(solution.sweep, out / "curves.png", x=solution.swept)
+    plot_curves(solution.sweep, out / "curves.png", x=solution.swept, best=solution.metrics[solution.swept])
     save_weights(head, out / BEST, {"epoch": 0, "metrics": solution.metrics})
     metrics = solution.metrics
     log(f"{solution.swept} {metrics[solution.swept]:.3g} chosen on validation (top-1 {metrics['val_top1']:.3f}); "
@@ -180,5 +181,6 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
         write_predictions(predictions, ids, probs, y, info.classes)
     if confusion is not None:
         plot_confusion(confusion_matrix(probs.argmax(1), torch.as_tensor(y), len(info.classes)), info.classes, confusion)
-    return {**result, "head": info.head, "feature_set": info.feature_set, "frames": str(selection),
+    return {**result, "num_classes": len(info.classes), "head": info.head, "feature_set": info.feature_set,
+            "frames": str(selection),
             **({"provenance_mismatch": mismatched} if mismatched else {})}
