@@ -455,3 +455,49 @@ def test_re_export_removes_the_previous_exports_stale_files_and_nothing_else(tmp
     (out / "export.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed").exit_code == 0
     assert outside.exists()
+
+
+# ---- smaller things a user meets (issue 25, item 9) ----------------------------------------------------------
+
+def test_extract_help_shows_the_chosen_backbones_options(run_cli):
+    """Before: --model/--pretrained/--features/--layers each merged every backbone's meaning and default."""
+    default = run_cli("extract", "-h").output
+    model_help = default.split("--model TEXT")[1].split("--pretrained")[0]
+    assert "ViT-B-32" in model_help and "resnet50" not in model_help and "timm" not in model_help
+    assert "--image-size" not in default  # not an option of clip
+    assert "Backbone options above are those of --backbone clip" in " ".join(default.split())
+    timm = run_cli("extract", "--backbone", "timm", "-h").output
+    model_help = timm.split("--model TEXT")[1].split("--pretrained")[0]
+    assert "resnet50" in model_help and "ViT-B-32" not in model_help
+    assert "[required]" in timm.split("--pretrained TEXT")[1].split("--features")[0]
+
+
+def test_help_texts_say_what_the_commands_do(run_cli):
+    assert "Threads that check shards at once" in " ".join(run_cli("verify", "-h").output.split())
+    text = " ".join(run_cli("extract-text", "-h").output.split())
+    assert "[default: openai]" in text.split("--pretrained TEXT")[1].split("--layers")[0]  # as extract's
+
+
+def test_a_rerun_does_not_repeat_a_failure_line(tmp_path, run_cli):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    store = tmp_path / "store"
+    for _ in range(2):
+        result = run_cli("extract", videos, "--store", store, *TINY)
+        assert result.exit_code == 1, result.output
+    lines = (store / FEATURE_SET / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["video_id"] == "broken"  # before: one line per run
+
+
+def test_inspect_lists_video_ids_up_to_a_limit(tmp_path, run_cli):
+    store = tmp_path / "store"
+    _two_shards(store)
+    result = run_cli("inspect", store, "--videos", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "s: 4 videos (first 2; --limit 0 lists all)" and lines[1:] == ["  ..", "  dir/v1"]
+    listing = json.loads(run_cli("inspect", store, "--videos", "--limit", "0", "--json").output)
+    assert listing == {"feature_sets": {"s": {"num_videos": 4, "video_ids": sorted(ODD_IDS)}}}
+    refused = run_cli("inspect", store, "--videos", "--set", "nope")
+    assert refused.exit_code == 2 and "has no feature set 'nope'" in refused.output

@@ -7,11 +7,11 @@ import sys
 import click
 
 from freezeframe.cli.group import main, option_given, refuse_ignored
-from freezeframe.cli.options import given_backbone_options, with_backbone_options
+from freezeframe.cli.options import BackboneHelpCommand, given_backbone_options, with_backbone_options
 from freezeframe.extract.backbones.registry import backbone_names, get_entry
 
 
-@main.command()
+@main.command(cls=BackboneHelpCommand)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--store", required=True, help="Store directory (created if missing).")
 @click.option("--name", default=None, help="Feature-set name [default: derived from model and weights].")
@@ -147,6 +147,9 @@ def _run(sources, backbone_config, config, engine, device, address, gpus_per_wor
         ray_config = RayConfig(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker)
         report = run_ray_extraction(sources, backbone_config, config, ray_config)
     else:
+        if config.progress:  # building a model and loading its weights can take a while: say what is happening
+            model = getattr(backbone_config, "model", None)
+            click.echo(f"loading {model or type(backbone_config).__name__.removesuffix('Config')} ...", err=True)
         report = run_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
     return report
 

@@ -14,20 +14,50 @@ from freezeframe.store.store import open_feature_set
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see README, 'inspect --json').")
-def inspect(store, as_json) -> None:
+@click.option("--videos", "list_videos", is_flag=True,
+              help="List the committed video ids of each feature set (with --set, of that one), at most --limit.")
+@click.option("--set", "names", multiple=True, help="Feature set to show (repeatable) [default: all].")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="With --videos: ids listed per feature set at most (0: all).")
+def inspect(store, as_json, list_videos, names, limit) -> None:
     """Summarise the feature sets of STORE: provenance, videos, rows, arrays, failures."""
     from freezeframe.store import open_store
     from freezeframe.summary import format_summary, store_summary
 
-    summary = store_summary(open_store(store))
+    opened = open_store(store)
+    missing = [name for name in names if name not in opened]
+    if missing:
+        from freezeframe.errors import InputError
+
+        raise InputError(f"store {store} has no feature set {missing[0]!r}; it has: {', '.join(opened.names())}.")
+    if list_videos:
+        return _list_videos(opened, list(names) or opened.names(), limit, as_json)
+    summary = store_summary(opened, list(names) or None)
     click.echo(json.dumps(summary, indent=1, ensure_ascii=False) if as_json else format_summary(summary))
+
+
+def _list_videos(opened, names: list[str], limit: int, as_json: bool) -> None:
+    """Each feature set's committed ids in order, at most `limit` (0: all), with how many there are."""
+    listing = {}
+    for name in names:
+        ids = opened[name].video_ids()
+        listing[name] = {"num_videos": len(ids), "video_ids": ids[:limit] if limit else ids}
+    if as_json:
+        click.echo(json.dumps({"feature_sets": listing}, ensure_ascii=False))
+        return
+    for name, found in listing.items():
+        shown = len(found["video_ids"])
+        more = f" (first {shown}; --limit 0 lists all)" if shown < found["num_videos"] else ""
+        click.echo(f"{name}: {found['num_videos']} videos{more}")
+        for video_id in found["video_ids"]:  # an id is data: one that would not print plainly is shown escaped
+            click.echo(f"  {video_id if video_id.isprintable() else ascii(video_id)}")
 
 
 @main.command()
 @click.argument("store")
 @click.option("--quick", is_flag=True, help="Check the commit markers and the index only; read no array.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Processes that check shards at once [default: the CPUs, at most 8].")
+              help="Threads that check shards at once [default: the CPUs, at most 8].")
 def verify(store, quick, jobs) -> None:
     """Check every committed shard of STORE: readable, checksums and index consistent. Exit 1 on any problem."""
     from freezeframe.store import verify_store

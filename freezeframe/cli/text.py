@@ -14,8 +14,9 @@ from freezeframe.cli.group import int_list, main, refuse_ignored
 @click.option("--model", required=True,
               help="bert: a transformers model directory (or a name in the local cache); clip-text: an open_clip "
                    "model name or model-config JSON.")
-@click.option("--pretrained", default="none", show_default=True,
-              help="clip-text: open_clip pretrained tag, a local checkpoint path, or none for random weights.")
+@click.option("--pretrained", default="openai", show_default=True,
+              help="clip-text: open_clip pretrained tag, a local checkpoint path, or none for random weights (the "
+                   "default is extract's, so captions and frames come from the same model unless told otherwise).")
 @click.option("--layers", default="-1", show_default=True,
               help="bert: hidden-state indices to store as tokens/<index> (0 = embeddings, -1 = last layer).")
 @click.option("--max-length", type=int, default=64, show_default=True, help="bert: tokens per caption at most.")
@@ -39,7 +40,8 @@ def extract_text_command(captions, store, backbone, model, pretrained, layers, m
     from freezeframe.text.extract import extract_text
 
     try:
-        config = TextConfig(backbone=backbone, model=model, pretrained=pretrained, layers=int_list(layers),
+        config = TextConfig(backbone=backbone, model=model, pretrained=pretrained if not bert else "none",
+                            layers=int_list(layers),
                             max_length=max_length, trust_checkpoint=trust_checkpoint)
     except FieldError as exc:  # the config names its field, which is the option's name here
         raise InputError(f"--{exc.field.replace('_', '-')} {exc.problem}") from None

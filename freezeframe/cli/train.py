@@ -224,8 +224,9 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
     if as_json:
         click.echo(json.dumps(result))
     else:
+        top5 = f"  top-5 {100 * result['top5']:.1f}%" if result["num_classes"] > 5 else ""  # else always 100%
         click.echo(f"{result['head']} on {result['num_videos']} videos ({result['frames']}): "
-                   f"top-1 {100 * result['top1']:.1f}%  top-5 {100 * result['top5']:.1f}%")
+                   f"top-1 {100 * result['top1']:.1f}%{top5}")
 
 
 def markdown_tables() -> str:
