@@ -501,3 +501,24 @@ def test_inspect_lists_video_ids_up_to_a_limit(tmp_path, run_cli):
     assert listing == {"feature_sets": {"s": {"num_videos": 4, "video_ids": sorted(ODD_IDS)}}}
     refused = run_cli("inspect", store, "--videos", "--set", "nope")
     assert refused.exit_code == 2 and "has no feature set 'nope'" in refused.output
+
+
+def test_the_demo_says_what_chance_looks_like_on_its_held_out_videos(tmp_path, run_cli):
+    """Before: a probe at 90% on 10 held-out videos read as a broken claim; guessing alone reaches 20-80%."""
+    from math import comb
+
+    from freezeframe.demo import chance_band
+
+    def central_95(n: int) -> tuple[float, float]:  # the smallest k with P(X <= k) >= 2.5%, and its mirror
+        cdf = 0.0
+        for k in range(n + 1):
+            cdf += comb(n, k) / 2 ** n
+            if cdf >= 0.025:
+                return k / n, (n - k) / n
+
+    for n in (10, 40, 100):
+        assert chance_band(n) == pytest.approx(central_95(n))
+    result = run_cli("demo", "--out", tmp_path / "demo", "--videos", "12", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "chance is 50%: on 3 held-out videos guessing alone scores 0-100% 95% of the time" in result.output
+    assert "use --videos 160 or more" in result.output
