@@ -221,6 +221,27 @@ def test_xarray_opens_a_shard_with_named_dimensions(described_store):
     assert ds["embed"].dims == ("frame", "embed_dim") and ds["cls"].dims == ("frame", "width")
 
 
+def test_xarray_gets_row_coordinates_and_readable_names(described_store):
+    """Before: a shard opened with plain xarray had no time coordinate, and token maps were variables "2", "3"."""
+    xr = pytest.importorskip("xarray")
+    from freezeframe.store import to_xarray
+
+    fs = open_store(described_store)[FEATURE_SET]
+    shard = xr.open_zarr(str(fs.path / SHARDS_DIR / f"{fs.shard_ids[0]}.zarr"), consolidated=False, zarr_format=3)
+    assert {"timestamps", "frame_indices"} <= set(shard["embed"].coords)
+    ids = fs.video_ids()
+    ds = to_xarray(fs, ids[::-1])
+    assert set(ds.data_vars) == {"embed", "cls", "tokens_2", "tokens_3", "block_input_2"}
+    assert ds["tokens_3"].dims == ("frame", "token", "width") and ds["tokens_3"].attrs["stored_as"] == "tokens/3"
+    lengths = [fs.locate(v).n_rows for v in ids[::-1]]
+    assert list(ds["video"].values) == [v for v, n in zip(ids[::-1], lengths) for _ in range(n)]
+    for video_id in ids:
+        rows = ds.where(ds["video"] == video_id, drop=True)
+        np.testing.assert_array_equal(rows["tokens_2"].values, fs.read(video_id, "tokens/2"))
+        np.testing.assert_array_equal(rows["time"].values, fs.read(video_id, "timestamps"))
+        np.testing.assert_array_equal(rows["frame_index"].values, fs.read(video_id, "frame_indices"))
+
+
 def test_h5py_sees_dimension_labels_and_descriptions(described_store):
     import h5py
 
@@ -422,6 +443,19 @@ def test_export_npy_video_features_layout_is_what_video_features_writes(tmp_path
         np.testing.assert_array_equal(times, np.arange(len(feats)) * 500.0)
     refused = run_cli("export-npy", store, "--set", "s", out, "--layout", "video-features", "--arrays", "tokens/10")
     assert refused.exit_code == 2 and "per-frame vectors" in refused.output
+
+
+def test_export_npy_clip_video_encode_layout(tmp_path, run_cli):
+    """clip-video-encode's FileWriter: OUT/<key>.npy holding the frames x dim embeddings, nothing else per video."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    data = _fps_set(store, ["train/v_abc", "v3 ✓"])
+    result = run_cli("export-npy", store, "--set", "s", out, "--layout", "clip-video-encode")
+    assert result.exit_code == 0 and "wrote 2 files for 2 videos" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "train%2Fv_abc.npy", "v3 ✓.npy"]
+    for video_id, name in (("train/v_abc", "train%2Fv_abc.npy"), ("v3 ✓", "v3 ✓.npy")):
+        value = np.load(out / name)
+        assert value.dtype == np.float16
+        np.testing.assert_array_equal(value, data[video_id]["embed"])
 
 
 @pytest.mark.parametrize("ids, provenance, message", [

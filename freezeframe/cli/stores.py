@@ -148,10 +148,11 @@ def export_memmap_command(store, feature_set, arrays) -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--arrays", default=None,
               help="Comma list of arrays to export [default: all stored arrays; embed for video-features].")
-@click.option("--layout", type=click.Choice(["freezeframe", "video-features"]), default="freezeframe",
-              show_default=True, help="freezeframe: OUT/<video>_<array>.npy per array; video-features: exactly "
-                                      "video_features' save_numpy files (OUT/<feature_type>/<model>/<stem>_<feature_type>"
-                                      ".npy float64, _fps.npy, _timestamps_ms.npy), one array.")
+@click.option("--layout", type=click.Choice(["freezeframe", "video-features", "clip-video-encode"]),
+              default="freezeframe", show_default=True,
+              help="freezeframe: OUT/<video>_<array>.npy per array; video-features: exactly video_features' "
+                   "save_numpy files (OUT/<feature_type>/<model>/<stem>_<feature_type>.npy float64, _fps.npy, "
+                   "_timestamps_ms.npy), one array; clip-video-encode: OUT/<video>.npy, one array.")
 def export_npy_command(store, feature_set, out, arrays, layout) -> None:
     """Write one .npy per committed video of SET (and array) into OUT.
 

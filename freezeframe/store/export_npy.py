@@ -1,11 +1,12 @@
-"""Export a feature set as one `.npy` per video and array, in one of two layouts.
+"""Export a feature set as one `.npy` per video and array, in freezeframe's layout or a peer's.
 
 `freezeframe` (default): `OUT/<video>_<array>.npy` for every array, in the stored dtype (the array name with `/`
 as `-`: `tokens-11`), plus `timestamps_ms` where `timestamps` is stored. `video-features`: exactly what
 video_features' `save_numpy` writes for a frame-wise extractor (models/_base/base_framewise_extractor.py,
 utils/utils.py: make_path, sanity_check): `OUT/<feature_type>/<model>/<stem>_<feature_type>.npy` (rows x dim,
 float64, since it saves `np.array` of Python floats), `<stem>_fps.npy` (a 0-d float64) and
-`<stem>_timestamps_ms.npy` (float64), one array only. Video ids are data, not paths: a file name is the id (its
+`<stem>_timestamps_ms.npy` (float64), one array only. `clip-video-encode`: its FileWriter's `OUT/<key>.npy`
+(frames x dim, the stored dtype; float16 as its CUDA autocast gives), the key being the video id. Video ids are data, not paths: a file name is the id (its
 last part for video-features) percent-encoded where needed (`/` as `%2F`, a leading `.` as `%2E`), so no id can
 leave OUT; `export.json` maps ids to files. A re-export removes the files the previous `export.json` listed that
 it did not write again, and no other file.
@@ -51,10 +52,12 @@ def array_key(array: str) -> str:
     return array.replace("/", "-")
 
 
-LAYOUTS = ("freezeframe", "video-features")
+LAYOUTS = ("freezeframe", "video-features", "clip-video-encode")
 LAYOUT_TEXT = {"freezeframe": "<video>_<array>.npy, first axis rows",
                "video-features": "<feature_type>/<model>/<stem>_<feature_type>.npy float64, _fps.npy, "
-                                 "_timestamps_ms.npy (video_features save_numpy)"}
+                                 "_timestamps_ms.npy (video_features save_numpy)",
+               "clip-video-encode": "<video>.npy, frames x dim, stored dtype (clip-video-encode's FileWriter)"}
+ONE_ARRAY_LAYOUTS = ("video-features", "clip-video-encode")
 
 
 @dataclass
@@ -65,15 +68,21 @@ class ExportReport:
     removed: int = 0  # stale files of the previous export removed
 
 
-def _video_features_plan(fs: FeatureSet, names: list[str]) -> tuple[str, str, float]:
-    """(folder, feature key, fps) of the video-features layout; one array, timestamps and a fixed fps needed."""
+def _vector_array(fs: FeatureSet, names: list[str], layout: str) -> str:
+    """The one per-frame vector array a peer's layout holds."""
     if len(names) != 1:
-        raise InputError(f"--layout video-features writes one feature array per video (video_features keeps one); "
+        raise InputError(f"--layout {layout} writes one feature array per video (as {layout} does); "
                          f"pass --arrays with one of: {', '.join(names)}.")
     shape = fs.arrays()[names[0]]["shape"]
     if len(shape) != 1:
-        raise InputError(f"--layout video-features writes per-frame vectors (frames, dim), as video_features does; "
+        raise InputError(f"--layout {layout} writes per-frame vectors (frames, dim), as {layout} does; "
                          f"{names[0]!r} has rows of shape {tuple(shape)}: pick a vector array such as embed.")
+    return names[0]
+
+
+def _video_features_plan(fs: FeatureSet, names: list[str]) -> tuple[str, str, float]:
+    """(folder, feature key, fps) of the video-features layout; one array, timestamps and a fixed fps needed."""
+    _vector_array(fs, names, "video-features")
     if "timestamps" not in fs.arrays():
         raise InputError(f"feature set {fs.name!r} stores no timestamps, which --layout video-features writes.")
     sampling, backbone = fs.provenance.get("sampling") or {}, fs.provenance.get("backbone") or {}
@@ -87,16 +96,29 @@ def _video_features_plan(fs: FeatureSet, names: list[str]) -> tuple[str, str, fl
     return f"{feature}/{model}", feature, float(fps)
 
 
-def _video_features_stems(video_ids: list[str]) -> dict[str, str]:
-    """video id -> file stem: its last part, as video_features names files by the video file's stem."""
-    stems = {v: plain_stem(v.rsplit("/", 1)[-1]) for v in video_ids}
+def _unique_stems(video_ids: list[str], stem_of: Callable[[str], str], named_by: str) -> dict[str, str]:
+    """video id -> file stem, refusing two ids that would share one."""
+    stems = {v: stem_of(v) for v in video_ids}
     seen: dict[str, str] = {}
     for video_id, stem in stems.items():
         if stem in seen:
             raise InputError(f"videos {seen[stem]!r} and {video_id!r} would both be written as {stem}_*.npy "
-                             "(--layout video-features names files by the last part of the id); export them apart.")
+                             f"(this layout names files by {named_by}); export them apart.")
         seen[stem] = video_id
     return stems
+
+
+def _writer(fs: FeatureSet, out: Path, names: list[str], layout: str) -> tuple[Path, Callable[[str], tuple]]:
+    """The folder a layout writes into, and video id -> (its files by key, bytes written)."""
+    if layout == "video-features":  # video_features names files by the video file's stem
+        folder, feature, fps = _video_features_plan(fs, names)
+        stems = _unique_stems(fs.video_ids(), lambda v: plain_stem(v.rsplit("/", 1)[-1]), "the last part of the id")
+        return out / folder, lambda v: _write_video_features(fs, out, folder, stems[v], v, names[0], feature, fps)
+    if layout == "clip-video-encode":  # clip-video-encode names a video's file by its key (the id)
+        array = _vector_array(fs, names, layout)
+        stems = _unique_stems(fs.video_ids(), plain_stem, "the id")
+        return out, lambda v: _write_one(out, f"{stems[v]}.npy", array, fs.read(v, array))
+    return out, lambda v: _write_arrays(fs, out, file_stem(v), v, names)
 
 
 def export_npy(fs: FeatureSet, out: str | Path, arrays: list[str] | None = None,
@@ -105,25 +127,19 @@ def export_npy(fs: FeatureSet, out: str | Path, arrays: list[str] | None = None,
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
     stored = fs.arrays()
-    names = arrays or (["embed"] if layout == "video-features" and "embed" in stored else sorted(stored))
+    names = arrays or (["embed"] if layout in ONE_ARRAY_LAYOUTS and "embed" in stored else sorted(stored))
     unknown = [a for a in names if a not in stored]
     if unknown:
         raise InputError(f"feature set {fs.name!r} has no array {', '.join(map(repr, unknown))}; it has: "
                          f"{', '.join(stored)}")
     out = Path(out)
     previous = previous_files(out)
-    if layout == "video-features":
-        folder, feature, fps = _video_features_plan(fs, names)
-        stems = _video_features_stems(fs.video_ids())
-    (out / folder if layout == "video-features" else out).mkdir(parents=True, exist_ok=True)
+    folder, write = _writer(fs, out, names, layout)
+    folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, str]] = {}
     total = 0
     for number, video_id in enumerate(fs.video_ids(), start=1):
-        if layout == "video-features":
-            files[video_id], size = _write_video_features(fs, out, folder, stems[video_id], video_id, names[0],
-                                                          feature, fps)
-        else:
-            files[video_id], size = _write_arrays(fs, out, file_stem(video_id), video_id, names)
+        files[video_id], size = write(video_id)
         total += size
         if log and (number % 100 == 0 or number == len(fs)):
             log(f"{fs.name}: exported {number} of {len(fs)} videos")
@@ -143,6 +159,10 @@ def _write_arrays(fs: FeatureSet, out: Path, stem: str, video_id: str, names: li
         if array == "timestamps":
             written["timestamps_ms"] = _save(out, f"{stem}_timestamps_ms.npy", value * 1000.0)
     return written, total
+
+
+def _write_one(out: Path, name: str, array: str, value: np.ndarray) -> tuple[dict, int]:
+    return {array: _save(out, name, value)}, value.nbytes
 
 
 def _write_video_features(fs: FeatureSet, out: Path, folder: str, stem: str, video_id: str, array: str,
