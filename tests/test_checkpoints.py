@@ -146,7 +146,7 @@ def test_head_checkpoints_are_plain_weights_and_resume_loads_them(head_run, tmp_
     shutil.copytree(head_run["run"], run)
     result = cli(*head_run["train"], "--out", run, "--epochs", "2", "--resume")
     assert result.exit_code == 0, result.output
-    assert "resumed from epoch 0" in result.output
+    assert "resumed after epoch 1" in result.output
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
 
 

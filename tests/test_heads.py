@@ -384,7 +384,7 @@ def resume_job(order_task, kind: str, out: Path, **kw) -> dict:
 
 def assert_same_run(a: Path, b: Path, epochs: int) -> None:
     history_a, history_b = read_metrics(a), read_metrics(b)
-    assert [h["epoch"] for h in history_a] == list(range(epochs))
+    assert [h["epoch"] for h in history_a] == list(range(1, epochs + 1))  # numbered as on the console
     assert without_seconds(history_a) == without_seconds(history_b)
     for checkpoint in ("last.pt", BEST):
         wa, wb = weights(a / checkpoint), weights(b / checkpoint)
@@ -403,7 +403,7 @@ def test_interrupted_training_resumes_exactly(order_task, tmp_path, kind):
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     logged = []
     resume_job(order_task, kind, tmp_path / "interrupted", resume=True, log=logged.append)
-    assert logged[0].startswith("resumed from epoch 1")
+    assert logged[0].startswith("resumed after epoch 2")
     assert len([m for m in logged if m.startswith("epoch ")]) == 3
     assert_same_run(tmp_path / "straight", tmp_path / "interrupted", 5)
     # the runs did train (the comparison is not between two untouched heads): zero-initialised tokens moved
@@ -442,7 +442,7 @@ def test_resume_after_a_crash_between_best_and_last_checkpoint(order_task, tmp_p
     with pytest.raises(Interrupt) as stopped:
         resume_job(order_task, "temporal", run, log=log)
     improved = int(str(stopped.value).split()[1].split("/")[0])  # 1-based: this epoch wrote the best weights
-    assert saved_info(run / BEST)["epoch"] == improved - 1
+    assert saved_info(run / BEST)["epoch"] == improved
     (run / "last.pt").write_bytes(saved[improved - 1])  # last.pt still from the epoch before
     lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
     (run / "metrics.jsonl").write_text("".join(lines[: improved - 1]))  # and no metrics line yet
@@ -489,7 +489,7 @@ def test_cli_training_killed_for_real_resumes_exactly(order_task, tmp_path):
 
     result = cli(*common, "--out", killed, "--resume")
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert f"resumed from epoch {stopped_at}" in result.output
+    assert f"resumed after epoch {stopped_at + 1}" in result.output
     straight = tmp_path / "straight"
     result = cli(*common, "--out", straight)
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -534,9 +534,10 @@ def test_cli_train_writes_a_complete_run(cli_runs, order_task, kind):
         assert len(sweep) >= 5 and records[-1]["l2"] in [r["l2"] for r in sweep]
         assert records[-1]["num_train"] == 120  # refitted on train + val
     else:
-        assert [r["epoch"] for r in records] == [0, 1, 2]
-        assert all({"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"} <= set(r) for r in records)
-        assert summary["epoch"] == 2 and summary["val_top1"] == records[-1]["val_top1"]
+        assert [r["epoch"] for r in records] == [1, 2, 3]
+        assert all({"train_loss", "train_top1", "val_loss", "val_top1", "lr"} <= set(r) for r in records)
+        assert not any("val_top5" in r for r in records) and "val_top5" not in result.output  # 2 classes
+        assert summary["epoch"] == 3 and summary["val_top1"] == records[-1]["val_top1"]
     png = (run / "curves.png").read_bytes()
     assert png[:8] == PNG_SIGNATURE and len(png) > 1000
     assert png[12:16] == b"IHDR"

@@ -143,8 +143,12 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, run_cli, sample_vid
         meta = stored[array]
         assert f"{array:<18} {meta['dtype']:<8} per row {tuple(meta['shape'])}" in out, array
     changed = run_cli("extract", first, "--store", store, *options, "--num-frames", "3", "--dry-run")
-    assert changed.exit_code == 0 and "refused   the feature set was made differently" in changed.output
-    assert "num_frames: store has 2, this run has 3" in changed.output
+    # a dry run of a run that would be refused says so first and exits 2 (before: exit 0, leading with the plan)
+    assert changed.exit_code == 2, changed.output
+    assert changed.output.startswith("dry run: REFUSED: this run would stop before extracting: feature set "
+                                     f"{FEATURE_SET} was made differently (")
+    assert "num_frames: store has 2, this run has 3" in changed.output.splitlines()[0]
+    assert tree(store) == before
 
 
 def test_ctrl_c_in_extract_exits_130_and_says_how_to_resume(tmp_path, sample_videos):
@@ -215,6 +219,27 @@ def test_xarray_opens_a_shard_with_named_dimensions(described_store):
     fs = open_store(described_store)[FEATURE_SET]
     ds = xr.open_zarr(str(fs.path / SHARDS_DIR / f"{fs.shard_ids[0]}.zarr"), consolidated=False, zarr_format=3)
     assert ds["embed"].dims == ("frame", "embed_dim") and ds["cls"].dims == ("frame", "width")
+
+
+def test_xarray_gets_row_coordinates_and_readable_names(described_store):
+    """Before: a shard opened with plain xarray had no time coordinate, and token maps were variables "2", "3"."""
+    xr = pytest.importorskip("xarray")
+    from freezeframe.store import to_xarray
+
+    fs = open_store(described_store)[FEATURE_SET]
+    shard = xr.open_zarr(str(fs.path / SHARDS_DIR / f"{fs.shard_ids[0]}.zarr"), consolidated=False, zarr_format=3)
+    assert {"timestamps", "frame_indices"} <= set(shard["embed"].coords)
+    ids = fs.video_ids()
+    ds = to_xarray(fs, ids[::-1])
+    assert set(ds.data_vars) == {"embed", "cls", "tokens_2", "tokens_3", "block_input_2"}
+    assert ds["tokens_3"].dims == ("frame", "token", "width") and ds["tokens_3"].attrs["stored_as"] == "tokens/3"
+    lengths = [fs.locate(v).n_rows for v in ids[::-1]]
+    assert list(ds["video"].values) == [v for v, n in zip(ids[::-1], lengths) for _ in range(n)]
+    for video_id in ids:
+        rows = ds.where(ds["video"] == video_id, drop=True)
+        np.testing.assert_array_equal(rows["tokens_2"].values, fs.read(video_id, "tokens/2"))
+        np.testing.assert_array_equal(rows["time"].values, fs.read(video_id, "timestamps"))
+        np.testing.assert_array_equal(rows["frame_index"].values, fs.read(video_id, "frame_indices"))
 
 
 def test_h5py_sees_dimension_labels_and_descriptions(described_store):
@@ -300,9 +325,13 @@ def _assert_holds(store: Path, data: dict, ids: list[str]) -> None:
 def test_rm_videos_rewrites_their_shards_and_verifies(tmp_path, run_cli, store_format):
     store = tmp_path / "store"
     data = _two_shards(store, store_format)
-    result = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "v3 ✓", "--videos", "nope", "--yes")
+    refused = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "nope", "--yes")
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1, refused.output  # before: exit 0
+    assert "1 video id not committed in feature set 's': 'nope'; nothing deleted" in refused.output
+    _assert_holds(store, data, ODD_IDS)
+    result = run_cli("rm", store, "s", "--videos", "dir/v1", "--videos", "v3 ✓", "--yes")
     assert result.exit_code == 0, result.output
-    assert "removed 2 videos (1 shard dropped, 1 rewritten without them)" in result.output and "nope" in result.output
+    assert "removed 2 videos (1 shard dropped, 1 rewritten without them)" in result.output
     _assert_holds(store, data, ["v0", ".."])
     assert len(open_store(store)["s"].shard_ids) == 1
     check = run_cli("verify", store)
@@ -369,3 +398,161 @@ def test_export_npy_writes_one_file_per_video_and_array(tmp_path, run_cli):
         np.testing.assert_array_equal(np.load(out / files["timestamps_ms"]), arrays["timestamps"] * 1000)
     result = run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed,nope")
     assert result.exit_code == 2 and "has no array 'nope'" in result.output
+
+
+def _fps_set(store: Path, ids: list[str], provenance: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """A set sampled at 2 fps by model ViT-B/32 (as video_features names it), `embed` + tokens + timestamps."""
+    provenance = provenance or {"backbone": {"kind": "clip", "model": "ViT-B/32"},
+                                "sampling": {"strategy": "fps", "fps": 2.0}}
+    writer = FeatureSetWriter(store, "s", provenance)
+    rng = np.random.default_rng(1)
+    shard, data = writer.new_shard(), {}
+    for number, video_id in enumerate(ids):
+        rows = 3 + number
+        data[video_id] = {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
+                          "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
+                          "timestamps": np.arange(rows) / 2.0}
+        shard.append(video_id, data[video_id])
+        shard.end_video(video_id)
+    shard.commit()
+    writer.write_index()
+    return data
+
+
+def test_export_npy_video_features_layout_is_what_video_features_writes(tmp_path, run_cli):
+    """video_features (save_numpy, a frame-wise extractor) writes OUT/<feature_type>/<model with / as _>/
+    <stem>_<feature_type>.npy as np.array of Python floats (float64, frames x dim), <stem>_fps.npy (0-d float64)
+    and <stem>_timestamps_ms.npy (float64)."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    data = _fps_set(store, ["train/v_abc", "v3 ✓"])
+    result = run_cli("export-npy", store, "--set", "s", out, "--layout", "video-features")
+    assert result.exit_code == 0 and "wrote 6 files for 2 videos" in result.output, result.output
+    folder = out / "clip" / "ViT-B_32"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"{stem}_{key}.npy" for stem in ("v_abc", "v3 ✓") for key in ("clip", "fps", "timestamps_ms"))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
+        sorted(["export.json"] + [str(p.relative_to(out)) for p in folder.iterdir()])
+    for video_id, stem in (("train/v_abc", "v_abc"), ("v3 ✓", "v3 ✓")):
+        feats = np.load(folder / f"{stem}_clip.npy")
+        assert feats.dtype == np.float64 and feats.shape == data[video_id]["embed"].shape
+        np.testing.assert_array_equal(feats, data[video_id]["embed"].astype(np.float64))
+        fps = np.load(folder / f"{stem}_fps.npy")
+        assert fps.dtype == np.float64 and fps.shape == () and float(fps) == 2.0
+        times = np.load(folder / f"{stem}_timestamps_ms.npy")
+        assert times.dtype == np.float64
+        np.testing.assert_array_equal(times, np.arange(len(feats)) * 500.0)
+    refused = run_cli("export-npy", store, "--set", "s", out, "--layout", "video-features", "--arrays", "tokens/10")
+    assert refused.exit_code == 2 and "per-frame vectors" in refused.output
+
+
+def test_export_npy_clip_video_encode_layout(tmp_path, run_cli):
+    """clip-video-encode's FileWriter: OUT/<key>.npy holding the frames x dim embeddings, nothing else per video."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    data = _fps_set(store, ["train/v_abc", "v3 ✓"])
+    result = run_cli("export-npy", store, "--set", "s", out, "--layout", "clip-video-encode")
+    assert result.exit_code == 0 and "wrote 2 files for 2 videos" in result.output, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "train%2Fv_abc.npy", "v3 ✓.npy"]
+    for video_id, name in (("train/v_abc", "train%2Fv_abc.npy"), ("v3 ✓", "v3 ✓.npy")):
+        value = np.load(out / name)
+        assert value.dtype == np.float16
+        np.testing.assert_array_equal(value, data[video_id]["embed"])
+
+
+@pytest.mark.parametrize("ids, provenance, message", [
+    (["a/v", "b/v"], None, "would both be written as v_*.npy"),
+    (["v"], {"backbone": {"kind": "clip", "model": "m"}, "sampling": {"strategy": "uniform"}}, "extract with --fps"),
+])
+def test_export_npy_video_features_refusals(tmp_path, run_cli, ids, provenance, message):
+    store = tmp_path / "store"
+    _fps_set(store, ids, provenance)
+    result = run_cli("export-npy", store, "--set", "s", tmp_path / "out", "--layout", "video-features")
+    assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, result.output
+
+
+def test_re_export_removes_the_previous_exports_stale_files_and_nothing_else(tmp_path, run_cli):
+    store, out = tmp_path / "store", tmp_path / "out"
+    _two_shards(store)
+    assert run_cli("export-npy", store, "--set", "s", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "mine.npy").write_bytes(b"not listed")
+    before = {p.name for p in out.iterdir()}
+    result = run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed")
+    assert result.exit_code == 0 and "removed 12 files of the previous export" in result.output, result.output
+    manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    listed = {name for files in manifest["videos"].values() for name in files.values()}
+    assert {p.name for p in out.iterdir()} == listed | {"export.json", "notes.txt", "mine.npy"}
+    assert len(before) == 16 + 3 and len(listed) == 4
+    # a doctored export.json naming files outside OUT removes nothing there
+    outside = tmp_path / "keep_embed.npy"
+    outside.write_bytes(b"x")
+    manifest["videos"]["v0"]["embed"] = "../keep_embed.npy"
+    (out / "export.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert run_cli("export-npy", store, "--set", "s", out, "--arrays", "embed").exit_code == 0
+    assert outside.exists()
+
+
+# ---- smaller things a user meets (issue 25, item 9) ----------------------------------------------------------
+
+def test_extract_help_shows_the_chosen_backbones_options(run_cli):
+    """Before: --model/--pretrained/--features/--layers each merged every backbone's meaning and default."""
+    default = run_cli("extract", "-h").output
+    model_help = default.split("--model TEXT")[1].split("--pretrained")[0]
+    assert "ViT-B-32" in model_help and "resnet50" not in model_help and "timm" not in model_help
+    assert "--image-size" not in default  # not an option of clip
+    assert "Backbone options above are those of --backbone clip" in " ".join(default.split())
+    timm = run_cli("extract", "--backbone", "timm", "-h").output
+    model_help = timm.split("--model TEXT")[1].split("--pretrained")[0]
+    assert "resnet50" in model_help and "ViT-B-32" not in model_help
+    assert "[required]" in timm.split("--pretrained TEXT")[1].split("--features")[0]
+
+
+def test_help_texts_say_what_the_commands_do(run_cli):
+    assert "Threads that check shards at once" in " ".join(run_cli("verify", "-h").output.split())
+    text = " ".join(run_cli("extract-text", "-h").output.split())
+    assert "[default: openai]" in text.split("--pretrained TEXT")[1].split("--layers")[0]  # as extract's
+
+
+def test_a_rerun_does_not_repeat_a_failure_line(tmp_path, run_cli):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    store = tmp_path / "store"
+    for _ in range(2):
+        result = run_cli("extract", videos, "--store", store, *TINY)
+        assert result.exit_code == 1, result.output
+    lines = (store / FEATURE_SET / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["video_id"] == "broken"  # before: one line per run
+
+
+def test_inspect_lists_video_ids_up_to_a_limit(tmp_path, run_cli):
+    store = tmp_path / "store"
+    _two_shards(store)
+    result = run_cli("inspect", store, "--videos", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "s: 4 videos (first 2; --limit 0 lists all)" and lines[1:] == ["  ..", "  dir/v1"]
+    listing = json.loads(run_cli("inspect", store, "--videos", "--limit", "0", "--json").output)
+    assert listing == {"feature_sets": {"s": {"num_videos": 4, "video_ids": sorted(ODD_IDS)}}}
+    refused = run_cli("inspect", store, "--videos", "--set", "nope")
+    assert refused.exit_code == 2 and "has no feature set 'nope'" in refused.output
+
+
+def test_the_demo_says_what_chance_looks_like_on_its_held_out_videos(tmp_path, run_cli):
+    """Before: a probe at 90% on 10 held-out videos read as a broken claim; guessing alone reaches 20-80%."""
+    from math import comb
+
+    from freezeframe.demo import chance_band
+
+    def central_95(n: int) -> tuple[float, float]:  # the smallest k with P(X <= k) >= 2.5%, and its mirror
+        cdf = 0.0
+        for k in range(n + 1):
+            cdf += comb(n, k) / 2 ** n
+            if cdf >= 0.025:
+                return k / n, (n - k) / n
+
+    for n in (10, 40, 100):
+        assert chance_band(n) == pytest.approx(central_95(n))
+    result = run_cli("demo", "--out", tmp_path / "demo", "--videos", "12", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "chance is 50%: on 3 held-out videos guessing alone scores 0-100% 95% of the time" in result.output
+    assert "use --videos 160 or more" in result.output

@@ -202,9 +202,40 @@ def test_held_out_text_to_video_retrieval_is_far_above_chance(trained, corpus, r
     assert text.exit_code == 0 and "48 video/caption pairs" in text.output
 
 
+def test_retrieval_eval_writes_per_query_predictions_and_refuses_confusion(trained, corpus, run_cli, tmp_path):
+    """Before: --predictions and --confusion were ignored on a videoclip run (exit 0, no files)."""
+    out = tmp_path / "predictions.jsonl"
+    result = run_cli("eval", trained, "--captions", corpus / "test.jsonl", "--predictions", out, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    captions = [json.loads(line) for line in (corpus / "test.jsonl").read_text().splitlines()]
+    first = {}
+    for c in captions:
+        first.setdefault(c["video_id"], c["caption_id"])
+    assert [r["direction"] for r in rows] == ["t2v"] * 48 + ["v2t"] * 48
+    assert {r["query"]: r["match"] for r in rows[:48]} == {c: v for v, c in first.items()}
+    for row in rows:
+        assert len(row["top_ids"]) == 10 and row["top_scores"] == sorted(row["top_scores"], reverse=True)
+        assert (row["rank"] <= 10) == (row["match"] in row["top_ids"])
+        if row["rank"] == 1:
+            assert row["top_ids"][0] == row["match"]
+    for way, part in (("t2v", rows[:48]), ("v2t", rows[48:])):
+        assert metrics[f"{way}_r1"] == pytest.approx(sum(r["rank"] == 1 for r in part) / 48)
+        assert metrics[f"{way}_r10"] == pytest.approx(sum(r["rank"] <= 10 for r in part) / 48)
+    as_csv = tmp_path / "predictions.csv"
+    assert run_cli("eval", trained, "--captions", corpus / "test.jsonl", "--predictions", as_csv).exit_code == 0
+    header = as_csv.read_text().splitlines()[0].split(",")
+    assert header[:6] == ["direction", "query", "match", "rank", "top1_id", "top1_score"] and len(header) == 24
+    for option in (["--confusion", tmp_path / "c.png"], ["--frames", "uniform:4"]):
+        refused = run_cli("eval", trained, "--captions", corpus / "test.jsonl", *option)
+        assert refused.exit_code == 2 and "this run would ignore it" in refused.output, refused.output
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_run_records_metrics_best_and_last(trained):
     history = read_metrics(trained)
-    assert [h["epoch"] for h in history] == list(range(12))
+    assert [h["epoch"] for h in history] == list(range(1, 13))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all("val_t2v_r1" in h and "val_mean_recall" in h for h in history)
     best = max(history, key=lambda h: h["val_mean_recall"])
@@ -241,9 +272,9 @@ def test_resume_continues_to_the_same_result(corpus, tmp_path):
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
     logged = []
     _resume_job(corpus, split, resume=True, log=logged.append)
-    assert logged[0].startswith("resumed from epoch 0")
+    assert logged[0].startswith("resumed after epoch 1")
     a, b = read_metrics(straight), read_metrics(split)
-    assert [h["epoch"] for h in b] == [0, 1, 2]
+    assert [h["epoch"] for h in b] == [1, 2, 3]
     drop = ("seconds",)
     assert [{k: v for k, v in h.items() if k not in drop} for h in a] == \
         [{k: v for k, v in h.items() if k not in drop} for h in b]

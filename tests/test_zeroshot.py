@@ -127,3 +127,64 @@ def test_the_class_embeddings_are_open_clips_zero_shot_classifier(task, tiny_mod
         prompts = [tokenizer([template.format(c) for template in DEFAULT_TEMPLATES]) for c in CLASSES]
         expected = torch.stack([F.normalize(encoder.model.encode_text(p), dim=-1).mean(0) for p in prompts])
     torch.testing.assert_close(head.classes, F.normalize(expected, dim=-1), rtol=0, atol=1e-6)
+
+
+def test_a_classes_file_maps_labels_to_prompts(task, run_cli, tmp_path):
+    """Labels need not be prompt text: `arch_ery` is scored by the prompt `archery` (a JSON or CSV classes file)."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text((task / "labels.csv").read_text().replace(",archery", ",arch_ery").replace(",juggling", ",jug"))
+    mapping = {"arch_ery": ["archery"], "jug": "juggling", **{c: [c] for c in CLASSES[2:]}}
+    (tmp_path / "classes.json").write_text(json.dumps(mapping))
+    (tmp_path / "classes.csv").write_text("label,prompt\n" + "".join(f"{k},{v if isinstance(v, str) else v[0]}\n"
+                                                                    for k, v in mapping.items()))
+    for classes in ("classes.json", "classes.csv"):
+        result = run_cli("zeroshot", "--store", task / "store", "--set", "clip", "--classes", tmp_path / classes,
+                         "--labels", labels, "--json")
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.output)
+        assert metrics["top1"] == 1.0 and set(metrics["per_class"]) == set(mapping)
+    (tmp_path / "bad.json").write_text(json.dumps({"jug": []}))
+    result = run_cli("zeroshot", "--store", task / "store", "--set", "clip", "--classes", tmp_path / "bad.json",
+                     "--labels", labels)
+    assert result.exit_code == 2 and "class 'jug' needs one or more non-empty prompt strings" in result.output
+
+
+def test_several_prompts_and_imagenet_templates_average_every_text(task, tiny_model_name):
+    """A class with prompts [a, b] under templates T: the normalised mean of the normalised embeddings of every
+    t(p), computed here with the model's own `encode_text`; open_clip's ImageNet templates are callables."""
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+    from freezeframe.text.encoders import ClipTextEncoder, TextConfig
+    from freezeframe.text.zeroshot import class_embeddings, resolve_templates
+
+    encoder = ClipTextEncoder(TextConfig(backbone="clip-text", model=tiny_model_name, pretrained=str(task / "tiny.pt")),
+                              torch.device("cpu"))
+    classes = {"water": ["surfing", "rowing", "a boat"], "snow": ["skiing"]}
+    templates = resolve_templates("imagenet-simple")
+    assert len(templates) == 7 and len(resolve_templates("imagenet")) == 80
+    got = class_embeddings(encoder, classes, templates)
+    tokenizer = open_clip.get_tokenizer(resolve_model_name(tiny_model_name))
+    with torch.no_grad():
+        expected = torch.stack([F.normalize(F.normalize(encoder.model.encode_text(
+            tokenizer([t(p) for p in prompts for t in SIMPLE_IMAGENET_TEMPLATES])), dim=-1).mean(0), dim=0)
+            for prompts in classes.values()])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(got[0], class_embeddings(encoder, {"water": ["surfing"]}, templates)[0], atol=1e-3)
+
+
+def test_zeroshot_writes_predictions(task, run_cli, tmp_path):
+    out = tmp_path / "predictions.csv"
+    result = run_cli("zeroshot", "--store", task / "store", "--set", "clip", "--classes", task / "classes.txt",
+                     "--labels", task / "shuffled.csv", "--predictions", out, "--json")
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    truth = dict(line.split(",") for line in (task / "labels.csv").read_text().splitlines()[1:])
+    shuffled = dict(line.split(",") for line in (task / "shuffled.csv").read_text().splitlines()[1:])
+    assert [r["video_id"] for r in rows] == list(shuffled)
+    for row in rows:  # the embeddings are their true class's prompts: each prediction is the true class
+        assert row["label"] == shuffled[row["video_id"]] and row["prediction"] == truth[row["video_id"]]
+        probs = [float(row[f"p:{c}"]) for c in CLASSES]
+        assert abs(sum(probs) - 1) < 1e-5 and float(row["score"]) == max(probs)
+    assert json.loads(result.output)["top1"] == pytest.approx(sum(r["label"] == r["prediction"] for r in rows) / len(rows))

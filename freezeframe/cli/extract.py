@@ -7,12 +7,12 @@ import sys
 import click
 
 from freezeframe.cli.group import main, option_given, refuse_ignored
-from freezeframe.cli.options import given_backbone_options, with_backbone_options
+from freezeframe.cli.options import BackboneHelpCommand, given_backbone_options, with_backbone_options
 from freezeframe.extract.backbones.registry import backbone_names, get_entry
 from freezeframe.printable import printable, printable_lines
 
 
-@main.command()
+@main.command(cls=BackboneHelpCommand)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--store", required=True, help="Store directory (created if missing).")
 @click.option("--name", default=None, help="Feature-set name [default: derived from model and weights].")
@@ -114,8 +114,10 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
 
         if engine == "ray":
             raise click.UsageError("--dry-run plans a local run; drop --engine ray (the plan is the same).")
-        click.echo(format_plan(plan_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)),
-                                               config)))
+        plan = plan_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
+        click.echo(format_plan(plan))
+        if plan.provenance_problem:  # the run itself would stop here: exit as it would
+            sys.exit(2)
         return
     try:
         report = _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers)
@@ -146,6 +148,9 @@ def _run(sources, backbone_config, config, engine, device, address, gpus_per_wor
         ray_config = RayConfig(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker)
         report = run_ray_extraction(sources, backbone_config, config, ray_config)
     else:
+        if config.progress:  # building a model and loading its weights can take a while: say what is happening
+            model = getattr(backbone_config, "model", None)
+            click.echo(f"loading {model or type(backbone_config).__name__.removesuffix('Config')} ...", err=True)
         report = run_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
     return report
 
@@ -185,7 +190,10 @@ def refuse_ignored_options(backbone_config) -> None:
 
 def format_plan(plan) -> str:
     """The dry-run listing of an ExtractionPlan."""
-    lines = [f"dry run: feature set {plan.feature_set} in store {plan.store} (backbone built, weights loaded; "
+    refused = ([f"dry run: REFUSED: this run would stop before extracting: feature set {plan.feature_set} was made "
+                f"differently ({plan.provenance_problem}); pass --name to extract into a new set"]
+               if plan.provenance_problem else [])
+    lines = [*refused, f"dry run: feature set {plan.feature_set} in store {plan.store} (backbone built, weights loaded; "
              "no video decoded, nothing written)",
              f"  videos    {plan.total} given: {len(plan.todo)} to extract, {len(plan.committed)} already committed",
              f"  shards    {plan_count(len(plan.shards), 'shard')} of {', '.join(map(str, sorted(set(plan.shards))))} "
@@ -193,8 +201,6 @@ def format_plan(plan) -> str:
              f"  rows      per video: {plan.rows_per_video}"]
     for array, meta in natural_sorted(plan.arrays):
         lines.append(f"  {array:<18} {meta['dtype']:<8} per row {tuple(meta['shape'])}")
-    if plan.provenance_problem:
-        lines.append(f"  refused   the feature set was made differently ({plan.provenance_problem}); pass --name")
     lines += [f"  to do     {video_id}" for video_id in plan.todo[:20]]
     if len(plan.todo) > 20:
         lines.append(f"  ...       and {len(plan.todo) - 20} more")

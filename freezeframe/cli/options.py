@@ -53,6 +53,46 @@ def with_backbone_options(command: Callable) -> Callable:
                         help=backbone_choice_help())(command)
 
 
+def chosen_backbone(args: list[str]) -> str:
+    """The `--backbone` named in raw command-line arguments (before parsing), else the default."""
+    for i, arg in enumerate(args):
+        if arg == "--backbone" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--backbone="):
+            return arg.split("=", 1)[1]
+    return "clip"
+
+
+class BackboneHelpCommand(click.Command):
+    """`extract -h` shows the backbone options as the chosen `--backbone` (default clip) reads them, and hides
+    those it does not take, instead of every backbone's meaning at once."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["help_backbone"] = chosen_backbone(args)
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        chosen = ctx.meta.get("help_backbone", "clip")
+        if chosen not in backbone_names():
+            return super().format_help(ctx, formatter)
+        specs = {spec.flag[2:].replace("-", "_"): spec for spec in backbone_options()}
+        saved = {p.name: (p.help, p.hidden) for p in self.params if p.name in specs}
+        try:
+            for param in self.params:
+                if param.name in specs:
+                    spec = specs[param.name]
+                    param.hidden = chosen not in spec.per_backbone
+                    param.help = option_help(spec, chosen)
+            super().format_help(ctx, formatter)
+            formatter.write_paragraph()
+            formatter.write_text(f"Backbone options above are those of --backbone {chosen}; "
+                                 "`freezeframe extract --backbone NAME -h` shows another backbone's.")
+        finally:
+            for param in self.params:
+                if param.name in saved:
+                    param.help, param.hidden = saved[param.name]
+
+
 def given_backbone_options(values: dict) -> dict:
     """Pop the backbone options out of `extract`'s keyword arguments: {flag: value or None}."""
     return {spec.flag: values.pop(spec.flag[2:].replace("-", "_")) for spec in backbone_options()}

@@ -20,20 +20,50 @@ def echo_printable(line: str) -> None:
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see README, 'inspect --json').")
-def inspect(store, as_json) -> None:
+@click.option("--videos", "list_videos", is_flag=True,
+              help="List the committed video ids of each feature set (with --set, of that one), at most --limit.")
+@click.option("--set", "names", multiple=True, help="Feature set to show (repeatable) [default: all].")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="With --videos: ids listed per feature set at most (0: all).")
+def inspect(store, as_json, list_videos, names, limit) -> None:
     """Summarise the feature sets of STORE: provenance, videos, rows, arrays, failures."""
     from freezeframe.store import open_store
     from freezeframe.summary import format_summary, store_summary
 
-    summary = store_summary(open_store(store))
+    opened = open_store(store)
+    missing = [name for name in names if name not in opened]
+    if missing:
+        from freezeframe.errors import InputError
+
+        raise InputError(f"store {store} has no feature set {missing[0]!r}; it has: {', '.join(opened.names())}.")
+    if list_videos:
+        return _list_videos(opened, list(names) or opened.names(), limit, as_json)
+    summary = store_summary(opened, list(names) or None)
     click.echo(json.dumps(summary, indent=1, ensure_ascii=False) if as_json else format_summary(summary))
+
+
+def _list_videos(opened, names: list[str], limit: int, as_json: bool) -> None:
+    """Each feature set's committed ids in order, at most `limit` (0: all), with how many there are."""
+    listing = {}
+    for name in names:
+        ids = opened[name].video_ids()
+        listing[name] = {"num_videos": len(ids), "video_ids": ids[:limit] if limit else ids}
+    if as_json:
+        click.echo(json.dumps({"feature_sets": listing}, ensure_ascii=False))
+        return
+    for name, found in listing.items():
+        shown = len(found["video_ids"])
+        more = f" (first {shown}; --limit 0 lists all)" if shown < found["num_videos"] else ""
+        click.echo(f"{name}: {found['num_videos']} videos{more}")
+        for video_id in found["video_ids"]:  # an id is data: one that would not print plainly is shown escaped
+            click.echo(f"  {video_id if video_id.isprintable() else ascii(video_id)}")
 
 
 @main.command()
 @click.argument("store")
 @click.option("--quick", is_flag=True, help="Check the commit markers and the index only; read no array.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Processes that check shards at once [default: the CPUs, at most 8].")
+              help="Threads that check shards at once [default: the CPUs, at most 8].")
 def verify(store, quick, jobs) -> None:
     """Check every committed shard of STORE: readable, checksums and index consistent. Exit 1 on any problem."""
     from freezeframe.store import verify_store
@@ -122,21 +152,29 @@ def export_memmap_command(store, feature_set, arrays) -> None:
 @click.argument("store")
 @click.option("--set", "feature_set", required=True, help="Feature-set name inside the store.")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--arrays", default=None, help="Comma list of arrays to export [default: all stored arrays].")
-def export_npy_command(store, feature_set, out, arrays) -> None:
-    """Write OUT/<video>_<array>.npy for every committed video of SET (video_features' save_numpy layout).
+@click.option("--arrays", default=None,
+              help="Comma list of arrays to export [default: all stored arrays; embed for video-features].")
+@click.option("--layout", type=click.Choice(["freezeframe", "video-features", "clip-video-encode"]),
+              default="freezeframe", show_default=True,
+              help="freezeframe: OUT/<video>_<array>.npy per array; video-features: exactly video_features' "
+                   "save_numpy files (OUT/<feature_type>/<model>/<stem>_<feature_type>.npy float64, _fps.npy, "
+                   "_timestamps_ms.npy), one array; clip-video-encode: OUT/<video>.npy, one array.")
+def export_npy_command(store, feature_set, out, arrays, layout) -> None:
+    """Write one .npy per committed video of SET (and array) into OUT.
 
-    Array names become keys with '/' as '-' (tokens/11 -> <video>_tokens-11.npy); timestamps also as
-    <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
+    freezeframe layout: array names become keys with '/' as '-' (tokens/11 -> <video>_tokens-11.npy); timestamps
+    also as <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
+    A re-export removes the files of the previous export (as its export.json lists them) that it does not rewrite.
     """
     from freezeframe.store.export_npy import export_npy
     from freezeframe.summary import plural
 
     fs = open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
-    report = export_npy(fs, out, names)
+    report = export_npy(fs, out, names, layout=layout)
+    stale = f"; removed {plural(report.removed, 'file')} of the previous export" if report.removed else ""
     click.echo(f"{feature_set}: wrote {plural(report.files, 'file')} for {plural(report.videos, 'video')} "
-               f"({report.bytes / 1e6:.1f} MB) to {out}")
+               f"({report.bytes / 1e6:.1f} MB) to {out}{stale}")
 
 
 @main.command("rm")
@@ -165,7 +203,14 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
         if not ids:
             raise click.UsageError(f"--videos-from {videos_from} lists no video ids.")
     fs = open_feature_set(store, name)
+    from freezeframe.errors import InputError
     from freezeframe.summary import plural
+
+    unknown = sorted({v for v in ids if v not in fs})
+    if unknown:
+        raise InputError(f"{plural(len(unknown), 'video id')} not committed in feature set {name!r}: "
+                         f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}; nothing deleted "
+                         "(check the ids with inspect --videos, or drop them).")
 
     what = f"{plural(len(set(ids)), 'video')} of feature set {name}" if ids else f"feature set {name} ({plural(len(fs), 'video')})"
     if not yes:

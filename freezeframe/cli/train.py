@@ -14,7 +14,7 @@ from typing import Callable
 
 import click
 
-from freezeframe.cli.group import main
+from freezeframe.cli.group import main, refuse_ignored
 from freezeframe.cli.options import given, with_options
 from freezeframe.errors import InputError
 from freezeframe.options import FieldError, Option, format_default, given_values, options_of, options_table
@@ -183,8 +183,10 @@ def train() -> None:
 @click.option("--allow-provenance-mismatch", is_flag=True,
               help="Evaluate a feature set made differently (model, weights, preprocessing, sampling) from the run's.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None,
-              help="Write per-video label, prediction, score and class probabilities (CSV; JSON lines for .jsonl).")
-@click.option("--confusion", type=click.Path(dir_okay=False), default=None, help="Write a confusion-matrix PNG.")
+              help="Write per-video label, prediction, score and class probabilities; for videoclip runs per query "
+                   "(both ways) its pair's rank and the top-10 ids and scores (CSV; JSON lines for .jsonl).")
+@click.option("--confusion", type=click.Path(dir_okay=False), default=None,
+              help="Write a confusion-matrix PNG (classifier runs).")
 def eval_command(run, labels, captions, text_set, store, frames, batch_size, device, as_json, trust_checkpoint,
                  allow_provenance_mismatch, predictions, confusion) -> None:
     """Top-1/top-5 accuracy (classifiers) or text<->video retrieval (contrastive heads) of RUN's best checkpoint."""
@@ -193,13 +195,20 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
     from freezeframe.train.run import RunInfo
 
     head = RunInfo.load(run).head
-    if get_head(head).task == "contrastive":
+    retrieval = get_head(head).task == "contrastive"
+    kind = f"{head} run (retrieval)" if retrieval else "classifier run"
+    refuse_ignored({"confusion": (f"--confusion plots classes, which a {kind} has not; --predictions lists each "
+                                  "query's top matches", not retrieval),
+                    "frames": (f"--frames chooses a classifier's frames; a {kind} reads whole videos", not retrieval),
+                    "allow_provenance_mismatch": (f"--allow-provenance-mismatch is for classifier runs", not retrieval),
+                    "text_set": (f"--text-set is for videoclip runs; this is a {kind}", retrieval)})
+    if retrieval:
         if captions is None or labels is not None:
             raise InputError(f"{run} is a {head} run: pass --captions (not --labels) to evaluate retrieval.")
         from freezeframe.train.videoclip import eval_videoclip_run
 
         result = eval_videoclip_run(run, captions, store=store, text_set=text_set, batch_size=batch_size,
-                                    device=device, trust_checkpoint=trust_checkpoint)
+                                    device=device, trust_checkpoint=trust_checkpoint, predictions=predictions)
         recalls = {way: " ".join(f"R@{k} {100 * result[f'{way}_r{k}']:.1f}%" for k in (1, 5, 10))
                    for way in ("t2v", "v2t")}
         click.echo(json.dumps(result) if as_json else f"{head} on {result['num_pairs']} video/caption pairs: "
@@ -215,8 +224,9 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
     if as_json:
         click.echo(json.dumps(result))
     else:
+        top5 = f"  top-5 {100 * result['top5']:.1f}%" if result["num_classes"] > 5 else ""  # else always 100%
         click.echo(f"{result['head']} on {result['num_videos']} videos ({result['frames']}): "
-                   f"top-1 {100 * result['top1']:.1f}%  top-5 {100 * result['top5']:.1f}%")
+                   f"top-1 {100 * result['top1']:.1f}%{top5}")
 
 
 def markdown_tables() -> str:

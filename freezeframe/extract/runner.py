@@ -145,10 +145,13 @@ def feature_set_provenance(backbone: Backbone, config: ExtractConfig) -> dict:
 class _ShardSink(threading.Thread):
     """Background writer: appends finished windows to their shard and commits each shard whole."""
 
-    def __init__(self, writer: FeatureSetWriter, claims: Claims | None = None) -> None:
+    def __init__(self, writer: FeatureSetWriter, claims: Claims | None = None,
+                 on_commit: Callable[[int], None] | None = None) -> None:
         super().__init__(name="freezeframe-writer", daemon=True)
         self.writer = writer
         self.claims = claims
+        self.on_commit = on_commit  # called with a shard's video count once it is committed
+        self.committed = 0
         self.inbox: queue.Queue = queue.Queue(maxsize=32)
         self.error: BaseException | None = None
         self._open: dict[int, object] = {}
@@ -199,6 +202,9 @@ class _ShardSink(threading.Thread):
                     fault_point("committed")
                     if self.claims is not None:
                         self.claims.release([video["id"] for video in sink.videos])
+                    self.committed += sink.num_videos
+                    if self.on_commit is not None:
+                        self.on_commit(sink.num_videos)
                 else:
                     sink.abort()
 
@@ -431,10 +437,21 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
         ChunkStream(shards, spec, claims, config.decode_timeout)
     device = backbone.device
     batcher = FrameBatcher(*view_batching(config.batch_size, backbone, config.augment))
-    sink = _ShardSink(writer, claims)
-    sink.start()
+    # the bar counts videos done: committed (with their shard), failed or held by another writer
     bar = tqdm(total=len(todo), unit="video", disable=not config.progress, dynamic_ncols=True, smoothing=0.1)
+    sink = _ShardSink(writer, claims, on_commit=bar.update)
+    sink.start()
     start = time.perf_counter()
+    shown = [0.0]  # when the bar was last redrawn
+
+    def show(activity: str) -> None:
+        """Keep the bar alive while a long video decodes or decoders wait (at most twice a second)."""
+        now = time.perf_counter()
+        waiting = report.stored - sink.committed
+        bar.set_postfix_str(f"{report.frames / max(now - start, 1e-9):.1f} frames/s, {waiting} awaiting commit, "
+                            f"{len(report.failures)} failed; {activity}", refresh=now - shown[0] > 0.5)
+        if now - shown[0] > 0.5:
+            shown[0] = now
 
     def dispatch(item, arrays: dict[str, np.ndarray]) -> None:
         if isinstance(item, Chunk):
@@ -444,7 +461,7 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
             report.frames += item.frame_indices.size
             if item.last:
                 report.stored += 1
-                bar.update(1)
+            show(f"at {item.video_id} {float(item.timestamps[-1]):.0f}s" if item.timestamps.size else item.video_id)
         elif isinstance(item, Failure):
             sink.inbox.put(("fail", item.shard, item))
             report.failures.append({"video_id": item.video_id, "path": item.path, "reason": item.reason})
@@ -453,9 +470,6 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
             bar.update(1)  # another writer holds it; the end of the run waits for it
         else:
             sink.inbox.put(("end", item.shard, None))
-        elapsed = time.perf_counter() - start
-        bar.set_postfix_str(f"{report.frames / max(elapsed, 1e-9):.1f} frames/s, {len(report.failures)} failed",
-                            refresh=False)
 
     try:
         for item in loader:
@@ -464,6 +478,7 @@ def extract_shards(shards: Sequence[Sequence[VideoSource]], backbone: Backbone, 
             if item is IDLE:  # decoders are slow right now: compute what waits, so finished videos commit
                 for finished, arrays in batcher.flush():
                     dispatch(finished, arrays)
+                show("decoding")
                 continue
             pixels = None
             if isinstance(item, Chunk):

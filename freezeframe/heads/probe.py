@@ -26,12 +26,17 @@ POOLINGS = ("mean", "middle")
 SMALL_PROBLEM = 4_000_000  # samples x dims x classes below which the fit uses one BLAS thread
 
 
-def pool_frames(x: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """(batch, frames, dim) -> (batch, dim)."""
-    if pooling == "mean":
+def pool_frames(x: torch.Tensor, pooling: str = "mean", mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, frames, dim) -> (batch, dim); `mask` (batch, frames), True on real rows, leaves padding out."""
+    if pooling == "mean" and mask is None:
         return x.float().mean(dim=1)
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    lengths = mask.sum(dim=1)
+    if pooling == "mean":
+        return (x.float() * mask[..., None]).sum(dim=1) / lengths.clamp_min(1)[:, None]
     if pooling == "middle":
-        return x[:, x.shape[1] // 2].float()
+        return x[torch.arange(len(x), device=x.device), lengths // 2].float()
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
 
 
@@ -92,7 +97,10 @@ def pooled_items(config: ProbeConfig, items: Sequence[dict]) -> tuple[torch.Tens
                        "on `--val` (or 20% of train), then refit on train + val, as in CLIP's linear-probe protocol",
                reads="`--array`")
 class LinearProbe(nn.Module):
-    """Logits of pooled features; `inputs` is a dict with the probed array, (batch, frames, dim)."""
+    """Logits of pooled features; `inputs` is a dict with the probed array, (batch, frames, dim), and optionally
+    `frame_mask` (batch, frames) of a padded batch."""
+
+    takes_frame_mask = True
 
     def __init__(self, config: ProbeConfig) -> None:
         super().__init__()
@@ -106,7 +114,7 @@ class LinearProbe(nn.Module):
         return [self.config.array]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.linear(pool_frames(inputs[self.config.array], self.config.pooling))
+        return self.linear(pool_frames(inputs[self.config.array], self.config.pooling, inputs.get("frame_mask")))
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, l2: float | None = None, max_iter: int = 1000,
             tol: float = 1e-7) -> float:

@@ -59,7 +59,10 @@ def standardise_inputs(head: "TemporalTransformer", feature_set: FeatureSource, 
                        "hundred videos",
                reads="`--array`")
 class TemporalTransformer(nn.Module):
-    """Logits from `inputs[array]` of shape (batch, frames, input_dim)."""
+    """Logits from `inputs[array]` of shape (batch, frames, input_dim); padded rows of a batch with
+    `inputs["frame_mask"]` (batch, frames) are left out of attention."""
+
+    takes_frame_mask = True
 
     def __init__(self, config: TemporalConfig) -> None:
         super().__init__()
@@ -91,4 +94,6 @@ class TemporalTransformer(nn.Module):
         if frames > self.config.max_frames:
             raise ValueError(f"{frames} frames exceed max_frames={self.config.max_frames} of this head")
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed[:, : frames + 1]
-        return self.head(self.norm(self.encoder(x)[:, 0]))
+        mask = inputs.get("frame_mask")
+        padding = None if mask is None else torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
+        return self.head(self.norm(self.encoder(x, src_key_padding_mask=padding)[:, 0]))

@@ -6,6 +6,7 @@ from freezeframe.store.shard import ShardWriter
 from freezeframe.store.store import Store, open_store
 from freezeframe.store.verify import VerifyReport, verify_store
 from freezeframe.store.writer import FeatureSetWriter
+from freezeframe.store.xarray_view import to_xarray
 
 __all__ = ["FeatureSet", "FeatureSetWriter", "ShardWriter", "Store", "VerifyReport", "open_store", "publish_store",
-           "verify_store"]
+           "to_xarray", "verify_store"]

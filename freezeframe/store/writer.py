@@ -15,7 +15,7 @@ from freezeframe.store import schema
 from freezeframe.store.claims import process_alive
 from freezeframe.store.backends import BACKENDS, check_compression, get_backend
 from freezeframe.store.feature_set import FeatureSet
-from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json
+from freezeframe.store.files import append_jsonl, create_json_once, fsync_dir, read_json, read_jsonl
 from freezeframe.store.index import INDEX_EVERY, VideoIndex, add_to_index, write_index
 from freezeframe.store.layout import (
     FAILURES_FILE, FROZEN_NAME, PROVENANCE_FILE, SCHEMA_FILE, SCHEMA_VERSION, SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE,
@@ -138,6 +138,11 @@ class FeatureSetWriter:
         return self.path / FAILURES_FILE
 
     def record_failure(self, video_id: str, path: str, reason: str) -> None:
+        """Append a failure, unless the file already records this video failing from this path for this reason
+        (a rerun retries failed videos: the same failure again is not a new line)."""
+        if any(record.get("video_id") == video_id and record.get("path") == path and record.get("reason") == reason
+               for record in read_jsonl(self.failures_path)):
+            return
         append_jsonl(self.failures_path, {"video_id": video_id, "path": path, "reason": reason, "time": time.time()})
 
     def write_index(self) -> VideoIndex:

@@ -61,6 +61,11 @@ def rows_per_chunk(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
     return max(1, CHUNK_BYTES // row_bytes)
 
 
+# per-row arrays every video shard holds: xarray reads them as coordinates of the others (CF `coordinates`)
+ROW_COORDINATES = ("timestamps", "frame_indices")
+ROW_COORDINATE_AXES = ("frame", "window")
+
+
 def chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype, first_rows: int) -> int:
     """Rows per chunk for an array whose first block has `first_rows` rows (a whole small shard, or a big flush).
 
@@ -110,6 +115,8 @@ class ZarrBundleWriter:
             row_shape = tuple(block.shape[1:])
             dims, description = describe_array(name, block.shape, self.row_axis)
             attributes = {"description": description} if description else {}
+            if self.row_axis in ROW_COORDINATE_AXES and name not in ROW_COORDINATES:
+                attributes["coordinates"] = " ".join(ROW_COORDINATES)  # xarray makes them this array's coordinates
             # The first block is either a whole (small) shard or a large flush: never pad chunks past it.
             chunks = (chunk_rows(row_shape, block.dtype, len(block)), *row_shape)
             if self._raw and block.dtype.kind in "biufc" and not block.dtype.fields:

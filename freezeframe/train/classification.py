@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from freezeframe.train.datasets import FeatureDataset, collate
+from freezeframe.train.datasets import FeatureDataset, collate_for
 from freezeframe.train.evaluation import evaluate, to_device
 from freezeframe.train.loop import TrainConfig
 
@@ -27,6 +27,9 @@ class Classification:
     def __init__(self, train_set: FeatureDataset, val_set: FeatureDataset | None, config: TrainConfig) -> None:
         self.train_set, self.val_set, self.config = train_set, val_set, config
         self.modules: dict[str, nn.Module] = {}
+        classes = train_set.classes
+        self.top5 = classes is None or len(classes) > 5  # with 5 classes or fewer top-5 is always 100%: not shown
+        self.shown = tuple(k for k in self.shown if k != "val_top5" or self.top5)
 
     def __len__(self) -> int:
         return len(self.train_set)
@@ -38,7 +41,7 @@ class Classification:
         self.train_set.set_epoch(data_pass)
         order = torch.Generator().manual_seed(self.config.seed * 100_003 + data_pass)
         return DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True, generator=order,
-                          collate_fn=collate, num_workers=self.config.workers, pin_memory=device.type == "cuda")
+                          collate_fn=collate_for(head), num_workers=self.config.workers, pin_memory=device.type == "cuda")
 
     def loss(self, head: nn.Module, batch: dict, device: torch.device) -> tuple[torch.Tensor, int, dict[str, float]]:
         labels = batch["label"].to(device)
@@ -50,4 +53,4 @@ class Classification:
         if self.val_set is None:
             return {}
         val = evaluate(head, self.val_set, self.config.batch_size, device, self.config.workers)
-        return {"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]}
+        return {"val_loss": val["loss"], "val_top1": val["top1"], **({"val_top5": val["top5"]} if self.top5 else {})}

@@ -37,8 +37,14 @@ def plot_confusion(counts, classes: list[str], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: list[dict], path: str | Path, x: str = "epoch") -> None:
-    """One panel per metric family: losses, and accuracies where present."""
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--")]  # curves that coincide stay visible
+
+
+def plot_curves(history: list[dict], path: str | Path, x: str = "epoch", best: float | None = None) -> None:
+    """One panel per metric family: losses, and accuracies where present; `best` (an x value) is marked on each.
+
+    Each curve has its own marker and line style, drawn hollow and half transparent, so that curves lying on one
+    another (train and validation top-1 at 100%) both show; the legend sits outside the axes."""
     plt = _pyplot()
 
     keys_loss = [k for k in ("train_loss", "val_loss") if any(k in h for h in history)]
@@ -47,13 +53,16 @@ def plot_curves(history: list[dict], path: str | Path, x: str = "epoch") -> None
     panels = [p for p in (keys_loss, keys_acc) if p]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     for ax, keys in zip(axes[0], panels):
-        for key in keys:
+        for key, (marker, line) in zip(keys, STYLES):
             points = [(h[x], h[key]) for h in history if key in h and x in h]
-            ax.plot(*zip(*points), marker="o", label=key)
+            if points:
+                ax.plot(*zip(*points), marker=marker, linestyle=line, fillstyle="none", alpha=0.8, label=key)
+        if best is not None:
+            ax.axvline(best, color="grey", linestyle=":", label=f"best ({x} {best:g})")
         ax.set_xlabel(x)
         if x == "l2":
             ax.set_xscale("log")
-        ax.legend()
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -20,7 +20,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from freezeframe.frames import segment_middles
 from freezeframe.store.feature_set import block_source
 from freezeframe.store.mapped import into
 from freezeframe.store.store import Store
+from freezeframe.train.labels import resolve_labels
 from freezeframe.views import augmented_views, view_array
 
 FRAME_MODES = ("all", "uniform", "sparse-random", "stored-clips", "dense", "dense-random", "clips", "clips-random")
@@ -149,6 +150,9 @@ class FrameSelection:
 class FeatureDataset(Dataset):
     """Items are `{"inputs": {array: tensor (frames, ...)}, "label": int, "index": int}`.
 
+    `labels` are class indices in `video_ids`' order, a mapping video_id -> label, or label strings with
+    `classes` (the list they index into); see `train.labels.read_label_csv` for a label CSV.
+
     With `stored-clips`, each input has shape (clips, frames_per_clip, ...). `preload=True` reads every
     requested array into memory once (worth it for small arrays such as `embed`). `augmented=True`
     (training) reads, on a set extracted with `--views V`, augmented view 1 + (o + epoch) % V of each video,
@@ -162,15 +166,24 @@ class FeatureDataset(Dataset):
         video_ids: Sequence[str],
         arrays: Sequence[str],
         selection: FrameSelection = FrameSelection(),
-        labels: Sequence[int] | None = None,
+        labels: Sequence[int] | Sequence[str] | Mapping[str, int | str] | None = None,
         preload: bool = False,
         seed: int = 0,
         augmented: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> None:
+        if isinstance(video_ids, str):
+            raise InputError("video_ids must be a list of ids, not one string.")
         self.store_path = str(store_path)
         self.feature_set = feature_set
         self.video_ids = list(video_ids)
-        self.labels = list(labels) if labels is not None else None
+        self.classes = list(classes) if classes is not None else None
+        self.labels = resolve_labels(self.video_ids, labels, self.classes)
+        if isinstance(arrays, str):
+            raise InputError(f"arrays must be a list of array names, e.g. [{arrays!r}], not one string.")
+        if not isinstance(selection, FrameSelection):
+            raise InputError(f"selection must be a FrameSelection (e.g. FrameSelection.parse('uniform:8')), "
+                             f"not {type(selection).__name__}.")
         self.arrays = list(arrays)
         self.selection = selection
         self.seed = seed
@@ -349,19 +362,39 @@ def _stacked(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(values)
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack items; videos with different frame counts (`all`) need a fixed selection such as `uniform:T`."""
+FRAME_MASK = "frame_mask"  # inputs key of a padded batch: (batch, frames) bool, True on a video's real rows
+
+
+def collate(items: list[dict], pad: bool = False) -> dict:
+    """Stack items. Videos with different frame counts (`all` on an fps-sampled set) need `pad=True`: each array
+    is zero-padded along frames to the batch's longest video and `inputs["frame_mask"]` marks the real rows."""
     out: dict = {"index": torch.tensor([item["index"] for item in items])}
     if "label" in items[0]:
         out["label"] = torch.tensor([item["label"] for item in items])
     inputs = {}
     for array in items[0]["inputs"]:
         values = [item["inputs"][array] for item in items]
+        if pad:
+            inputs[array] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True)
+            continue
         if len({tuple(v.shape) for v in values}) > 1:
             raise InputError(
                 f"videos in a batch have different numbers of frames for {array!r}; use a fixed frame "
-                "selection such as uniform:8 instead of all."
+                "selection such as uniform:8 instead of all, or a head that takes a frame mask (probe, temporal)."
             )
         inputs[array] = _stacked(values)
+    if pad:
+        lengths = torch.tensor([len(next(iter(item["inputs"].values()))) for item in items])
+        inputs[FRAME_MASK] = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
     out["inputs"] = inputs
     return out
+
+
+def collate_padded(items: list[dict]) -> dict:
+    """`collate` with padding and a frame mask, for heads that take one (`takes_frame_mask`)."""
+    return collate(items, pad=True)
+
+
+def collate_for(head: torch.nn.Module):
+    """The collate a head's batches need: padded with a frame mask where the head takes one, else stacked."""
+    return collate_padded if getattr(head, "takes_frame_mask", False) else collate

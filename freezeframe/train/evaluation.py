@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from freezeframe.train.datasets import FeatureDataset, collate
+from freezeframe.train.datasets import FeatureDataset, collate_for
 
 
 def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -21,9 +21,10 @@ def predict(head: nn.Module, dataset: FeatureDataset, batch_size: int = 32, devi
     device = torch.device(device)
     head.eval().to(device)
     clips = dataset.selection.mode == "stored-clips"
-    size = 1 if dataset.selection.mode == "all" else batch_size
+    padded = getattr(head, "takes_frame_mask", False)
+    size = 1 if dataset.selection.mode == "all" and not padded else batch_size
     probs, labels = [], []
-    for batch in DataLoader(dataset, batch_size=size, collate_fn=collate, num_workers=workers):
+    for batch in DataLoader(dataset, batch_size=size, collate_fn=collate_for(head), num_workers=workers):
         inputs = to_device(batch["inputs"], device)
         if clips:
             b, c = next(iter(inputs.values())).shape[:2]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -24,9 +22,10 @@ from freezeframe.train.consensus import attach_consensus
 from freezeframe.train.curves import plot_confusion, plot_curves
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, read_sources, stored_clip_length
 from freezeframe.train.evaluation import predict, scores
+from freezeframe.train.labels import read_label_csv
+from freezeframe.train.predictions import confusion_matrix, write_predictions
 from freezeframe.train.loop import TrainConfig, fit, seed_everything, write_metrics
 from freezeframe.train.run import RunInfo, load_head, new_run, prepare_run_dir
-from freezeframe.userfiles import read_labels
 
 # What a run records of its feature set's provenance, and what `eval` requires to match: the numbers of
 # another model, weights, preprocessing or frame sampling are not the features the head was trained on.
@@ -68,22 +67,19 @@ def check_provenance(run_provenance: dict | None, fs: FeatureSet, allow_mismatch
 
 def labelled_ids(path: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
     """Video ids and class indices of a label CSV; classes are the sorted train labels unless given."""
-    rows = read_labels(path)
-    if not rows:
-        raise InputError(f"{path} lists no videos.")
-    if classes is None:
-        classes = sorted({label for _, label in rows})
-    index = {label: i for i, label in enumerate(classes)}
-    unknown = sorted({label for _, label in rows if label not in index})
-    if unknown:
-        raise InputError(f"{path} has labels the run was not trained on: {', '.join(unknown[:5])}.")
-    return [v for v, _ in rows], [index[label] for _, label in rows], classes
+    found = read_label_csv(path, classes)
+    return found.video_ids, found.labels, found.classes
 
 
-def _frames_per_item(selection: FrameSelection, fs: FeatureSet) -> int:
-    if selection.mode == "stored-clips":
-        return stored_clip_length(fs.provenance)
-    return selection.num_frames
+def _frames_per_item(selections: list[FrameSelection], fs: FeatureSet, ids: list[str]) -> int:
+    """The most frames an item of these selections carries (`all`: the longest of these videos)."""
+    def frames(selection: FrameSelection) -> int:
+        if selection.mode == "stored-clips":
+            return stored_clip_length(fs.provenance)
+        if selection.mode == "all":
+            return max(fs.locate(v).n_rows for v in ids if v in fs) if any(v in fs for v in ids) else 1
+        return selection.num_frames
+    return max(frames(selection) for selection in selections)
 
 
 def _frames(entry: HeadEntry, fs: FeatureSet, train_frames: str | None, eval_frames: str | None) -> tuple[str, str]:
@@ -127,17 +123,19 @@ def train_run(
     train_frames, eval_frames = _frames(entry, fs, train_frames, eval_frames)
     train_sel, eval_sel = FrameSelection.parse(train_frames), FrameSelection.parse(eval_frames)
     ids, labels, classes = labelled_ids(train_labels)
-    head_cfg = head_config(kind, fs, len(classes), _frames_per_item(eval_sel, fs), **(head_options or {}))
+    val_ids, val_y, _ = labelled_ids(val_labels, classes) if val_labels is not None else ([], [], None)
+    frames = _frames_per_item([train_sel, eval_sel], fs, ids + val_ids)
+    head_cfg = head_config(kind, fs, len(classes), frames, **(head_options or {}))
     seed_everything(config.seed)  # the head's initial weights, too, follow --seed (not the process's RNG state)
     head = attach_consensus(entry.build(head_cfg), train_sel)  # clips:N:T: per-clip logits combined
     arrays = head.required_arrays
     augmented = entry.solve is None  # heads trained by steps read an augmented view per epoch where the set has them
     if preload is None:
         preload = preload_bytes(fs, ids, arrays, augmented) <= PRELOAD_LIMIT
-    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented)
+    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented,
+                               classes=classes)
     val_set = None
     if val_labels is not None:
-        val_ids, val_y, _ = labelled_ids(val_labels, classes)
         val_set = FeatureDataset(store, feature_set, val_ids, arrays, eval_sel, val_y, preload, config.seed)
     if entry.prepare is not None:
         entry.prepare(head, fs, train_set)
@@ -153,7 +151,7 @@ def train_run(
 def save_solution(solution: Solution, head: nn.Module, out: Path, log: Callable[[str], None]) -> dict:
     """A closed-form fit's run files: its sweep and final metrics, the sweep's curve and the weights."""
     write_metrics(out, [*({"sweep": True, **row} for row in solution.sweep), solution.metrics])
-    plot_curves(solution.sweep, out / "curves.png", x=solution.swept)
+    plot_curves(solution.sweep, out / "curves.png", x=solution.swept, best=solution.metrics[solution.swept])
     save_weights(head, out / BEST, {"epoch": 0, "metrics": solution.metrics})
     metrics = solution.metrics
     log(f"{solution.swept} {metrics[solution.swept]:.3g} chosen on validation (top-1 {metrics['val_top1']:.3f}); "
@@ -183,28 +181,6 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
         write_predictions(predictions, ids, probs, y, info.classes)
     if confusion is not None:
         plot_confusion(confusion_matrix(probs.argmax(1), torch.as_tensor(y), len(info.classes)), info.classes, confusion)
-    return {**result, "head": info.head, "feature_set": info.feature_set, "frames": str(selection),
+    return {**result, "num_classes": len(info.classes), "head": info.head, "feature_set": info.feature_set,
+            "frames": str(selection),
             **({"provenance_mismatch": mismatched} if mismatched else {})}
-
-
-def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
-    """(true class, predicted class) -> count."""
-    counts = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(counts, (labels.numpy(), predicted.numpy()), 1)
-    return counts
-
-
-def write_predictions(path: str | Path, ids: list[str], probs: torch.Tensor, labels: list[int], classes: list[str]) -> None:
-    """One row per video: video_id, label, prediction, score (its probability), then every class's probability."""
-    path = Path(path)
-    predicted = probs.argmax(1).tolist()
-    rows = [{"video_id": v, "label": classes[t], "prediction": classes[p], "score": float(probs[i, p]),
-             **{f"p:{c}": float(probs[i, j]) for j, c in enumerate(classes)}}
-            for i, (v, t, p) in enumerate(zip(ids, labels, predicted))]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        if path.suffix.lower() in (".jsonl", ".json"):
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        else:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["video_id"])
-            writer.writeheader()
-            writer.writerows(rows)

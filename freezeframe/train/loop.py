@@ -169,8 +169,8 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
     start_epoch, best_score = state["epoch"] + 1, state["best_score"]
     # The checkpoint is the record of past epochs, not metrics.jsonl: a run killed after saving the
     # checkpoint but before (or while) appending that epoch's line must not lose or garble it.
-    history = state.get("history") or [h for h in read_metrics(run_dir) if h["epoch"] < start_epoch]
-    log(f"resumed from epoch {state['epoch']} in {run_dir}")
+    history = state.get("history") or [h for h in read_metrics(run_dir) if h["epoch"] <= start_epoch]
+    log(f"resumed after epoch {start_epoch} in {run_dir}")
     return start_epoch, best_score, history
 
 
@@ -195,35 +195,117 @@ def ctrl_c_deferred() -> Iterator[None]:
         signal.raise_signal(signal.SIGINT)
 
 
+def best_of(history: list[dict], score_key: str) -> int | None:
+    """The (1-based) epoch of the best score in a history: the first highest `score_key`, else lowest train loss."""
+    scored = [(h.get(score_key, -h.get("train_loss", math.inf)), -i, h.get("epoch")) for i, h in enumerate(history)]
+    return max(scored, key=lambda item: item[:2])[2] if scored else None
+
+
 def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict, score: float, best_score: float,
                  config: TrainConfig, shown: Sequence[str], total_epochs: int,
-                 log: Callable[[str], None] = print) -> float:
+                 log: Callable[[str], None] = print, score_key: str = "") -> float:
     """Append `metrics` to `history` and checkpoint the epoch: the best weights when `score` beats `best_score`,
     last.pt, its metrics line, curves; log the `shown` metrics. Returns the new best score."""
     improved = score > best_score
     best_score = max(best_score, score)
     history.append(metrics)
-    epoch = metrics["epoch"]
+    epoch = metrics["epoch"] - 1  # metrics count epochs from 1; last.pt keeps the 0-based index it resumes after
     state = {"history": history, "epoch": epoch, **{name: part.state_dict() for name, part in parts.items()},
              "rng": rng_state(), "best_score": best_score, "config": asdict(config)}
     if improved:  # before last.pt: a run killed in between redoes this epoch and rewrites the best weights alike
-        save_weights(parts["head"], run_dir / BEST, {"epoch": epoch, "metrics": metrics})
+        save_weights(parts["head"], run_dir / BEST, {"epoch": metrics["epoch"], "metrics": metrics})
     save_atomic(state, run_dir / LAST)
     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
     curves = run_dir / "curves.png"
     if epoch + 1 >= total_epochs or not curves.exists() or time.time() - curves.stat().st_mtime > CURVE_INTERVAL_S:
-        plot_curves(history, curves)
+        plot_curves(history, curves, best=best_of(history, score_key))
     values = ", ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
     log(f"epoch {epoch + 1}/{total_epochs}: {values}{' (best)' if improved else ''}")
     return best_score
+
+
+ESTIMATE_STEPS = 3  # the estimate of a run's length is logged after this many steps (or ESTIMATE_AFTER_S)
+ESTIMATE_AFTER_S = 10.0
+
+
+class StepClock:
+    """Logs, once, how long the run will take from its first steps: seconds a step and the time left."""
+
+    def __init__(self, steps: int, log: Callable[[str], None]) -> None:
+        self.steps, self.log, self.done, self.started, self.told = steps, log, 0, time.perf_counter(), steps == 0
+
+    def tick(self) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        if self.told or (self.done < ESTIMATE_STEPS and elapsed < ESTIMATE_AFTER_S and self.done < self.steps):
+            return
+        self.told = True
+        each = elapsed / self.done
+        self.log(f"estimate: {each:.3g} s a step over the first {self.done}: about "
+                 f"{format_duration(each * (self.steps - self.done))} for the {self.steps - self.done} steps left "
+                 "(validation and checkpoints not included)")
+
+
+def format_duration(seconds: float) -> str:
+    """3 s, 4.5 min, 2.1 h."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class Stepper:
+    """One optimisation step after another over an objective's batches (AMP, clipping, schedule)."""
+
+    head: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    params: list
+    config: TrainConfig
+    device: torch.device
+    use_amp: bool
+
+    def run_pass(self, data_pass: int, sums: dict[str, float], on_step: Callable[[], None]) -> int:
+        """Train on one pass's batches, adding to `sums`; returns the items seen."""
+        total = 0
+        batches = self.objective.batches(self.head, data_pass, self.device)
+        self.head.train()
+        for batch in batches:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                loss, count, extra = self.objective.loss(self.head, batch, self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.config.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += count
+            sums["train_loss"] += float(loss.detach()) * count
+            for key, value in extra.items():
+                sums[key] += value
+            on_step()
+        return total
+
+
+def best_epoch_line(history: list[dict], score_key: str, epochs: int, run_dir: Path) -> str:
+    """The log's last line: which epoch's weights best.safetensors holds, by what score, and where."""
+    epoch = best_of(history, score_key)
+    best = next(h for h in history if h.get("epoch") == epoch)
+    what = f"{score_key} {best[score_key]:.4g}" if score_key in best else f"train_loss {best['train_loss']:.4g}"
+    return (f"best epoch {best['epoch']}/{epochs} ({what}): weights in {run_dir / BEST}; the last epoch's state "
+            f"in {run_dir / LAST}")
 
 
 def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str | Path, resume: bool = False,
         log: Callable[[str], None] = print) -> list[dict]:
     """Train `head` on `objective`; one checkpoint per epoch in `run_dir`. Returns the metrics history.
 
-    Ctrl-C raises `TrainingInterrupted` once last.pt holds the last finished epoch (curves redrawn)."""
+    Epochs are numbered from 1 on the console and in metrics.jsonl alike. Ctrl-C raises `TrainingInterrupted`
+    once last.pt holds the last finished epoch (curves redrawn)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -250,42 +332,33 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
         each = f", {passes} passes per epoch to reach {config.min_steps} steps" if passes > 1 else ""
         log(f"training {epochs} epochs of {steps_per_epoch} steps ({total_steps} steps, {len(objective)} "
             f"{objective.unit}, batch {config.batch_size}{each})")
+    stepper = Stepper(head, objective, optimizer, scheduler, scaler, params, config, device, use_amp)
+    done_steps = start_epoch * steps_per_epoch
+    clock = StepClock(total_steps - done_steps, log)
+    bar = tqdm(total=total_steps, initial=done_steps, unit="step", leave=False, disable=not config.progress)
     try:
         for epoch in range(start_epoch, epochs):
+            bar.set_description(f"epoch {epoch + 1}/{epochs}")
             started = time.perf_counter()
             sums: dict[str, float] = defaultdict(float)
-            total = 0
-            for data_pass in range(epoch * passes, (epoch + 1) * passes):
-                batches = objective.batches(head, data_pass, device)
-                head.train()
-                for batch in tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                                  disable=not config.progress):
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                        loss, count, extra = objective.loss(head, batch, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if config.clip_grad:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    total += count
-                    sums["train_loss"] += float(loss.detach()) * count
-                    for key, value in extra.items():
-                        sums[key] += value
-            metrics = {"epoch": epoch, **{k: v / max(total, 1) for k, v in sums.items()},
+            total = sum(stepper.run_pass(p, sums, lambda: (bar.update(), clock.tick()))
+                        for p in range(epoch * passes, (epoch + 1) * passes))
+            metrics = {"epoch": epoch + 1, **{k: v / max(total, 1) for k, v in sums.items()},
                        "lr": optimizer.param_groups[0]["lr"], "steps": (epoch + 1) * steps_per_epoch}
             metrics.update(objective.validate(head, device))
             metrics["seconds"] = time.perf_counter() - started
             score = metrics.get(objective.score_key, -metrics["train_loss"])
             with ctrl_c_deferred():
                 best_score = finish_epoch(run_dir, parts, history, metrics, score, best_score, config,
-                                          objective.shown, epochs, log)
+                                          objective.shown, epochs, log, objective.score_key)
     except KeyboardInterrupt:
         done = len(history)
         if history:
-            plot_curves(history, run_dir / "curves.png")
+            plot_curves(history, run_dir / "curves.png", best=best_of(history, objective.score_key))
         held = f"last.pt holds epoch {done}/{epochs}" if done else "no epoch had finished"
         raise TrainingInterrupted(f"interrupted during epoch {done + 1}/{epochs}; {held} in {run_dir}", done) from None
+    finally:
+        bar.close()
+    if history:
+        log(best_epoch_line(history, objective.score_key, epochs, run_dir))
     return history

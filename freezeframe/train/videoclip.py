@@ -29,6 +29,7 @@ from freezeframe.text.captions import read_captions
 from freezeframe.train.loop import TrainConfig, fit, seed_everything
 from freezeframe.train.neighbourhoods import (ModelNeighbourBatches, NeighbourhoodBatches, RandomBatches,
                                               VideoClipBatches)
+from freezeframe.train.predictions import retrieval_rows, write_retrieval_predictions
 from freezeframe.train.retrieval import first_caption_per_video, retrieval_metrics
 from freezeframe.train.run import RunInfo, load_head, new_run, prepare_run_dir
 from freezeframe.train.videotext import SpanSeconds, VideoTextPairs, collate_pairs
@@ -208,8 +209,10 @@ def train_videoclip_run(store: str | Path, video_set: str, captions: str | Path,
 
 def eval_videoclip_run(run_dir: str | Path, captions: str | Path, store: str | Path | None = None,
                        text_set: str | None = None, batch_size: int = 64, device: str = "auto",
-                       trust_checkpoint: bool = False) -> dict:
-    """Text->video and video->text retrieval of a run's best checkpoint: whole videos, one caption per video."""
+                       trust_checkpoint: bool = False, predictions: str | Path | None = None) -> dict:
+    """Text->video and video->text retrieval of a run's best checkpoint: whole videos, one caption per video.
+
+    `predictions` writes, per query both ways, its pair, the pair's rank and the top-10 ids and scores."""
     from freezeframe.devices import resolve_device
 
     model, info = load_head(run_dir, trust_checkpoint=trust_checkpoint)
@@ -225,5 +228,10 @@ def eval_videoclip_run(run_dir: str | Path, captions: str | Path, store: str | P
         raise InputError(f"features are {dataset.video_dim}-d video / {dataset.text_dim}-d text but the run was "
                          f"trained on {config.video_dim}-d / {config.text_dim}-d; pass the store and text set it "
                          "was trained with.")
-    result = retrieval_eval(model, dataset, data.loss, batch_size, resolve_device(device))
+    video, text = embed_pairs(model, dataset, batch_size, resolve_device(device))
+    scores = similarity(video, text, data.loss)
+    result = retrieval_metrics(scores)
+    if predictions is not None:
+        write_retrieval_predictions(predictions, retrieval_rows(scores, [c.caption_id for c in dataset.captions],
+                                                                [c.video_id for c in dataset.captions]))
     return {**result, "head": info.head, "feature_set": info.feature_set, "text_set": text_set or data.text_set}

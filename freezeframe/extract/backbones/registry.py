@@ -151,13 +151,16 @@ def _required(spec: OptionSpec, names: list[str]) -> bool:
     return all(spec.fields[name] in REGISTRY[name].required for name in names)
 
 
-def option_help(spec: OptionSpec) -> str:
-    """Click help of a generated option: per backbone, what it means and its default."""
+def option_help(spec: OptionSpec, backbone: str | None = None) -> str:
+    """Click help of a generated option: per backbone, what it means and its default; with `backbone`, that
+    backbone's alone (without the name)."""
     parts = []
     for names, default, text in _grouped(spec):
+        if backbone is not None and backbone not in names:
+            continue
         shown = "" if spec.kind == "bool" else " [required]" if _required(spec, names) else \
             f" [default: {format_default(default)}]"
-        parts.append(f"{'/'.join(names)}: {text}{shown}")
+        parts.append(f"{text}{shown}" if backbone is not None else f"{'/'.join(names)}: {text}{shown}")
     return "; ".join(parts) + "."
 
 
