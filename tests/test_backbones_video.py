@@ -63,6 +63,43 @@ def test_torchvision_arrays_are_torchvisions_forward(tmp_path, model, size, fram
     torch.testing.assert_close(out[f"tokens/{backbone.blocks[0]}"], tokens, rtol=FP16_EPS, atol=1e-5)
 
 
+def _classifier(net: torch.nn.Module, model: str):
+    """torchvision's own last layer of `model`, as a function of the vector it reads."""
+    if model == "s3d":  # Dropout, then a 1x1x1 convolution: a linear map of each avgpool(2, 7, 7) output vector
+        conv = net.classifier[1]
+        return lambda pooled: pooled @ conv.weight.flatten(1).T + conv.bias
+    return net.head if model == "swin3d_t" else net.fc
+
+
+@pytest.mark.parametrize("model, size, frames", [("s3d", 224, 16), ("s3d", 224, 32), ("s3d", 256, 16),
+                                                 ("r3d_18", 64, 16), ("mc3_18", 48, 8), ("r2plus1d_18", 80, 16),
+                                                 ("swin3d_t", 64, 8)])
+def test_pooled_is_what_torchvisions_classifier_reads(model, size, frames):
+    """`pooled` is the classifier's input at every window size: torchvision's own last layer applied to it gives
+    torchvision's own logits (S3D's feature-map mean does so only at 16 x 224, where avgpool leaves one vector)."""
+    torch.manual_seed(6)
+    net = get_model(model, weights=None).eval()
+    generator = torch.Generator().manual_seed(7)
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)):  # trained-like statistics:
+        norm.running_mean.normal_(0, 0.1, generator=generator)  # fresh ones leave S3D's map nearly flat, where
+        norm.running_var.uniform_(0.5, 2, generator=generator)  # any pooling gives the same vector
+        norm.weight.data.uniform_(0.5, 1.5, generator=generator)
+        norm.bias.data.normal_(0, 0.2, generator=generator)
+    backbone = TorchvisionVideoBackbone(TorchvisionVideoConfig(model=model, image_size=size, precision="fp32",
+                                                               features=("pooled", "logits")), model=net)
+    clips = windows(1, frames, size, seed=3)
+    clips[:, :frames // 2] -= 1.0  # a darker first half and a brighter top: features that vary over time and space
+    clips[..., :size // 2, :] += 1.5
+    out = backbone(clips)
+    with torch.no_grad():
+        logits = net(clips.transpose(1, 2))
+        torch.testing.assert_close(out["logits"], logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_classifier(net, model)(out["pooled"]), logits, rtol=1e-5, atol=1e-5)
+        if model == "s3d":
+            torch.testing.assert_close(out["pooled"], net.avgpool(net.features(clips.transpose(1, 2))).mean((2, 3, 4)),
+                                       rtol=1e-5, atol=1e-5)
+
+
 def tiny_mvit() -> torch.nn.Module:
     """MViT v2 as torchvision builds mvit_v2_s (pooling residuals, relative positions, projection after attention),
     three small blocks for 4 frames of 32 x 32: a CPU-sized stand-in with the same code path."""

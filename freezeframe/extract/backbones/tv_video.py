@@ -67,7 +67,9 @@ VIDEO_ARCHS = {
     "r2plus1d_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
     "mvit_v2_s": VideoArch(lambda net: list(net.blocks), lambda net: net.head, False, _sequence, _mvit_input),
     "swin3d_t": VideoArch(lambda net: list(net.features)[::2], lambda net: net.head, False, _nthwc),
-    "s3d": VideoArch(lambda net: list(net.features), lambda net: net.features, True, _ncthw),
+    # S3D's classifier is a 1x1x1 convolution applied after avgpool(2, 7, 7) and before the mean over the remaining
+    # grid, so the vector it reads is the mean of avgpool's output (not of the feature map: they differ past 16x224)
+    "s3d": VideoArch(lambda net: list(net.features), lambda net: net.avgpool, True, _ncthw),
 }
 
 
