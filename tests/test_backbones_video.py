@@ -100,6 +100,31 @@ def test_pooled_is_what_torchvisions_classifier_reads(model, size, frames):
                                        rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["r3d_18", "mvit_v2_s", "s3d"])
+def test_pixels_are_torchvisions_own_transforms_by_default(model, sample_videos):
+    """The decode workers' preprocessing and the backbone's crop give exactly the pixels of the weights entry's
+    `transforms()` (r3d_18: squashed to 128x171; MViT: short side 256; S3D: squashed to 256x256; no antialiasing).
+    `--resize short-side` keeps the aspect ratio instead (antialiased): other pixels."""
+    from torchvision.models import get_model_weights
+
+    from freezeframe.extract.backbones.base import center_crop
+    from freezeframe.extract.decode import PyAVReader
+    from freezeframe.extract.backbones.tv_video import weights_transform
+    from freezeframe.extract.preprocess import ExactPreprocessor
+
+    reader = PyAVReader(str(sample_videos["v_ZNVhz7ctTq0.mp4"]))
+    frames = reader.get(np.arange(100, 104))  # (4, 360, 480, 3) uint8
+    reference = get_model_weights(model).DEFAULT.transforms()(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    for resize in ("torchvision", "short-side"):
+        _, crop, preprocess, _ = weights_transform(model, resize)  # what the backbone takes (its crop and workers')
+        ours = center_crop(ExactPreprocessor(preprocess)(frames), (crop, crop))
+        assert ours.shape == reference.transpose(0, 1).shape
+        if resize == "torchvision":
+            assert torch.equal(ours, reference.transpose(0, 1)), model
+        else:
+            assert (ours - reference.transpose(0, 1)).abs().mean() > 0.01
+
+
 def tiny_mvit() -> torch.nn.Module:
     """MViT v2 as torchvision builds mvit_v2_s (pooling residuals, relative positions, projection after attention),
     three small blocks for 4 frames of 32 x 32: a CPU-sized stand-in with the same code path."""

@@ -37,11 +37,34 @@ class PreprocessConfig:
                 "crop": "center" if self.resize_mode == "shortest" else self.resize_mode, **fast}
 
 
+# resize modes of torchvision's video weights' transforms(): uint8 frames resized to a fixed (h, w) (`squash`), or
+# by their short side (a one-number resize size: MViT, Swin3D), bilinear without antialiasing
+TORCHVISION_RESIZES = {"torchvision-squash": None, "torchvision-short-side": 1}
+
+
+def torchvision_video_transform(frames: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> float (n, 3, h, w): torchvision's `VideoClassification` preset (a video weights entry's
+    `transforms()`) before its centre crop: resize the uint8 frames (as `config.resize_mode` says), then scale to
+    [0, 1] and normalise (the backbone crops; cropping commutes with the per-pixel steps)."""
+    from torchvision.transforms import InterpolationMode as Mode
+    from torchvision.transforms import functional as F
+
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    size = list(config.size)[:TORCHVISION_RESIZES[config.resize_mode]]
+    video = F.resize(video, size, interpolation=Mode(config.interpolation), antialias=False)
+    return F.normalize(F.convert_image_dtype(video, torch.float), mean=list(config.mean), std=list(config.std))
+
+
 class ExactPreprocessor:
-    """open_clip's evaluation transform applied frame by frame to PIL images (runs in decode workers)."""
+    """open_clip's evaluation transform applied frame by frame to PIL images (runs in decode workers), or
+    torchvision's video preset where the backbone's weights use it (a `resize_mode` of TORCHVISION_RESIZES)."""
 
     def __init__(self, config: PreprocessConfig) -> None:
         from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        self._config = config
+        if config.resize_mode in TORCHVISION_RESIZES:
+            return
 
         cfg = PreprocessCfg(size=config.size, mean=config.mean, std=config.std, interpolation=config.interpolation,
                             resize_mode=config.resize_mode, fill_color=config.fill_color)
@@ -49,6 +72,9 @@ class ExactPreprocessor:
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         from PIL import Image
+
+        if self._config.resize_mode in TORCHVISION_RESIZES:
+            return torchvision_video_transform(frames, self._config)
 
         return torch.stack([self._transform(Image.fromarray(frame)) for frame in frames])
 
