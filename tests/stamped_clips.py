@@ -48,3 +48,31 @@ def make_clip(path: Path, rate: Fraction, frames: int) -> None:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+def halves(number: int, height: int = 270, width: int = 480) -> np.ndarray:
+    """An RGB frame whose left half is grey 16 * (number % 16) and right half 16 * (number // 16) (number < 256):
+    flat areas survive any resize and crop, so a frame's number reads back from two means."""
+    image = np.empty((height, width, 3), np.uint8)
+    image[:, :width // 2], image[:, width // 2:] = 16 * (number % 16), 16 * (number // 16)
+    return image
+
+
+def read_halves(left: float, right: float) -> int:
+    """The number `halves` stamped, from the mean grey of a frame's left and right parts (any scale)."""
+    return int(round(left / 16)) + 16 * int(round(right / 16))
+
+
+def make_halves_clip(path: Path, frames: int, rate: int = 25, height: int = 270, width: int = 480) -> None:
+    """Encode `frames` `halves` frames (16:9 by default) at `rate` losslessly (x264 qp 0, no B-frames) into `path`."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qp": "0", "bf": "0"}
+        for number in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(halves(number, height, width), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)

@@ -13,7 +13,7 @@ from freezeframe.frames import segment_middles
 
 Strategy = Literal["num_frames", "fps", "clips", "windows"]
 STRATEGIES = get_args(Strategy)
-LAST_WINDOWS = ("whole", "zeros")
+LAST_WINDOWS = ("whole", "zeros", "video-features")
 ZERO_FRAME = -1  # a frame index that stands for a black (all-zero) frame: the padding of `last_window="zeros"`
 
 
@@ -26,7 +26,9 @@ class SamplingConfig:
     window is one row (VideoCLIP: 30 frames every 30 at 30 fps = one per second).
     `last_window="whole"` keeps whole windows only, except that a video shorter than one window gives one, padded
     with its last frame; `"zeros"` goes on until a window reaches the last frame and pads that window with black
-    frames (index -1), as fairseq MMPT's S3D-G extractor pads a video's last partial second for VideoCLIP."""
+    frames (index -1), as fairseq MMPT's S3D-G extractor pads a video's last partial second for VideoCLIP;
+    `"video-features"` takes every decoded frame (the native rate, `fps` unused) and keeps a window only if one more
+    frame follows it, as v-iashin/video_features' I3D stacks (its flow needs W + 1 frames); a shorter video has none."""
 
     strategy: Strategy = "num_frames"
     num_frames: int = 8
@@ -56,6 +58,8 @@ class SamplingConfig:
         full = asdict(self)
         # a zero-padded last window is recorded by its presence, so sets written before it existed take appends
         padded = {"last_window": self.last_window} if self.strategy == "windows" and self.last_window != "whole" else {}
+        if self.last_window == "video-features":
+            keys["windows"] = ("window_frames", "window_stride")  # every decoded frame: no rate
         return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}, **padded}
 
     @property
@@ -76,6 +80,8 @@ def sample_indices(timestamps: np.ndarray, config: SamplingConfig, end: float | 
         return segment_middles(n, config.num_frames)
     if config.strategy == "fps":
         return _by_rate(np.asarray(timestamps, dtype=np.float64), config.fps)
+    if config.strategy == "windows" and config.last_window == "video-features":
+        return _stacks(n, config.window_frames, config.window_stride)
     if config.strategy == "windows":
         return _windows(ffmpeg_fps(np.asarray(timestamps, dtype=np.float64), config.fps, end, start), config.window_frames,
                         config.window_stride, config.last_window)
@@ -126,6 +132,15 @@ def _windows(stream: np.ndarray, frames: int, stride: int, last: str = "whole") 
         return np.concatenate([stream, np.full(frames - len(stream), stream[-1], dtype=stream.dtype)])
     starts = np.arange(0, len(stream) - frames + 1, stride)
     return stream[starts[:, None] + np.arange(frames)[None, :]].reshape(-1)
+
+
+def _stacks(n: int, frames: int, stride: int) -> np.ndarray:
+    """video_features' I3D windows over every decoded frame: one each `stride` frames that one frame follows."""
+    starts = np.arange(0, max(0, n - frames), stride)
+    if not len(starts):
+        raise ValueError(f"the video has {n} frames; video_features' stacks of {frames} need {frames + 1} (one past "
+                         "the stack), so it makes no window of it")
+    return (starts[:, None] + np.arange(frames)[None, :]).reshape(-1).astype(np.int64)
 
 
 def _clips(n: int, clips: int, frames_per_clip: int, stride: int) -> np.ndarray:
