@@ -32,8 +32,8 @@ from freezeframe.extract.backbones.registry import backbone_names, get_entry
 @click.option("--views", type=int, default=0, show_default=True,
               help="Augmented views stored per frame beside the plain one (frame backbones, exact preprocessing).")
 @click.option("--augment", default="evl", show_default=True,
-              help="How --views are made: evl (EVL's RandAugment and RandomResizedCrop, flip 0.5) or key=value "
-                   "changes, e.g. randaugment=rand-m9-n2,flip=0,scale=0.2:1,ratio=0.75:1.33,seed=3.")
+              help="How --views are made: evl (EVL's RandAugment and RandomResizedCrop as it runs: no flip) or key=value "
+                   "changes, e.g. randaugment=rand-m9-n2,flip=0.5,resize=pil,scale=0.2:1,ratio=0.75:1.33,seed=3.")
 @click.option("--decoder", type=click.Choice(["auto", "pyav", "torchcodec", "decord"]), default="auto",
               show_default=True, help="auto: PyAV with keyframe seeking; torchcodec and decord if installed.")
 @click.option("--seek", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
