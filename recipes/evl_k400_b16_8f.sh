@@ -7,9 +7,10 @@
 # set is extracted densely at 30/16 fps (one stored frame per 16 source frames at 30 fps) with VIEWS augmented
 # views of every frame made the reference's way (`--views`, `--augment evl`; one draw per video and view, as the
 # reference draws one per clip), and training reads a different view each epoch and 8 consecutive stored frames
-# from a random start (dense-random:8:1 = EVL's 8 x 16 clip). Differences: VIEWS fixed augmentations per video
-# instead of a fresh one per step, the flip (probability 0.5; the reference's dataset never applies its --mirror;
-# add --augment flip=0 to match), and the crop resized with the model's bicubic kernel. Evaluation reads the plain
+# from a random start (dense-random:8:1 = EVL's 8 x 16 clip). As the reference runs: no flip (its dataset never
+# applies its --mirror) and the crop of the normalised frame resized by F.interpolate (bilinear, not antialiased),
+# both `--augment evl` defaults. Difference: VIEWS fixed augmentations per video instead of a fresh one per step.
+# Evaluation reads the plain
 # view of a separate validation set: 3 clips of 8 (clips:3:8:mean, the paper's 3 temporal views; logits averaged).
 # Disk: the 4 blocks' tokens are about 1.5 MB per frame and view (fp16), so (VIEWS + 1) x ~28 MB per 10-s video.
 set -euo pipefail

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from click.testing import CliRunner
 from freezeframe.cli import main
 from freezeframe.errors import InputError
 from freezeframe.extract import AugmentConfig, ClipBackbone, ClipConfig, ExtractConfig, SamplingConfig
-from freezeframe.extract.augment import apply_view, draw_view
+from freezeframe.extract.augment import ViewDraw, apply_view, draw_view
+from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.extract.decode import PyAVReader
 from freezeframe.store import open_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection
@@ -78,7 +80,9 @@ def test_provenance_records_the_augmentation_and_its_seeding(fs):
     augment = fs.provenance["augment"]
     assert augment["views"] == VIEWS and augment["seed"] == 0
     assert augment["randaugment"] == "rand-m7-n4-mstd0.5-inc1"  # EVL's --auto_augment
-    assert augment["crop"] == {"scale": [0.08, 1.0], "ratio": [0.75, 4 / 3]} and augment["flip"] == 0.5
+    assert augment["crop"] == {"scale": [0.08, 1.0], "ratio": [0.75, 4 / 3]} and augment["flip"] == 0.0
+    assert augment["order"].startswith("randaugment on the decoded frame, normalise, crop resized to the input size by "
+                                       "F.interpolate")
     assert "sha256(video id)" in augment["seeding"]
     assert "frames_per_view" not in fs.provenance  # clip length lives in sampling only
 
@@ -104,6 +108,25 @@ def test_each_view_is_recomputed_from_its_seed(fs):
         assert draw_view(config, video, 1, 240, 320) != draw_view(config, video, 2, 240, 320)
 
 
+EVL = json.loads((Path(__file__).parent / "data" / "reference" / "evl_views.json").read_text())
+
+
+@pytest.mark.parametrize("crop", EVL["crops"], ids=lambda c: f"seed{c['seed']}")
+def test_a_views_crop_is_resized_as_evls_own_random_resized_crop(crop):
+    """EVL's own random_resized_crop (tests/data/reference/evl_views.json) on the same normalised frames and the box it
+    drew: F.interpolate of the normalised floats, within 1e-5; PIL's resize of the uint8 crop is another picture."""
+    sys.path.insert(0, str(Path(__file__).parent / "data" / "reference"))
+    from make_evl_views import frames
+
+    preprocess = PreprocessConfig(size=(EVL["size"], EVL["size"]), mean=tuple(EVL["mean"]), std=tuple(EVL["std"]))
+    want = torch.tensor(crop["output"])  # (T, C, h, w)
+    for resize, equal in (("interpolate", True), ("pil", False)):
+        draw = ViewDraw(ops=(), crop=tuple(crop["box"]), flip=False, resize=resize)
+        got = torch.stack([apply_view(frame, draw, preprocess) for frame in frames()])
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5) == equal, resize
+    assert AugmentConfig().flip == 0.0 and AugmentConfig().resize == "interpolate"  # EVL as it runs: never mirrored
+
+
 def test_a_rerun_with_two_decode_workers_stores_the_same_bytes(fs, tmp_path):
     result = extract(tmp_path / "again", "--views", str(VIEWS), workers=2)
     assert result.exit_code == 0, result.output
@@ -116,7 +139,7 @@ def test_a_rerun_with_two_decode_workers_stores_the_same_bytes(fs, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--views", "3"], "augment.views: store has 2, this run has 3"),
-    (["--views", "2", "--augment", "flip=0"], "augment.flip: store has 0.5, this run has 0.0"),
+    (["--views", "2", "--augment", "flip=0.5"], "augment.flip: store has 0.0, this run has 0.5"),
     ([], "augment: store has {"),
 ])
 def test_appending_with_other_augmentation_is_refused(store, tmp_path, args, message):
@@ -129,7 +152,8 @@ def test_appending_with_other_augmentation_is_refused(store, tmp_path, args, mes
 
 @pytest.mark.parametrize("args, message", [
     (["--views", "2", "--preprocess", "fast"], "use --preprocess exact"),
-    (["--augment", "flip=0"], "drop --augment"),
+    (["--augment", "flip=0.5"], "drop --augment"),
+    (["--views", "2", "--augment", "resize=area"], "resize is interpolate or pil"),
     (["--views", "2", "--augment", "randaugment=rand-q3"], "cannot read RandAugment 'rand-q3'"),
     (["--views", "2", "--augment", "size=3"], "cannot read --augment 'size=3'"),
     (["--views", "2", "--augment", "scale=0:1"], "scale must lie in (0, 1]"),

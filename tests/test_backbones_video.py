@@ -63,6 +63,68 @@ def test_torchvision_arrays_are_torchvisions_forward(tmp_path, model, size, fram
     torch.testing.assert_close(out[f"tokens/{backbone.blocks[0]}"], tokens, rtol=FP16_EPS, atol=1e-5)
 
 
+def _classifier(net: torch.nn.Module, model: str):
+    """torchvision's own last layer of `model`, as a function of the vector it reads."""
+    if model == "s3d":  # Dropout, then a 1x1x1 convolution: a linear map of each avgpool(2, 7, 7) output vector
+        conv = net.classifier[1]
+        return lambda pooled: pooled @ conv.weight.flatten(1).T + conv.bias
+    return net.head if model == "swin3d_t" else net.fc
+
+
+@pytest.mark.parametrize("model, size, frames", [("s3d", 224, 16), ("s3d", 224, 32), ("s3d", 256, 16),
+                                                 ("r3d_18", 64, 16), ("mc3_18", 48, 8), ("r2plus1d_18", 80, 16),
+                                                 ("swin3d_t", 64, 8)])
+def test_pooled_is_what_torchvisions_classifier_reads(model, size, frames):
+    """`pooled` is the classifier's input at every window size: torchvision's own last layer applied to it gives
+    torchvision's own logits (S3D's feature-map mean does so only at 16 x 224, where avgpool leaves one vector)."""
+    torch.manual_seed(6)
+    net = get_model(model, weights=None).eval()
+    generator = torch.Generator().manual_seed(7)
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)):  # trained-like statistics:
+        norm.running_mean.normal_(0, 0.1, generator=generator)  # fresh ones leave S3D's map nearly flat, where
+        norm.running_var.uniform_(0.5, 2, generator=generator)  # any pooling gives the same vector
+        norm.weight.data.uniform_(0.5, 1.5, generator=generator)
+        norm.bias.data.normal_(0, 0.2, generator=generator)
+    backbone = TorchvisionVideoBackbone(TorchvisionVideoConfig(model=model, image_size=size, precision="fp32",
+                                                               features=("pooled", "logits")), model=net)
+    clips = windows(1, frames, size, seed=3)
+    clips[:, :frames // 2] -= 1.0  # a darker first half and a brighter top: features that vary over time and space
+    clips[..., :size // 2, :] += 1.5
+    out = backbone(clips)
+    with torch.no_grad():
+        logits = net(clips.transpose(1, 2))
+        torch.testing.assert_close(out["logits"], logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(_classifier(net, model)(out["pooled"]), logits, rtol=1e-5, atol=1e-5)
+        if model == "s3d":
+            torch.testing.assert_close(out["pooled"], net.avgpool(net.features(clips.transpose(1, 2))).mean((2, 3, 4)),
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["r3d_18", "mvit_v2_s", "s3d"])
+def test_pixels_are_torchvisions_own_transforms_by_default(model, sample_videos):
+    """The decode workers' preprocessing and the backbone's crop give exactly the pixels of the weights entry's
+    `transforms()` (r3d_18: squashed to 128x171; MViT: short side 256; S3D: squashed to 256x256; no antialiasing).
+    `--resize short-side` keeps the aspect ratio instead (antialiased): other pixels."""
+    from torchvision.models import get_model_weights
+
+    from freezeframe.extract.backbones.base import center_crop
+    from freezeframe.extract.decode import PyAVReader
+    from freezeframe.extract.backbones.tv_video import weights_transform
+    from freezeframe.extract.preprocess import ExactPreprocessor
+
+    reader = PyAVReader(str(sample_videos["v_ZNVhz7ctTq0.mp4"]))
+    frames = reader.get(np.arange(100, 104))  # (4, 360, 480, 3) uint8
+    reference = get_model_weights(model).DEFAULT.transforms()(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    for resize in ("torchvision", "short-side"):
+        _, crop, preprocess, _ = weights_transform(model, resize)  # what the backbone takes (its crop and workers')
+        ours = center_crop(ExactPreprocessor(preprocess)(frames), (crop, crop))
+        assert ours.shape == reference.transpose(0, 1).shape
+        if resize == "torchvision":
+            assert torch.equal(ours, reference.transpose(0, 1)), model
+        else:
+            assert (ours - reference.transpose(0, 1)).abs().mean() > 0.01
+
+
 def tiny_mvit() -> torch.nn.Module:
     """MViT v2 as torchvision builds mvit_v2_s (pooling residuals, relative positions, projection after attention),
     three small blocks for 4 frames of 32 x 32: a CPU-sized stand-in with the same code path."""
@@ -179,20 +241,65 @@ def test_i3d_checkpoint_file_loads_by_name_and_gives_the_in_memory_outputs(tmp_p
         I3DBackbone(I3DConfig(pretrained=str(tmp_path / "partial.pt")))
 
 
-def test_i3d_defaults_are_video_features_conventions(tmp_path, run_cli, sample_videos):
-    backbone = I3DBackbone(I3DConfig())
-    assert backbone.preprocess.size == (256, 256) and backbone.crop == (224, 224)
-    assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.std == (0.5, 0.5, 0.5)  # [-1, 1]
+VIDEO_FEATURES = json.loads((DATA / "reference" / "video_features_i3d.json").read_text())
+
+
+@pytest.mark.parametrize("case", VIDEO_FEATURES["pixels"], ids=lambda c: "x".join(map(str, c["size"])))
+def test_i3d_pixels_are_video_features_own(case):
+    """The I3D input of seeded random frames equals, bit for bit, what video_features' own resize and RGB transforms
+    make of them (16:9 frames included, where a rounded centre crop starts one pixel right of its floored one)."""
+    import hashlib
+
+    from freezeframe.extract.backbones.base import center_crop
+    from freezeframe.extract.backbones.i3d import I3D_PREPROCESS
+    from freezeframe.extract.preprocess import ExactPreprocessor
+
+    frames = np.random.default_rng(case["seed"]).integers(0, 256, (2, *case["size"], 3), dtype=np.uint8)
+    pixels = center_crop(ExactPreprocessor(I3D_PREPROCESS)(frames), (224, 224))  # the backbone's crop
+    video = pixels.transpose(0, 1)[None].contiguous().numpy()  # (1, 3, T, 224, 224), as I3D takes it
+    assert list(video.shape) == case["shape"]
+    assert abs(float(video.astype(np.float64).sum()) - case["sum"]) < 1e-3
+    assert hashlib.sha256(video.astype(np.float32).tobytes()).hexdigest() == case["sha256"]
+
+
+@pytest.mark.parametrize("case", VIDEO_FEATURES["windows"], ids=lambda c: f"{c['frames']}frames")
+def test_i3d_video_features_windows_are_its_stacks(case, tmp_path):
+    """`--last-window video-features`: every decoded frame, stacks of 64 every 64 that one more frame follows, as
+    video_features' own extraction loop cut them from the same clip (no window under 65 frames)."""
+    from freezeframe.extract.decode import PyAVReader
+    from freezeframe.extract.sampling import SamplingConfig, sample_indices
+    from stamped_clips import make_halves_clip
+
+    path = tmp_path / "clip.mp4"
+    make_halves_clip(path, case["frames"], case["rate"], *case["size"])
+    reader = PyAVReader(str(path))
+    config = SamplingConfig("windows", window_frames=64, window_stride=64, last_window="video-features")
+    if not case["stacks"]:
+        with pytest.raises(ValueError, match=f"has {case['frames']} frames; video_features' stacks of 64 need 65"):
+            sample_indices(reader.timestamps, config, reader.end, reader.start)
+        return
+    indices = sample_indices(reader.timestamps, config, reader.end, reader.start)
+    assert indices.reshape(-1, 64).tolist() == case["stacks"]
+
+
+def test_i3d_video_features_conventions_through_the_cli(tmp_path, run_cli, sample_videos):
     from freezeframe.extract.backbones import get_entry
 
     windows_default = get_entry("i3d").windows
     assert (windows_default.frames, windows_default.stride) == (64, 64)
-    with pytest.raises(InputError, match="even number of pixels"):
-        I3DConfig(image_size=224, resize_size=255)
-    result = run_cli("extract", sample_videos["short_32frames.mp4"], "--store", tmp_path / "s", "--backbone", "i3d",
-                     "--pretrained", "none", "--image-size", "32", "--resize-size", "40", "--window-frames", "16",
-                     "--fps", "30", "--workers", "0", "--no-progress")
+    with pytest.raises(InputError, match="at least image_size"):
+        I3DConfig(image_size=224, resize_size=200)
+    video = sample_videos["short_32frames.mp4"]
+    refused = run_cli("extract", video, "--store", tmp_path / "r", "--backbone", "i3d", "--pretrained", "none",
+                      "--last-window", "video-features", "--fps", "25", "--no-progress")
+    assert refused.exit_code == 2 and "leave out --fps" in refused.output
+    result = run_cli("extract", video, "--store", tmp_path / "s", "--backbone", "i3d", "--pretrained", "none",
+                     "--image-size", "32", "--resize-size", "40", "--window-frames", "15",
+                     "--last-window", "video-features", "--workers", "0", "--no-progress")
     assert result.exit_code == 0, result.output
     fs = open_store(tmp_path / "s")["i3d-random"]
-    assert fs.read("short_32frames", "pooled").shape == (2, 1024)
-    assert fs.provenance["sampling"]["window_frames"] == 16 and fs.provenance["input_crop"] == [32, 32]
+    # 32 frames, stacks of 15 that one more frame follows: starts 0 and 15 (30 + 1 < 32), none at 30
+    assert fs.read("short_32frames", "frame_indices").tolist() == [list(range(15)), list(range(15, 30))]
+    assert {k: fs.provenance["sampling"].get(k) for k in ("strategy", "fps", "window_frames", "last_window")} == {
+        "strategy": "windows", "fps": None, "window_frames": 15, "last_window": "video-features"}
+    assert fs.provenance["input_crop"] == [32, 32] and fs.provenance["preprocess"]["resize_to"] == 40

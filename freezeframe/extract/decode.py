@@ -57,6 +57,8 @@ class DecodeOptions:
 class FrameReader(Protocol):
     name: str
     timestamps: np.ndarray  # (n,) seconds since the first frame, presentation order
+    end: float  # seconds since the first frame at which the last one ends (its own duration where the file says)
+    start: float  # seconds from the container's start to the first frame (0 for most files)
     keyframes: np.ndarray  # (k,) sorted indices of the frames a decoder can start from
     frame_bytes: int  # bytes one frame of a chunk takes while it is decoded (DecodeOptions.frame_bytes)
 
@@ -134,11 +136,20 @@ class PacketIndex:
     keyframes: np.ndarray  # (k,) indices into pts
     seek_points: np.ndarray  # (k,) the timestamp that seeks to each keyframe (container-specific)
     seekable: bool  # real, unique presentation times in a container that has them
+    end: float  # seconds since the first frame at which the last frame ends (what ffmpeg's filters take as EOF)
+    start: float  # seconds from the container's start to the first frame (ffmpeg's filters count from the former)
+
+
+def end_of_last_frame(timestamps: np.ndarray, last_duration: float | None) -> float:
+    """When the last frame stops showing: its start plus its own duration, else the median frame step (0 alone)."""
+    if last_duration is None or not last_duration > 0:
+        last_duration = float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 0.0
+    return float(timestamps[-1] + last_duration)
 
 
 def scan_packets(container, stream) -> PacketIndex:
     """Demux every packet of `stream` once to learn timestamps and keyframes (raises VideoReadError)."""
-    pts, keys, dts = [], [], []
+    pts, keys, dts, durations = [], [], [], []
     demuxed, all_pts = 0, True
     for packet in container.demux(stream):
         if packet.pts is not None or packet.dts is not None:
@@ -152,6 +163,7 @@ def scan_packets(container, stream) -> PacketIndex:
         pts.append(stamp)
         keys.append(bool(packet.is_keyframe))
         dts.append(stamp if packet.dts is None else packet.dts)
+        durations.append(packet.duration or 0)
     if not pts:
         raise VideoReadError("no video frames")
     if stream.frames and demuxed < stream.frames:
@@ -172,8 +184,14 @@ def scan_packets(container, stream) -> PacketIndex:
     if not len(keyframes) or keyframes[0] != 0:  # decoding from the start always works
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
         seek_points = np.concatenate([[np.iinfo(np.int64).min], seek_points]).astype(np.int64)
-    return PacketIndex(sorted_pts, _relative(sorted_pts.astype(np.float64) * float(stream.time_base)), keyframes,
-                       seek_points, seekable)
+    time_base = float(stream.time_base)
+    timestamps = _relative(sorted_pts.astype(np.float64) * time_base)
+    # the container's stream duration where it has one (the MP4 sample table: the FFmpeg that ffmpeg and decord
+    # link reads the last sample's own duration there), else the last packet's
+    last = (stream.start_time or 0) + stream.duration - sorted_pts[-1] if stream.duration else None
+    end = end_of_last_frame(timestamps, (last if last is not None else durations[int(order[-1])]) * time_base)
+    start = max(0.0, sorted_pts[0] * time_base - (container.start_time or 0) / 1e6)
+    return PacketIndex(sorted_pts, timestamps, keyframes, seek_points, seekable, end, start)
 
 
 class PyAVReader:
@@ -201,7 +219,7 @@ class PyAVReader:
             container.close()
             raise VideoReadError(_short(exc)) from None
         container.close()
-        self.timestamps = self.index.timestamps
+        self.timestamps, self.start, self.end = self.index.timestamps, self.index.start, self.index.end
         self.keyframes = self.index.keyframes
         self.seeking = seek and self.index.seekable
         self._position = {int(p): i for i, p in enumerate(self.index.pts)}
@@ -295,6 +313,7 @@ class TorchCodecReader:
             raise VideoReadError("container without reliable presentation timestamps, which torchcodec seeks one or "
                                  "two frames off; read it with --decoder pyav (auto does)")
         self.timestamps, self.keyframes, self.frame_bytes = index.timestamps, index.keyframes, index.frame_bytes
+        self.start, self.end = index.start, index.end
         self._options = options
         try:
             from torchcodec.decoders import VideoDecoder
@@ -339,7 +358,8 @@ class DecordReader:
             n = len(self._reader)
             if n == 0:
                 raise VideoReadError("no video frames")
-            ts = self._reader.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+            spans = self._reader.get_frame_timestamp(np.arange(n)).astype(np.float64)  # (n, 2) start, end
+            ts = spans[:, 0]
             keyframes = np.asarray(self._reader.get_key_indices(), dtype=np.int64)
         except VideoReadError:
             raise
@@ -352,7 +372,8 @@ class DecordReader:
             del self._reader
             raise VideoReadError("container has no presentation timestamps (e.g. AVI), which decord cannot "
                                  "seek reliably; read it with --decoder pyav (auto does)")
-        self.timestamps = _relative(ts)
+        self.timestamps, self.start = _relative(ts), max(0.0, float(ts[0]))
+        self.end = end_of_last_frame(self.timestamps, spans[-1, 1] - spans[-1, 0])
         self.keyframes = keyframes if len(keyframes) and keyframes[0] == 0 else np.concatenate([[0], keyframes])
 
     def get(self, indices: np.ndarray) -> np.ndarray:

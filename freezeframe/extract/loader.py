@@ -127,11 +127,11 @@ class ChunkStream:
         done = 0
         try:
             ts = reader.timestamps
-            indices = sample_indices(ts, self.spec.sampling)
+            indices = sample_indices(ts, self.spec.sampling, reader.end, reader.start)
             if self.spec.seek == "keyframe":
                 indices = snap_to_keyframes(indices, ts, reader.keyframes)
             info = {"source": source.path, "decoder": reader.name, "source_frames": int(len(ts)),
-                    "duration": float(ts[-1] + (np.median(np.diff(ts)) if len(ts) > 1 else 0.0))}
+                    "duration": reader.end}
             per_row = self.spec.sampling.frames_per_row
             # a zero frame (padding of the last window) decodes as the last real frame, then is blacked out
             decoded = np.where(indices == ZERO_FRAME, indices.max(), indices)

