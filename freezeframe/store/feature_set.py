@@ -202,6 +202,8 @@ class FeatureSet:
 
         def read_rows(lo: int, hi: int) -> np.ndarray:
             check_read((hi - lo) * row_bytes, f"{self.name}/{SHARDS_DIR}/{entry.shard} array {array!r}")
+            if self.published is not None:  # only the chunks these rows lie in are fetched
+                self.published.fetch_rows(self.path, shard_file(entry.shard, shard.format), array, lo, hi)
             try:  # (inline, not a context manager: free when nothing is raised)
                 return reader.read(array, lo, hi)
             except (FreezeframeError, *API_ERRORS):
