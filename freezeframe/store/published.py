@@ -2,8 +2,9 @@
 
 A published store (store/publish.py) opens through a local mirror, `CACHE/<sha256 of its manifest>/`, laid out as
 a store, so every local read path applies (the memory-mapped index, raw chunk reads). Opening fetches what every
-reader needs (schema and group files, provenance, failures, markers, the index, frozen weights); a shard is fetched
-whole the first time one of its videos is read. Each file is fetched under a temporary name, checked against its
+reader needs (schema and group files, provenance, failures, markers, the index, frozen weights); a Zarr shard's
+metadata is fetched the first time one of its videos is read, and a read fetches the chunks its rows lie in (an
+HDF5 shard, one file, is fetched whole). Each file is fetched under a temporary name, checked against its
 size and sha256 in the manifest, then renamed into place, so whatever is in the mirror was checked: a second read,
 in this process or a later one (a DataLoader worker, another run), is a cache hit. A file that differs from the
 manifest is a StoreError and never enters the cache.
