@@ -62,6 +62,7 @@ class PublishedStore:
         self.mirror = Path(cache_dir or default_cache_dir()) / "published" / manifest_sha256[:32]
         self.bundles: dict[str, list[str]] = {}  # "NAME/shards/<bundle>" -> its files
         self._chunks: dict[str, dict[tuple[str, int], list[str]]] = {}  # bundle -> (array, row chunk) -> its files
+        self._chunk_rows: dict[tuple[str, str], int] = {}  # (bundle, array) -> rows per chunk
         metadata = []  # every file outside the shard bundles, fetched when the mirror is made
         for relative in self.files:
             bundle = _bundle_of(relative)
@@ -111,7 +112,9 @@ class PublishedStore:
                 key = _chunk_of(bundle, relative)
                 if key is not None:
                     chunks.setdefault(key, []).append(relative)
-        rows = _chunk_rows(self.mirror / bundle / array)
+        rows = self._chunk_rows.get((bundle, array))
+        if rows is None:
+            rows = self._chunk_rows[(bundle, array)] = _chunk_rows(self.mirror / bundle / array)
         wanted = [relative for number in range(lo // rows, (hi - 1) // rows + 1)
                   for relative in chunks.get((array, number), ()) if not (self.mirror / relative).exists()]
         self._fetch(wanted)
