@@ -482,3 +482,65 @@ def test_rm_while_another_process_extracts_into_the_same_set(tmp_path, sample_vi
         np.testing.assert_array_equal(fs.read(video_id, "embed"), rows)
     report = verify_store(store)
     assert report.ok, report.problems
+
+
+# ---- issue 25, item 7: shared stores read by the chunk --------------------------------------------------------------
+
+def test_reading_one_array_of_a_published_store_fetches_only_its_chunks(tmp_path):
+    import fsspec
+
+    store = tmp_path / "store"
+    writer = FeatureSetWriter(store, NAME, {"backbone": {"model": "tiny"}})
+    shard = writer.new_shard()
+    tokens = {v: np.full((3, 64, 32), i, np.float16) for i, v in enumerate(sorted(VIDEOS))}
+    for video_id in sorted(VIDEOS):
+        shard.append(video_id, {"embed": VIDEOS[video_id], "tokens/11": tokens[video_id]})
+        shard.end_video(video_id)
+    shard.commit()
+    writer.write_index()
+    url = f"memory://chunked/{os.urandom(6).hex()}"
+    publish_store(store, url)
+    try:
+        cache = tmp_path / "cache"
+        fs = open_store(url, cache_dir=cache)[NAME]
+        np.testing.assert_array_equal(fs.read("v2", "embed"), VIDEOS["v2"])
+        fetched = [p for p in cache.rglob("*") if p.is_file() and "/shards/" in p.as_posix()]
+        assert fetched and not [p for p in fetched if "/tokens/11/c/" in p.as_posix()]  # no token chunk
+        assert sum(p.stat().st_size for p in fetched) < 8192  # markers and metadata; the tokens are 48 KiB
+        np.testing.assert_array_equal(fs.read("v3", "tokens/11"), tokens["v3"])  # fetched when read
+        again = open_store(url, cache_dir=cache)[NAME]  # a later process: the cache serves what was fetched
+        np.testing.assert_array_equal(again.read("v1", "tokens/11"), tokens["v1"])
+        assert verify_store(url, cache_dir=cache).ok
+    finally:
+        fsspec.filesystem("memory").rm(url, recursive=True)
+
+
+def test_publish_arrays_shares_only_the_arrays_asked_for(tmp_path, run_cli, monkeypatch):
+    store = tmp_path / "store"
+    writer = FeatureSetWriter(store, NAME, {"backbone": {"model": "tiny"}})
+    tokens = {v: np.full((3, 8, 4), i, np.float16) for i, v in enumerate(sorted(VIDEOS))}
+    for k in (0, 2):
+        shard = writer.new_shard()
+        for video_id in sorted(VIDEOS)[k:k + 2]:
+            shard.append(video_id, {"embed": VIDEOS[video_id], "tokens/11": tokens[video_id]})
+            shard.end_video(video_id)
+        shard.commit()
+    writer.write_index()
+    monkeypatch.setenv("FREEZEFRAME_CACHE_DIR", str(tmp_path / "cache"))
+    for shared, left_out in (("embed", "tokens/11"), ("tokens/11", "embed")):
+        dest = tmp_path / f"pub-{left_out.replace('/', '-')}"
+        result = run_cli("publish", store, dest, "--arrays", shared)
+        assert result.exit_code == 0, result.output
+        listed = json.loads((dest / PUBLISHED_FILE).read_text())["files"]
+        assert not [f for f in listed if f"/{left_out}/" in f]
+        fs = open_store(dest)[NAME]
+        assert list(fs.arrays()) == [shared]
+        for video_id in VIDEOS:
+            expected = VIDEOS[video_id] if shared == "embed" else tokens[video_id]
+            np.testing.assert_array_equal(fs.read(video_id, shared), expected)
+        with pytest.raises(KeyError):
+            fs.read("v0", left_out)
+        assert verify_store(dest).ok
+    assert "no array 'nope'" in one_line_error(run_cli, "publish", store, tmp_path / "x", "--arrays", "nope")
+    h5 = write_store(tmp_path / "h5", fmt="hdf5")
+    assert "HDF5 shard" in one_line_error(run_cli, "publish", h5, tmp_path / "y", "--arrays", "embed")

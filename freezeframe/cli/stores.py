@@ -114,7 +114,8 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
 @click.argument("store")
 @click.argument("dest")
 @click.option("--set", "names", multiple=True, help="Feature set to publish (repeatable) [default: all].")
-def publish(store, dest, names) -> None:
+@click.option("--arrays", default=None, help="Comma list of arrays to share [default: every array] (zarr shards).")
+def publish(store, dest, names, arrays) -> None:
     """Verify STORE and copy it to DEST (an fsspec URL or an empty directory) as a read-only published store.
 
     DEST gets what readers use and a manifest of sha256 hashes (published.json), written last. Others open it with
@@ -124,7 +125,8 @@ def publish(store, dest, names) -> None:
     from freezeframe.store.publish import publish_store
     from freezeframe.summary import plural
 
-    report = publish_store(store, dest, names, log=echo_printable)
+    chosen = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
+    report = publish_store(store, dest, names, log=echo_printable, arrays=chosen)
     click.echo(f"published {plural(report.videos, 'video')} in {plural(report.files, 'file')} "
                f"({report.bytes / 1e6:.1f} MB) to {dest}; manifest sha256 {report.manifest_sha256}")
 

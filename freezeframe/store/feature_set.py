@@ -211,23 +211,25 @@ class FeatureSet:
             entry = self._vouch(video_id, entry)
         reader, row_bytes, where = self._arrays_read.get((entry.shard, array)) or self._open_array(entry.shard, array)
 
-        def read_rows(lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
-            check_read((hi - lo) * row_bytes, where)
+        def guarded(lo: int, hi: int, count: int, read):
+            """`read()` of `count` rows lying in [lo, hi): within the read cap, their chunks fetched first from a
+            published store, and anything a damaged file makes a library raise as one line."""
+            check_read(count * row_bytes, where)
+            if self.published is not None:  # only the chunks these rows lie in are fetched
+                self._fetch_rows(entry.shard, array, lo, hi)
             try:  # (inline, not a context manager: free when nothing is raised)
-                return reader.read(array, lo, hi, into_)
+                return read()
             except (FreezeframeError, *API_ERRORS):
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
-                raise library_error(self.path / SHARDS_DIR / entry.shard, exc) from None
+                raise library_error(f"{self.path / SHARDS_DIR / entry.shard} array {array!r}", exc) from None
+
+        def read_rows(lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
+            return guarded(lo, hi, hi - lo, lambda: reader.read(array, lo, hi, into_))
 
         def take_rows(rows: np.ndarray, into_: np.ndarray | None) -> np.ndarray:
-            check_read(len(rows) * row_bytes, where)
-            try:
-                return reader.take(array, rows, into_)
-            except (FreezeframeError, *API_ERRORS):
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise library_error(self.path / SHARDS_DIR / entry.shard, exc) from None
+            lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+            return guarded(lo, hi, len(rows), lambda: reader.take(array, rows, into_))
         return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id, take_rows, out)
 
     def _open_array(self, shard_id: str, array: str) -> tuple:
@@ -248,6 +250,10 @@ class FeatureSet:
         access = self._arrays_read[(shard_id, array)] = (reader, row_bytes,
                                                          f"{self.name}/{SHARDS_DIR}/{shard_id} array {array!r}")
         return access
+
+    def _fetch_rows(self, shard_id: str, array: str, lo: int, hi: int) -> None:
+        """Fetch into the cache the chunks of `array` that rows [lo, hi) of a published shard lie in."""
+        self.published.fetch_rows(self.path, shard_file(shard_id, self.shard_info(shard_id).format), array, lo, hi)
 
     def _vouch(self, video_id: str, entry: Entry) -> Entry:
         """`entry` once the index's entries of its shard match the shard's commit marker (checked the first time

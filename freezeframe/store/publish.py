@@ -24,11 +24,11 @@ from freezeframe.faults import fault_point
 from freezeframe.store.backends import BACKENDS
 from freezeframe.store.confine import open_regular
 from freezeframe.store.files import dumps
-from freezeframe.store.index import index_from_markers
+from freezeframe.store.index import segment_from_markers
 from freezeframe.store.layout import (FAILURES_FILE, FROZEN_NAME, INDEX_DIR, MARKER_SUFFIX, PROVENANCE_FILE,
                                       PUBLISHED_FILE, PUBLISHING_FILE, SCHEMA_FILE,
                                       SEGMENT_SUFFIX, SHARDS_DIR, ZARR_GROUP_FILE)
-from freezeframe.store.markers import shard_file
+from freezeframe.store.markers import committed_shard_ids, read_markers, replacements, served_shards, shard_file
 from freezeframe.store.published import PUBLISHED_FORMAT, PUBLISHED_VERSION
 from freezeframe.store.store import Store
 
@@ -45,8 +45,10 @@ class PublishReport:
 
 
 def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...] | None = None,
-                  log: Callable[[str], None] | None = None) -> PublishReport:
-    """Verify `src`, copy what readers use into `dest` and write its manifest last (see the module docstring)."""
+                  log: Callable[[str], None] | None = None,
+                  arrays: list[str] | tuple[str, ...] | None = None) -> PublishReport:
+    """Verify `src`, copy what readers use into `dest` and write its manifest last (see the module docstring);
+    `arrays`: share only these arrays of each shard (Zarr shards; their markers and the index say so)."""
     import fsspec
 
     from freezeframe.store.verify import verify_store
@@ -90,22 +92,10 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
         if (store.path / relative).is_file():
             put(relative, _blocks(store.path / relative))
     for name in chosen:
-        fs_dir = store.path / name
-        index = index_from_markers(fs_dir)  # the published index is built from the markers alone
-        segment = index.merged()
-        put(f"{name}/{INDEX_DIR}/published{SEGMENT_SUFFIX}", iter([segment.to_bytes()]))
-        report.videos += segment.n
-        files = [PROVENANCE_FILE, ZARR_GROUP_FILE, FAILURES_FILE, f"{SHARDS_DIR}/{ZARR_GROUP_FILE}"]
-        files += [f"{FROZEN_NAME}{backend.extension}" for backend in BACKENDS.values()]
-        for shard_id in index.shard_ids:
-            files += [f"{SHARDS_DIR}/{shard_id}{MARKER_SUFFIX}",
-                      f"{SHARDS_DIR}/{shard_file(shard_id, index.shard_info(shard_id).format)}"]
-        for relative in files:
-            for path in _tree(fs_dir / relative):
-                put(f"{name}/{path.relative_to(fs_dir).as_posix()}", _blocks(path))
+        videos, shards = _publish_set(store.path / name, name, put, arrays)
+        report.videos += videos
         if log:
-            shards = len(index.shard_ids)
-            log(f"{name}: {segment.n} video{'s' * (segment.n != 1)} in {shards} shard{'s' * (shards != 1)} published")
+            log(f"{name}: {videos} video{'s' * (videos != 1)} in {shards} shard{'s' * (shards != 1)} published")
     body = dumps({"format": PUBLISHED_FORMAT, "version": PUBLISHED_VERSION, "source": str(store.path),
                   "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "feature_sets": chosen,
                   "files": manifest}, compact=True)
@@ -117,6 +107,58 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
     if isinstance(fs, LocalFileSystem):
         _make_read_only(Path(root))
     return report
+
+
+def _publish_set(fs_dir: Path, name: str, put: Callable, arrays) -> tuple[int, int]:
+    """Copy what readers use of one feature set through `put`; returns (videos, shards)."""
+    shards_dir = fs_dir / SHARDS_DIR
+    markers = read_markers(shards_dir, committed_shard_ids(shards_dir))
+    served = served_shards(sorted(markers), replacements(markers))
+    markers = {shard_id: _only_arrays(markers[shard_id], arrays, f"{name}/{SHARDS_DIR}/{shard_id}")
+               for shard_id in served}
+    segment = segment_from_markers(markers, served)[0]  # the published index is built from the markers alone
+    put(f"{name}/{INDEX_DIR}/published{SEGMENT_SUFFIX}", iter([segment.to_bytes()]))
+    files = [PROVENANCE_FILE, ZARR_GROUP_FILE, FAILURES_FILE, f"{SHARDS_DIR}/{ZARR_GROUP_FILE}"]
+    files += [f"{FROZEN_NAME}{backend.extension}" for backend in BACKENDS.values()]
+    for relative in files:
+        for path in _tree(fs_dir / relative):
+            put(f"{name}/{path.relative_to(fs_dir).as_posix()}", _blocks(path))
+    for shard_id, marker in markers.items():
+        marker_file = f"{SHARDS_DIR}/{shard_id}{MARKER_SUFFIX}"
+        put(f"{name}/{marker_file}", iter([dumps(marker)]) if arrays else _blocks(fs_dir / marker_file))
+        bundle = shards_dir / shard_file(shard_id, marker["format"])
+        for path in _tree(bundle):
+            inside = path.relative_to(bundle).as_posix() if path != bundle else ""
+            if not arrays or _shared(inside, arrays):
+                put(f"{name}/{path.relative_to(fs_dir).as_posix()}", _blocks(path))
+    return segment.n, len(markers)
+
+
+def _only_arrays(marker: dict, arrays, where: str) -> dict:
+    """`marker` describing only `arrays` (all of them when None); a shard lacking one, or an HDF5 shard (one
+    file, not split here), is a StoreError."""
+    if not arrays:
+        return marker
+    missing = [array for array in arrays if array not in marker["arrays"]]
+    if missing:
+        raise StoreError(f"{where} has no array {missing[0]!r}; it has: {', '.join(sorted(marker['arrays']))}.")
+    if marker["format"] != "zarr":
+        raise StoreError(f"{where} is an HDF5 shard, which --arrays cannot split; convert the store to zarr first "
+                         "(freezeframe convert) or publish every array.")
+    return {**marker, "arrays": {array: marker["arrays"][array] for array in arrays}}
+
+
+def _shared(inside: str, arrays) -> bool:
+    """Whether a file of a Zarr bundle (its path inside the bundle) belongs to a shared array or to the groups
+    that hold them."""
+    if inside == ZARR_GROUP_FILE:
+        return True
+    for array in arrays:
+        parts = array.split("/")
+        groups = {"/".join(parts[:depth] + [ZARR_GROUP_FILE]) for depth in range(1, len(parts))}
+        if inside.startswith(f"{array}/") or inside in groups:
+            return True
+    return False
 
 
 def _tree(path: Path) -> list[Path]:

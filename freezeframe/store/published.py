@@ -2,8 +2,9 @@
 
 A published store (store/publish.py) opens through a local mirror, `CACHE/<sha256 of its manifest>/`, laid out as
 a store, so every local read path applies (the memory-mapped index, raw chunk reads). Opening fetches what every
-reader needs (schema and group files, provenance, failures, markers, the index, frozen weights); a shard is fetched
-whole the first time one of its videos is read. Each file is fetched under a temporary name, checked against its
+reader needs (schema and group files, provenance, failures, markers, the index, frozen weights); a Zarr shard's
+metadata is fetched the first time one of its videos is read, and a read fetches the chunks its rows lie in (an
+HDF5 shard, one file, is fetched whole). Each file is fetched under a temporary name, checked against its
 size and sha256 in the manifest, then renamed into place, so whatever is in the mirror was checked: a second read,
 in this process or a later one (a DataLoader worker, another run), is a cache hit. A file that differs from the
 manifest is a StoreError and never enters the cache.
@@ -60,6 +61,8 @@ class PublishedStore:
         manifest_sha256 = hashlib.sha256(body).hexdigest()
         self.mirror = Path(cache_dir or default_cache_dir()) / "published" / manifest_sha256[:32]
         self.bundles: dict[str, list[str]] = {}  # "NAME/shards/<bundle>" -> its files
+        self._chunks: dict[str, dict[tuple[str, int], list[str]]] = {}  # bundle -> (array, row chunk) -> its files
+        self._chunk_rows: dict[tuple[str, str], int] = {}  # (bundle, array) -> rows per chunk
         metadata = []  # every file outside the shard bundles, fetched when the mirror is made
         for relative in self.files:
             bundle = _bundle_of(relative)
@@ -88,9 +91,33 @@ class PublishedStore:
         return data
 
     def fetch_shard(self, fs_dir: Path, shard_file: str) -> None:
-        """Make the shard bundle `shard_file` of the feature set in mirror folder `fs_dir` present, checked."""
-        files = self.bundles.get(f"{fs_dir.name}/{SHARDS_DIR}/{shard_file}", [])
+        """Make the shard bundle `shard_file` of the feature set in mirror folder `fs_dir` present, checked: a Zarr
+        bundle's metadata only (its chunks come with `fetch_rows`), any other bundle whole."""
+        bundle = f"{fs_dir.name}/{SHARDS_DIR}/{shard_file}"
+        files = self.bundles.get(bundle, [])
+        if _chunked(bundle):
+            files = [relative for relative in files if _chunk_of(bundle, relative) is None]
         self._fetch([relative for relative in files if not (self.mirror / relative).exists()])
+
+    def fetch_rows(self, fs_dir: Path, shard_file: str, array: str, lo: int, hi: int) -> None:
+        """Make the chunks of `array` that rows [lo, hi) of Zarr bundle `shard_file` lie in present, checked (a chunk
+        never written reads as the fill value, so it must be fetched before the read, never after)."""
+        bundle = f"{fs_dir.name}/{SHARDS_DIR}/{shard_file}"
+        if not _chunked(bundle) or hi <= lo:
+            return
+        chunks = self._chunks.get(bundle)
+        if chunks is None:
+            chunks = self._chunks[bundle] = {}
+            for relative in self.bundles.get(bundle, []):
+                key = _chunk_of(bundle, relative)
+                if key is not None:
+                    chunks.setdefault(key, []).append(relative)
+        rows = self._chunk_rows.get((bundle, array))
+        if rows is None:
+            rows = self._chunk_rows[(bundle, array)] = _chunk_rows(self.mirror / bundle / array)
+        wanted = [relative for number in range(lo // rows, (hi - 1) // rows + 1)
+                  for relative in chunks.get((array, number), ()) if not (self.mirror / relative).exists()]
+        self._fetch(wanted)
 
     def fetch_all(self) -> None:
         """Every file of the published store (what a full verify reads)."""
@@ -212,6 +239,35 @@ def _bundle_of(relative: str) -> str | None:
             and not (len(parts) == 3 and parts[2] == "zarr.json"):
         return "/".join(parts[:3])
     return None
+
+
+def _chunked(bundle: str) -> bool:
+    """Whether a bundle is fetched chunk by chunk (a Zarr folder: one file per chunk)."""
+    return bundle.endswith(".zarr")
+
+
+def _chunk_of(bundle: str, relative: str) -> tuple[str, int] | None:
+    """(array, chunk number along the rows) of a chunk file of a Zarr bundle (`<array>/c/<row chunk>/...`), or None
+    for its metadata (zarr.json files)."""
+    parts = relative[len(bundle) + 1:].split("/")
+    for at in range(len(parts) - 2, 0, -1):
+        if parts[at] == "c" and all(part.isdigit() for part in parts[at + 1:]):
+            return "/".join(parts[:at]), int(parts[at + 1])
+    return None
+
+
+def _chunk_rows(array_dir: Path) -> int:
+    """Rows per chunk of a fetched (checked) Zarr array, from its zarr.json."""
+    from freezeframe.limits import DOCUMENT_BYTES
+
+    try:
+        meta = parse_json(read_regular(array_dir / "zarr.json", DOCUMENT_BYTES) or b"", array_dir / "zarr.json")
+        rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    except (OSError, KeyError, TypeError, IndexError) as exc:
+        raise StoreError(f"{array_dir}/zarr.json: no chunk grid to fetch by ({exc}).") from None
+    if not isinstance(rows, int) or rows < 1:
+        raise StoreError(f"{array_dir}/zarr.json: chunk rows {rows!r} are not a positive count; it is not read.")
+    return rows
 
 
 def _checked_files(manifest: object, where: str) -> dict[str, tuple[int, str]]:
