@@ -16,8 +16,9 @@ import numpy as np
 CLASSES = ("left-to-right", "right-to-left")
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) as an H.264 (or MPEG-4 Part 2) video with PyAV."""
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, lossless: bool = False) -> None:
+    """Encode uint8 RGB frames (T, H, W, 3) as an H.264 (or MPEG-4 Part 2) video with PyAV; `lossless` encodes
+    every frame exactly (x264 qp 0), so no frame is sharper than another."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -25,7 +26,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
             stream = container.add_stream("libx264", rate=fps)
             # asm=0: x264's assembly paths made the same frames encode differently from run to run
             # (on ~20% of these tiny videos); its C paths are deterministic, and fast enough at this size
-            stream.options = {"crf": "18", "preset": "veryfast", "x264-params": "asm=0"}
+            quality = {"qp": "0"} if lossless else {"crf": "18"}
+            stream.options = {**quality, "preset": "veryfast", "x264-params": "asm=0"}
         except Exception:  # noqa: BLE001 - builds of FFmpeg without x264
             stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -56,7 +58,7 @@ def crossing_square(label: int, rng: np.random.Generator, size: int = 64, num_fr
 
 
 def make_order_dataset(out_dir: str | Path, num_videos: int, seed: int = 0, size: int = 64,
-                       num_frames: int = 8) -> list[tuple[str, str]]:
+                       num_frames: int = 8, lossless: bool = False) -> list[tuple[str, str]]:
     """Write `num_videos` videos (balanced classes) into `out_dir/videos`; returns (video_id, label) rows."""
     rng = np.random.default_rng(seed)
     videos = Path(out_dir) / "videos"
@@ -65,7 +67,7 @@ def make_order_dataset(out_dir: str | Path, num_videos: int, seed: int = 0, size
     for i in range(num_videos):
         label = i % len(CLASSES)
         video_id = f"order-{seed}-{i:04d}"
-        write_video(videos / f"{video_id}.mp4", crossing_square(label, rng, size, num_frames))
+        write_video(videos / f"{video_id}.mp4", crossing_square(label, rng, size, num_frames), lossless=lossless)
         rows.append((video_id, CLASSES[label]))
     return rows
 

@@ -4,7 +4,6 @@ the bar is tqdm itself, subclassed only to record what it showed and what was co
 
 from __future__ import annotations
 
-import pytest
 from tqdm import tqdm
 
 import freezeframe.extract.runner as runner

@@ -538,7 +538,7 @@ def test_inspect_lists_video_ids_up_to_a_limit(tmp_path, run_cli):
 
 
 def test_the_demo_says_what_chance_looks_like_on_its_held_out_videos(tmp_path, run_cli):
-    """Before: a probe at 90% on 10 held-out videos read as a broken claim; guessing alone reaches 20-80%."""
+    """Before: a probe at 90% on 10 held-out videos read as a broken claim, with nothing to say how noisy 10 are."""
     from math import comb
 
     from freezeframe.demo import chance_band

@@ -21,7 +21,7 @@ def demo(out, videos, epochs, seed) -> None:
     click.echo(f"probe (mean-pooled) top-1 {100 * result['probe']:.1f}%   EVL top-1 {100 * result['evl']:.1f}%   "
                f"({result['test_videos']} held-out videos; {result['seconds']:.0f}s)")
     click.echo(f"chance is 50%: on {result['test_videos']} held-out videos guessing alone scores "
-               f"{100 * low:.0f}-{100 * high:.0f}% 95% of the time, so a probe inside that range is at chance"
+               f"{100 * low:.0f}-{100 * high:.0f}% 95% of the time (1 run in 20 lands outside it)"
                + ("" if result["test_videos"] >= 40 else "; use --videos 160 or more for a clear gap") + ".")
 
 

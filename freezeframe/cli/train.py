@@ -200,7 +200,7 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
     refuse_ignored({"confusion": (f"--confusion plots classes, which a {kind} has not; --predictions lists each "
                                   "query's top matches", not retrieval),
                     "frames": (f"--frames chooses a classifier's frames; a {kind} reads whole videos", not retrieval),
-                    "allow_provenance_mismatch": (f"--allow-provenance-mismatch is for classifier runs", not retrieval),
+                    "allow_provenance_mismatch": ("--allow-provenance-mismatch is for classifier runs", not retrieval),
                     "text_set": (f"--text-set is for videoclip runs; this is a {kind}", retrieval)})
     if retrieval:
         if captions is None or labels is not None:
