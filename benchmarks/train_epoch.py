@@ -1,6 +1,6 @@
 """One training epoch over a large synthetic store: rows/s of a probe and a temporal head, and the read share of a step.
 
-    python benchmarks/train_epoch.py --dir /data/scale --videos 100000 [--batch 256] [--workers 0]
+    python benchmarks/train_epoch.py --dir /data/scale --videos 100000 [--batch 256] [--workers 0] [--heads probe,temporal]
 
 Builds (once, under --dir; `benchmarks/store_scale.py`'s builder) a feature set of `--videos` videos of 4 rows of
 `embed` (16 x float16) in shards of 64, then for each head times, over the same shuffled DataLoader
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--heads", default="probe,temporal", help="comma list of heads to time")
     args = parser.parse_args()
     store = args.dir / f"store-{args.videos}"
     build(store, args.videos)
@@ -57,7 +58,7 @@ def main() -> None:
     ids = fs.video_ids()
     labels = [i % 10 for i in range(len(ids))]
     result = {"videos": len(ids), "rows_per_video": ROWS, "batch": args.batch, "workers": args.workers, "heads": {}}
-    for kind in ("probe", "temporal"):
+    for kind in args.heads.split(","):
         head = build_head(kind, head_config(kind, fs, num_classes=10, num_frames=ROWS))
         dataset = FeatureDataset(store, NAME, ids, head.required_arrays, FrameSelection("uniform", ROWS), labels)
         loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, collate_fn=collate,
