@@ -35,6 +35,7 @@ from freezeframe.options import FieldError, option
 from freezeframe.store.files import write_atomic
 from freezeframe.train.checkpoints import BEST, LAST, rng_state, save_atomic, save_weights, set_rng_state
 from freezeframe.train.curves import plot_curves
+from freezeframe.train.weight_decay import parameter_groups
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_EPOCHS = 10
@@ -52,7 +53,8 @@ class TrainConfig:
                                  "heads: more passes per epoch)")
     batch_size: int = option(32, "items per optimisation step")
     lr: float = option(4e-4, "peak learning rate")
-    weight_decay: float = option(0.05, "AdamW's weight decay (Adam: none)")
+    weight_decay: float = option(0.05, "AdamW's weight decay of weight matrices (biases, norms, embeddings, tokens "
+                                       "and positional parameters: none; Adam: none)")
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs (0: --warmup-steps)")
     warmup_steps: int = option(0, f"linear warm-up steps, at most {WARMUP_CAP:g} of the run's steps")
     clip_grad: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
@@ -231,9 +233,9 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
     head.to(device)
     for module in objective.modules.values():
         module.to(device)
-    params = [p for m in (head, *objective.modules.values()) for p in m.parameters() if p.requires_grad]
-    decay = {"weight_decay": config.weight_decay} if config.optimizer == "adamw" else {}
-    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, betas=tuple(config.betas), **decay)
+    decay = config.weight_decay if config.optimizer == "adamw" else 0.0  # Adam: none
+    optimizer = OPTIMIZERS[config.optimizer](parameter_groups((head, *objective.modules.values()), decay),
+                                             lr=config.lr, betas=tuple(config.betas))
     steps_per_pass = objective.steps_per_pass()
     epochs, passes = plan_length(config, steps_per_pass, objective.more_passes)
     steps_per_epoch = passes * steps_per_pass
