@@ -236,6 +236,7 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
     decay = config.weight_decay if config.optimizer == "adamw" else 0.0  # Adam: none
     optimizer = OPTIMIZERS[config.optimizer](parameter_groups((head, *objective.modules.values()), decay),
                                              lr=config.lr, betas=tuple(config.betas))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     steps_per_pass = objective.steps_per_pass()
     epochs, passes = plan_length(config, steps_per_pass, objective.more_passes)
     steps_per_epoch = passes * steps_per_pass

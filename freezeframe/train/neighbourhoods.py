@@ -203,7 +203,7 @@ class ModelNeighbourBatches(VideoClipBatches):
         self.points: torch.Tensor | None = None  # (videos, width), rows in `self.videos` order
 
     def refresh(self, model, dataset, device) -> None:
-        from freezeframe.train.videoclip import embed_pairs
+        from freezeframe.train.videotext import embed_pairs
 
         video, text = embed_pairs(model, dataset, device=device)
         joint = (video + text) / 2  # (items, width)
