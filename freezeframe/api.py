@@ -179,11 +179,13 @@ def train_head(head: str, store: str, feature_set: str, *, out: str, labels: str
     Classification heads take `labels` (CSV video_id,label), contrastive heads `captions`; `options` are the
     fields of `option_groups(head)` (training, e.g. epochs= or lr=; the head's own; contrastive data). Contrastive
     runs start from CONTRASTIVE_TRAINING, and `towers="bert"` from the published towers' optimiser recipe."""
+    from freezeframe.extras import require
     from freezeframe.heads.registry import get_head
     from freezeframe.train.loop import TrainConfig
 
     entry = get_head(head)
     values = _split_options(head, options)
+    require("matplotlib", "training (curves.png)")  # before the run directory is made
     if values["train"].get("epochs") is not None and values["train"].get("steps") is not None:
         raise InputError("pass either --epochs or --steps, not both.")
     common = dict(resume=resume, overwrite=overwrite, log=log)
