@@ -58,12 +58,11 @@ class _Group(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of `-h`, each command's docstring read from its module's source without importing it."""
-        from click.utils import make_default_short_help
-
         docs = {**command_docstrings(), **{name: command.help or "" for name, command in self.commands.items()}}
         limit = formatter.width - 6 - max(map(len, docs))
         with formatter.section("Commands"):
-            formatter.write_dl([(name, make_default_short_help(docs[name], limit)) for name in sorted(docs)])
+            formatter.write_dl([(name, click.Command(name, help=docs[name]).get_short_help_str(limit))
+                                for name in sorted(docs)])
 
     def invoke(self, ctx):
         try:

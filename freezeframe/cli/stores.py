@@ -8,7 +8,6 @@ import sys
 import click
 
 from freezeframe.cli.group import main
-from freezeframe.store.store import open_feature_set
 
 
 @main.command()
@@ -105,7 +104,7 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     """
     from freezeframe.store.memmap import MEMMAP_DIR, export_memmap
 
-    fs = open_feature_set(store, feature_set)
+    fs = _open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     index = export_memmap(fs, names, log=click.echo)
     click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(fs)} videos, "
@@ -126,7 +125,7 @@ def export_npy_command(store, feature_set, out, arrays) -> None:
     from freezeframe.store.export_npy import export_npy
     from freezeframe.summary import plural
 
-    fs = open_feature_set(store, feature_set)
+    fs = _open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     report = export_npy(fs, out, names)
     click.echo(f"{feature_set}: wrote {plural(report.files, 'file')} for {plural(report.videos, 'video')} "
@@ -158,7 +157,7 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
                 .splitlines() if line.strip()]
         if not ids:
             raise click.UsageError(f"--videos-from {videos_from} lists no video ids.")
-    fs = open_feature_set(store, name)
+    fs = _open_feature_set(store, name)
     from freezeframe.summary import plural
 
     what = f"{plural(len(set(ids)), 'video')} of feature set {name}" if ids else f"feature set {name} ({plural(len(fs), 'video')})"
@@ -172,3 +171,10 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
     missing = f"; not committed, so nothing to do: {', '.join(report.missing[:5])}" if report.missing else ""
     click.echo(f"{name}: removed {plural(len(report.removed_videos), 'video')} ({plural(report.dropped_shards, 'shard')} "
                f"dropped, {report.rewritten_shards} rewritten without them){missing}")
+
+
+def _open_feature_set(store: str, name: str):
+    """The feature set NAME of STORE (imported here: `-h` of a store command loads no store code)."""
+    from freezeframe.store.store import open_feature_set
+
+    return open_feature_set(store, name)
