@@ -83,7 +83,7 @@ def module_imports() -> dict[str, set[str]]:
 
 def test_the_module_graph_sees_imports_inside_functions():
     graph = module_imports()
-    assert "freezeframe.store.feature_set" in graph["freezeframe.store.memmap"]
+    assert "freezeframe.store.feature_set" in graph["freezeframe.store.tools.memmap"]
     assert "freezeframe.train.videotext" in graph["freezeframe.train.neighbourhoods"]  # inside a method only
 
 

@@ -56,7 +56,7 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
 
     Resumable: a rerun skips shards already committed in DST (and checks them again). Exit 1 on any mismatch.
     """
-    from freezeframe.store.convert import convert_store
+    from freezeframe.store.tools.convert import convert_store
     from freezeframe.summary import plural
 
     report = convert_store(src, dst, format=store_format, compression=compression, names=names,
@@ -84,7 +84,7 @@ def publish(store, dest, names) -> None:
     open_store(DEST) (or any command taking a store): what they read is fetched into a local cache
     ($FREEZEFRAME_CACHE_DIR, default ~/.cache/freezeframe) and checked against the manifest first.
     """
-    from freezeframe.store.publish import publish_store
+    from freezeframe.store.tools.publish import publish_store
     from freezeframe.summary import plural
 
     report = publish_store(store, dest, names, log=click.echo)
@@ -102,7 +102,7 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     Built from the shards committed now and swapped in atomically (replacing an older export). Datasets use
     it only while it matches the committed shards; commit more and they read the shards until you re-export.
     """
-    from freezeframe.store.memmap import MEMMAP_DIR, export_memmap
+    from freezeframe.store.tools.memmap import MEMMAP_DIR, export_memmap
 
     fs = _open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
@@ -122,7 +122,7 @@ def export_npy_command(store, feature_set, out, arrays) -> None:
     Array names become keys with '/' as '-' (tokens/11 -> <video>_tokens-11.npy); timestamps also as
     <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
     """
-    from freezeframe.store.export_npy import export_npy
+    from freezeframe.store.tools.export_npy import export_npy
     from freezeframe.summary import plural
 
     fs = _open_feature_set(store, feature_set)
@@ -145,7 +145,7 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
     A crash part-way leaves every shard either as it was or as its rewritten copy, never half of one. Run it
     while no extraction writes to NAME.
     """
-    from freezeframe.store.remove import remove_feature_set, remove_videos
+    from freezeframe.store.tools.remove import remove_feature_set, remove_videos
 
     ids = list(videos)
     if videos_from:

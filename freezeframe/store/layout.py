@@ -20,7 +20,7 @@ FAILURES_FILE = "failures.jsonl"
 FROZEN_NAME = "frozen"
 MARKER_SUFFIX = ".done.json"
 TEMP_PREFIX = ".tmp-"
-PUBLISHED_FILE = "published.json"  # the manifest of a published store (store/publish.py), written last
+PUBLISHED_FILE = "published.json"  # the manifest of a published store (store/tools/publish.py), written last
 MIRROR_FILE = "published-mirror.json"  # marks a local cache of a published store (store/published.py)
 REPLACES_KEY = "replaces"  # marker field: shard ids this shard supersedes (a removal kept the rest of their videos)
 

@@ -46,7 +46,7 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
     """Verify `src`, copy what readers use into `dest` and write its manifest last (see the module docstring)."""
     import fsspec
 
-    from freezeframe.store.verify import verify_store
+    from freezeframe.store.tools.verify import verify_store
 
     store = Store(src)
     if store.published is not None:

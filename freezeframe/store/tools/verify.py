@@ -28,7 +28,7 @@ from freezeframe.store.files import MalformedFileError, read_json
 from freezeframe.store.index import load_index, open_segments, segment_from_markers
 from freezeframe.store.layout import (FROZEN_NAME, INDEX_DIR, LEGACY_INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE,
                                       SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE)
-from freezeframe.store.memmap import verify_memmap
+from freezeframe.store.tools.memmap import verify_memmap
 from freezeframe.store.markers import committed_shard_ids, read_marker, replacements, served_shards, shard_file
 from freezeframe.store.provenance import provenance_sha256
 from freezeframe.store.segment import DamagedIndexError, Segment, segment_difference
