@@ -107,3 +107,10 @@ def test_the_store_knows_nothing_of_models():
     imported = package_imports().get("store", {})
     assert not {"heads", "extract", "train", "text", "cli", "api"} & set(imported), \
         {k: sorted(v) for k, v in imported.items()}
+
+
+def test_the_store_core_does_not_import_its_tools():
+    graph = module_imports()
+    core = [m for m in graph if m.startswith("freezeframe.store.") and not m.startswith("freezeframe.store.tools")]
+    found = {m: sorted(t for t in graph[m] if t.startswith("freezeframe.store.tools")) for m in core}
+    assert not {m: t for m, t in found.items() if t}, found
