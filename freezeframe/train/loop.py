@@ -221,6 +221,12 @@ def finish_epoch(run_dir: Path, parts: dict, history: list[dict], metrics: dict,
     return best_score
 
 
+def make_optimizer(modules: Iterable[nn.Module], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or Adam) over the trainable parameters of `modules`, with weight decay on weight matrices only."""
+    decay = config.weight_decay if config.optimizer == "adamw" else 0.0  # Adam: none
+    return OPTIMIZERS[config.optimizer](parameter_groups(modules, decay), lr=config.lr, betas=tuple(config.betas))
+
+
 def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str | Path, resume: bool = False,
         log: Callable[[str], None] = print) -> list[dict]:
     """Train `head` on `objective`; one checkpoint per epoch in `run_dir`. Returns the metrics history.
@@ -233,9 +239,7 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
     head.to(device)
     for module in objective.modules.values():
         module.to(device)
-    decay = config.weight_decay if config.optimizer == "adamw" else 0.0  # Adam: none
-    optimizer = OPTIMIZERS[config.optimizer](parameter_groups((head, *objective.modules.values()), decay),
-                                             lr=config.lr, betas=tuple(config.betas))
+    optimizer = make_optimizer((head, *objective.modules.values()), config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     steps_per_pass = objective.steps_per_pass()
     epochs, passes = plan_length(config, steps_per_pass, objective.more_passes)
