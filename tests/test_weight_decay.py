@@ -48,3 +48,19 @@ def test_adamw_with_the_groups_leaves_tokens_and_biases_alone():
     assert "cls_token" not in changed and "pos_embed" not in changed
     assert not any(name.endswith("bias") for name in changed)
     assert any(name.endswith("weight") for name in changed)  # decayed towards zero
+
+
+def test_a_last_checkpoint_with_one_parameter_group_is_refused_in_one_line(tmp_path):
+    import pytest
+
+    from freezeframe.errors import InputError
+    from freezeframe.train.checkpoints import LAST
+    from freezeframe.train.loop import TrainConfig, make_optimizer, restore_last
+
+    head = temporal_head()
+    old = torch.optim.AdamW(head.parameters(), lr=0.1, weight_decay=0.05)  # how runs were saved before the groups
+    torch.save({"head": head.state_dict(), "optimizer": old.state_dict(), "epoch": 0, "best_score": 0.0},
+               tmp_path / LAST)
+    parts = {"head": head, "optimizer": make_optimizer([head], TrainConfig())}
+    with pytest.raises(InputError, match="cannot be resumed: start the run again with --overwrite"):
+        restore_last(tmp_path, parts, TrainConfig(), torch.device("cpu"), resume=True)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from freezeframe.checkpoints import load_checkpoint
 from freezeframe.devices import resolve_device
+from freezeframe.errors import InputError
 from freezeframe.limits import LIST_BYTES, read_limited
 from freezeframe.options import FieldError, option
 from freezeframe.store.files import write_atomic
@@ -165,6 +166,9 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
     if not resume or not (run_dir / LAST).exists():
         return 0, -math.inf, []
     state = load_checkpoint(run_dir / LAST, trust=config.trust_checkpoint, map_location=device)
+    if len(state["optimizer"]["param_groups"]) != len(parts["optimizer"].param_groups):
+        raise InputError(f"{run_dir / LAST} was saved by a version of freezeframe that decayed every parameter (one "
+                         "parameter group), so it cannot be resumed: start the run again with --overwrite.")
     for name, part in parts.items():
         part.load_state_dict(state[name])
     set_rng_state(state["rng"])
