@@ -26,7 +26,7 @@ from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, Samplin
 from freezeframe.devices import resolve_device
 from freezeframe.extract.runner import default_workers
 from freezeframe.store import open_store
-from freezeframe.store.convert import convert_store
+from freezeframe.store.tools.convert import convert_store
 from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR
 
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"

@@ -42,9 +42,9 @@ from freezeframe.extract import ClipBackbone, ClipConfig, ExtractConfig, Samplin
 from freezeframe.devices import resolve_device
 from freezeframe.extract.runner import default_workers
 from freezeframe.store import open_store
-from freezeframe.store.convert import convert_store
+from freezeframe.store.tools.convert import convert_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
-from freezeframe.store.memmap import export_memmap
+from freezeframe.store.tools.memmap import export_memmap
 
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"
 LAYOUTS = [f"{fmt}/{compression}" for fmt in ("zarr", "hdf5") for compression in ("none", "zstd", "blosc")]

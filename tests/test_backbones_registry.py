@@ -1,4 +1,4 @@
-"""The backbone registry: README tables match it, options come from config fields, and a new backbone is one
+"""The backbone registry: the docs' tables (docs/backbones.md) match it, options come from config fields, and a new backbone is one
 config plus one entry that the runner drives end to end."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store import open_store
 
-README = Path(__file__).parent.parent / "README.md"
+BACKBONES_PAGE = Path(__file__).parent.parent / "docs" / "backbones.md"
 
 
 def test_readme_backbone_tables_are_the_registrys():
-    text = README.read_text(encoding="utf-8")
+    text = BACKBONES_PAGE.read_text(encoding="utf-8")
     block = re.search(r"<!-- backbones:start -->\n(.*?)\n<!-- backbones:end -->", text, re.S)
     assert block is not None and block.group(1) == markdown_tables()
     for name in ("clip", "s3d", "s3dg", "timm", "torchvision-video", "i3d"):

@@ -41,7 +41,7 @@ from freezeframe.extract import (
 from freezeframe.extract.backbones.clip import resolve_model_name
 from freezeframe.extract.decode import DecodeOptions
 from freezeframe.extract.preprocess import FAST_RESIZE, resize_short_side, resized_shape
-from freezeframe.heads.qk import attention_qk
+from freezeframe.heads.qk import attention_qk, stored_qk
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
 TINY = "ff-tiny-vit"
@@ -347,7 +347,7 @@ def test_attention_qk_math_on_exact_inputs(exact_set, refs):
 def test_stored_attention_qk_equals_backbone_attention(exact_set, refs):
     for vid, ref in refs.items():
         for b in BLOCKS:
-            q, k = exact_set.attention_qk(vid, b)
+            q, k = stored_qk(exact_set, vid, b)
             assert q.shape == k.shape == (NUM_FRAMES, 2, 17, 32)
             for got, want in ((q, ref[f"q/{b}"]), (k, ref[f"k/{b}"])):
                 scale = want.abs().max().item()

@@ -25,6 +25,7 @@ from freezeframe.store import provenance as prov
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.files import read_jsonl
 from freezeframe.store.layout import FAILURES_FILE, MARKER_SUFFIX, PROVENANCE_FILE, SHARDS_DIR, TEMP_PREFIX
+from freezeframe.heads.qk import stored_qk
 
 VIDEOS = Path(__file__).resolve().parent / "data" / "videos"
 NAME = "clip-ff-tiny-vit-random"
@@ -134,7 +135,7 @@ def test_hdf5_extraction_equals_zarr_and_reads_the_same(stores, run_cli):
     assert h5.read("archery_demo", "tokens/2", np.array([3, 0])).tobytes() == \
         zr.read("archery_demo", "tokens/2")[[3, 0]].tobytes()
     for block in (0, 3):  # block 0 from its stored input, block 3 from tokens/2; both via frozen.h5
-        for x, y in zip(h5.attention_qk("archery_demo", block), zr.attention_qk("archery_demo", block)):
+        for x, y in zip(stored_qk(h5, "archery_demo", block), stored_qk(zr, "archery_demo", block)):
             assert x.shape == (4, 2, 17, 32) and torch.equal(x, y)
 
     inspected = {}
@@ -288,7 +289,7 @@ def test_convert_round_trips_zarr_hdf5_zarr_and_resumes(stores, tmp_path, run_cl
         assert verify_store(store).ok
     a, b = open_store(back)[NAME], open_store(zarr_store)[NAME]
     for block in (0, 3):
-        for x, y in zip(a.attention_qk("v_GGSY1Qvo990", block), b.attention_qk("v_GGSY1Qvo990", block)):
+        for x, y in zip(stored_qk(a, "v_GGSY1Qvo990", block), stored_qk(b, "v_GGSY1Qvo990", block)):
             assert torch.equal(x, y)
     assert (back / NAME / PROVENANCE_FILE).read_bytes() == (zarr_store / NAME / PROVENANCE_FILE).read_bytes()
 

@@ -1,4 +1,4 @@
-"""The head registry: README tables match it, every head (videoclip too) sizes itself from feature sets, options
+"""The head registry: the docs' tables (docs/training.md) match it, every head (videoclip too) sizes itself from feature sets, options
 come from config fields, and library errors name fields that the command line turns into flags."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from freezeframe.heads.registry import markdown_tables
 from freezeframe.options import FieldError
 from freezeframe.train.loop import TrainConfig
 
-README = Path(__file__).parent.parent / "README.md"
+TRAINING_PAGE = Path(__file__).parent.parent / "docs" / "training.md"
 
 
 def readme_block(name: str) -> str:
-    block = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", README.read_text(encoding="utf-8"), re.S)
+    block = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", TRAINING_PAGE.read_text(encoding="utf-8"), re.S)
     assert block is not None, name
     return block.group(1)
 

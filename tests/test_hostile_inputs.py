@@ -23,7 +23,7 @@ from test_hostile_stores import SECRET, _run_limited, deadline
 from freezeframe.errors import StoreError
 from freezeframe.store import FeatureSetWriter, open_store, verify_store
 from freezeframe.store.layout import PUBLISHED_FILE, PUBLISHING_FILE
-from freezeframe.store.publish import publish_store
+from freezeframe.store.tools.publish import publish_store
 
 NAME = "fs"
 VIDEOS = {f"v{i}": np.arange(12, dtype=np.float16).reshape(3, 4) + i for i in range(4)}

@@ -23,13 +23,13 @@ import pytest
 
 from freezeframe.errors import FreezeframeError, InputError, StoreError
 from freezeframe.store import open_store
-from freezeframe.store.convert import convert_store
+from freezeframe.store.tools.convert import convert_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection
 from freezeframe.userfiles import read_labels
 from freezeframe.store.layout import INDEX_DIR, SEGMENT_SUFFIX
-from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
+from freezeframe.store.tools.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
 from freezeframe.store.segment import Segment
-from freezeframe.store.verify import verify_store
+from freezeframe.store.tools.verify import verify_store
 from freezeframe.store.writer import FeatureSetWriter
 
 SECRET = b"OUTSIDE-THE-STORE-" * 64  # bytes that must never come back from a read
@@ -212,7 +212,7 @@ def test_tiny_metadata_declaring_huge_arrays_allocates_nothing(store, tmp_path):
         from pathlib import Path
         from freezeframe.errors import StoreError
         from freezeframe.store import open_store
-        from freezeframe.store.verify import verify_store
+        from freezeframe.store.tools.verify import verify_store
         from freezeframe.limits import read_limited
         assert read_limited(Path({str(small)!r}), 2048 << 20, "a list") == b"a,b\\n1,2\\n"
         try:
@@ -462,7 +462,7 @@ def test_export_memmap_on_a_full_disk_is_one_line_and_leaves_nothing(store):
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))  # every write past 100 bytes fails: a full disk
         from freezeframe.errors import StoreError
         from freezeframe.store import open_store
-        from freezeframe.store.memmap import export_memmap
+        from freezeframe.store.tools.memmap import export_memmap
         try:
             export_memmap(open_store({str(store)!r})["fs"])
         except StoreError as exc:

@@ -224,7 +224,7 @@ def test_a_store_written_before_rows_and_segments_opens_and_is_reindexed(indexed
 
 
 def test_removed_and_replaced_shards_are_not_served_from_an_older_segment(indexed):
-    from freezeframe.store.remove import remove_videos
+    from freezeframe.store.tools.remove import remove_videos
 
     store, _writer = indexed
     before = segments_of(store)
@@ -254,7 +254,7 @@ def test_verify_quick_reads_markers_and_index_only(indexed):
 def test_a_rerun_has_exactly_the_uncommitted_videos_left(indexed):
     from freezeframe.extract.runner import videos_left
     from freezeframe.extract.sources import VideoSource
-    from freezeframe.store.remove import remove_videos
+    from freezeframe.store.tools.remove import remove_videos
 
     store, writer = indexed
     remove_videos(store, NAME, ["v010", "v011"])  # committed once, removed since: to do again

@@ -1,5 +1,6 @@
-"""The package layout: no import cycles between freezeframe's packages, and heads/ (modules users import into
-their own code) depends on neither the training application, the extractors nor the command line."""
+"""The package layout: no import cycles between freezeframe's packages nor between its modules (imports inside
+functions count: they only defer a dependency), store/ knows nothing of models, and heads/ (modules users import
+into their own code) depends on neither the training application, the extractors nor the command line."""
 
 from __future__ import annotations
 
@@ -59,3 +60,57 @@ def test_no_import_cycles_between_packages():
 def test_heads_import_neither_training_nor_extraction_nor_the_command_line():
     imported = package_imports().get("heads", {})
     assert not {"train", "extract", "cli", "text"} & set(imported), {k: sorted(v) for k, v in imported.items()}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """module -> the freezeframe modules it imports (also inside functions). `from package import name` depends on
+    the submodule `package.name` when there is one, else on the package's __init__."""
+    files = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                targets = [t for t in subs if t in files] + [node.module] * any(t not in files for t in subs)
+            else:
+                continue
+            graph.setdefault(module, set()).update(t for t in targets if t in files and t != module)
+    return graph
+
+
+def test_the_module_graph_sees_imports_inside_functions():
+    graph = module_imports()
+    assert "freezeframe.store.feature_set" in graph["freezeframe.store.tools.memmap"]
+    assert "freezeframe.train.videotext" in graph["freezeframe.train.neighbourhoods"]  # inside a method only
+
+
+def test_no_import_cycles_between_modules():
+    graph = module_imports()
+    found = {}
+    for module in graph:
+        stack, seen = [(module, [module])], set()
+        while stack and module not in found:
+            current, path = stack.pop()
+            for target in graph.get(current, ()):
+                if target == module:
+                    found[module] = " -> ".join(path + [module])
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, path + [target]))
+    assert not found, found
+
+
+def test_the_store_knows_nothing_of_models():
+    imported = package_imports().get("store", {})
+    assert not {"heads", "extract", "train", "text", "cli", "api"} & set(imported), \
+        {k: sorted(v) for k, v in imported.items()}
+
+
+def test_the_store_core_does_not_import_its_tools():
+    graph = module_imports()
+    core = [m for m in graph if m.startswith("freezeframe.store.") and not m.startswith("freezeframe.store.tools")]
+    found = {m: sorted(t for t in graph[m] if t.startswith("freezeframe.store.tools")) for m in core}
+    assert not {m: t for m, t in found.items() if t}, found

@@ -26,7 +26,7 @@ from freezeframe.store import open_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.layout import TEMP_PREFIX
-from freezeframe.store.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
+from freezeframe.store.tools.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
 from freezeframe.store.segment import Segment
 
 VIDEOS = Path(__file__).parent / "data" / "videos"
@@ -200,7 +200,7 @@ def test_export_is_atomic(store, monkeypatch):
     expected = {v: fs.read(v, "embed") for v in fs.video_ids()}
 
     # an export interrupted after writing its arrays, before the rename: the first export stays in place
-    import freezeframe.store.memmap as memmap_module
+    import freezeframe.store.tools.memmap as memmap_module
 
     def crash(path):
         raise KeyboardInterrupt("killed")

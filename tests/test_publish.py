@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from freezeframe.errors import StoreError
 from freezeframe.store import FeatureSetWriter, open_store, verify_store
 from freezeframe.store.layout import PUBLISHED_FILE
-from freezeframe.store.publish import publish_store
-from freezeframe.store.remove import remove_videos
+from freezeframe.store.tools.publish import publish_store
+from freezeframe.store.tools.remove import remove_videos
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 
 NAME = "fs"

@@ -24,7 +24,7 @@ from freezeframe.errors import StoreError
 from freezeframe.cli import main
 from freezeframe.store import open_store, zarr_backend
 from freezeframe.store.confine import UnsafeStoreError
-from freezeframe.store.convert import convert_store
+from freezeframe.store.tools.convert import convert_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 
 VIDEOS = Path(__file__).parent / "data" / "videos"

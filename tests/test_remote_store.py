@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from freezeframe import open_store
 from freezeframe.errors import StoreError
 from freezeframe.store import FeatureSetWriter
-from freezeframe.store.convert import convert_store
+from freezeframe.store.tools.convert import convert_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.store.location import is_remote, store_path
 

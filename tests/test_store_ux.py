@@ -339,7 +339,7 @@ def test_rm_videos_rewrites_their_shards_and_verifies(tmp_path, run_cli, store_f
 
 
 def test_a_crash_after_the_rewritten_shard_commits_serves_the_new_state(tmp_path, run_cli):
-    from freezeframe.store.remove import _copy_videos
+    from freezeframe.store.tools.remove import _copy_videos
     from freezeframe.store.markers import committed_shard_ids, read_marker
 
     store = tmp_path / "store"

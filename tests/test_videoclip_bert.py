@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from freezeframe.train.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
-from freezeframe.heads.videoclip import VideoClipConfig, build_videoclip
+from freezeframe.heads.videoclip import VideoClipConfig
+from freezeframe.heads.videoclip_head import build_videoclip
 from freezeframe.heads.contrastive import VideoClipLoss
 from freezeframe.heads.videoclip_bert import BertVideoCLIP, VideoTokenMLP
 from freezeframe.train.videotext import SpanSeconds, VideoTextPairs

@@ -1,6 +1,6 @@
-"""The `freezeframe` command line; each module registers its commands on the one group, `main`."""
+"""The `freezeframe` command line. Each module registers its commands on the one group, `main`, which imports a
+command's module only when that command is used (freezeframe.cli.group.COMMAND_MODULES)."""
 
-from freezeframe.cli import demo, extract, stores, text, train  # noqa: F401  (registers the commands)
 from freezeframe.cli.group import main
 
 __all__ = ["main"]

@@ -1,15 +1,29 @@
-"""`freezeframe extract`: video features into a store."""
+"""`freezeframe extract`: video features into a store. The flags map onto `freezeframe.api.extract_features`, which
+owns every default and refusal; the defaults shown in the help are read from the library's configs."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import MISSING, fields
 
 import click
 
 from freezeframe.cli.group import main, option_given, refuse_ignored
 from freezeframe.cli.options import BackboneHelpCommand, given_backbone_options, with_backbone_options
-from freezeframe.extract.backbones.registry import backbone_names, get_entry
 from freezeframe.printable import printable, printable_lines
+from freezeframe.extract.runner import ExtractConfig
+from freezeframe.extract.sampling import SamplingConfig
+
+
+def default(config: type, name: str) -> str:
+    """` [default: X]` of field `name` of a config dataclass, for an option's help."""
+    field = next(f for f in fields(config) if f.name == name)
+    value = field.default if field.default is not MISSING else field.default_factory()  # type: ignore[misc]
+    return f" [default: {value}]"
+
+
+def _extract_default(name: str) -> str:
+    return default(ExtractConfig, name)
 
 
 @main.command(cls=BackboneHelpCommand)
@@ -21,8 +35,8 @@ from freezeframe.printable import printable, printable_lines
 @click.option("--fps", type=float, default=None,
               help="Sample F frames per second of real video time (with --window-frames: the windows' frame rate).")
 @click.option("--clips", type=int, default=None, help="Sample K evenly spaced clips (with --frames-per-clip, --stride).")
-@click.option("--frames-per-clip", type=int, default=8, show_default=True)
-@click.option("--stride", type=int, default=1, show_default=True, help="Frame stride inside a clip.")
+@click.option("--frames-per-clip", type=int, default=None, help="Frames per clip." + default(SamplingConfig, "frames_per_clip"))
+@click.option("--stride", type=int, default=None, help="Frame stride inside a clip." + default(SamplingConfig, "stride"))
 @click.option("--window-frames", type=int, default=None,
               help="S3D backbones: frames per window, one stored row each [default: 30 at --fps 30, as VideoCLIP].")
 @click.option("--window-stride", type=int, default=None, help="Frames between window starts [default: --window-frames].")
@@ -35,31 +49,30 @@ from freezeframe.printable import printable, printable_lines
 @click.option("--augment", default="evl", show_default=True,
               help="How --views are made: evl (EVL's RandAugment and RandomResizedCrop as it runs: no flip) or key=value "
                    "changes, e.g. randaugment=rand-m9-n2,flip=0.5,resize=pil,scale=0.2:1,ratio=0.75:1.33,seed=3.")
-@click.option("--decoder", type=click.Choice(["auto", "pyav", "torchcodec", "decord"]), default="auto",
-              show_default=True, help="auto: PyAV with keyframe seeking; torchcodec and decord if installed.")
-@click.option("--seek", type=click.Choice(["exact", "keyframe"]), default="exact", show_default=True,
-              help="keyframe: snap each sampled frame to its nearest keyframe (far cheaper; stored indices are real).")
-@click.option("--max-pixels", type=int, default=7680 * 4320, show_default=True,
-              help="Videos with larger frames fail before decoding (a recorded failure).")
-@click.option("--decode-timeout", type=float, default=300.0, show_default=True,
+@click.option("--decoder", type=click.Choice(["auto", "pyav", "torchcodec", "decord"]), default=None, help="auto: PyAV with keyframe seeking; torchcodec and decord if installed." + _extract_default("decoder"))
+@click.option("--seek", type=click.Choice(["exact", "keyframe"]), default=None,
+              help="keyframe: snap each sampled frame to its nearest keyframe (far cheaper; stored indices are real)." + _extract_default("seek"))
+@click.option("--max-pixels", type=int, default=None,
+              help="Videos with larger frames fail before decoding (a recorded failure)." + _extract_default("max_pixels"))
+@click.option("--decode-timeout", type=float, default=None,
               help="Seconds decoding may deliver nothing before its video fails and its decode worker is killed "
-                   "(0: no limit).")
-@click.option("--decode-device", default="cpu", show_default=True,
-              help="cuda or cuda:N: decode with NVDEC (torchcodec) and resize on the GPU; needs --preprocess fast.")
-@click.option("--preprocess", type=click.Choice(["exact", "fast"]), default="exact", show_default=True,
+                   "(0: no limit)." + _extract_default("decode_timeout"))
+@click.option("--decode-device", default=None,
+              help="cuda or cuda:N: decode with NVDEC (torchcodec) and resize on the GPU; needs --preprocess fast." + _extract_default("decode_device"))
+@click.option("--preprocess", type=click.Choice(["exact", "fast"]), default=None,
               help="exact: open_clip's PIL transform in decode workers; fast: torchvision v2, resized as decoded, "
-                   "cropped on the device.")
+                   "cropped on the device." + _extract_default("preprocess"))
 @click.option("--batch-size", type=int, default=None, help="Rows per backbone forward [default: 64 frames; 8 windows].")
 @click.option("--workers", type=int, default=None, help="Decode worker processes [default: CPU cores - 1, max 8].")
-@click.option("--shard-size", type=int, default=64, show_default=True,
-              help="At most this many videos per shard (the unit of commit).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr", show_default=True,
-              help="Shard format: a Zarr directory or one HDF5 file per shard.")
-@click.option("--compression", type=click.Choice(["none", "zstd", "blosc"]), default="none", show_default=True,
-              help="Shard compression (recorded per shard; not part of provenance).")
-@click.option("--claim-lease", type=float, default=120.0, show_default=True,
-              help="Seconds after which another writer takes over the videos of a writer that stopped heartbeating.")
+@click.option("--shard-size", type=int, default=None,
+              help="At most this many videos per shard (the unit of commit)." + _extract_default("shard_size"))
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N." + _extract_default("device"))
+@click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default=None,
+              help="Shard format: a Zarr directory or one HDF5 file per shard." + _extract_default("format"))
+@click.option("--compression", type=click.Choice(["none", "zstd", "blosc"]), default=None,
+              help="Shard compression (recorded per shard; not part of provenance)." + _extract_default("compression"))
+@click.option("--claim-lease", type=float, default=None,
+              help="Seconds after which another writer takes over the videos of a writer that stopped heartbeating." + _extract_default("claim_lease"))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process and its decode workers; ray: Ray Data actors on a cluster (freezeframe[ray]).")
 @click.option("--address", default=None,
@@ -77,83 +90,45 @@ def extract(inputs, store, name, backbone, num_frames, fps, clips, frames_per_cl
             preprocess, batch_size, workers, shard_size, device, store_format, compression, claim_lease, no_progress,
             engine, address, gpus_per_worker, ray_workers, dry_run, **backbone_flags) -> None:
     """Extract frozen backbone features of videos (files, folders, or CSV/text lists) into STORE."""
-    from freezeframe.extract import AugmentConfig, ExtractConfig, collect_sources
+    from freezeframe.api import extract_features
+    from freezeframe.extract import AugmentConfig
     from freezeframe.extract.backbones import config_from_options
-    from freezeframe.extract.runner import default_workers
 
-    sampling = _sampling(get_entry(backbone), num_frames, fps, clips, frames_per_clip, stride, window_frames,
-                         window_stride, last_window)
-    backbone_config = config_from_options(backbone, given_backbone_options(backbone_flags))
+    backbone_config = config_from_options(backbone, given_backbone_options(backbone_flags))  # flags -> fields
     refuse_ignored_options(backbone_config)
-    if batch_size is None:
-        batch_size = 64 if sampling.frames_per_row == 1 else 8
-    config = ExtractConfig(store=store, name=name, sampling=sampling, decoder=decoder, preprocess=preprocess,
-                           batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                           shard_size=shard_size, device=device, format=store_format, compression=compression,
-                           progress=not no_progress, claim_lease=claim_lease, seek=seek, max_pixels=max_pixels,
-                           decode_timeout=decode_timeout, decode_device=decode_device,
-                           augment=AugmentConfig.parse(views, augment))
-    ray_flags = [flag for flag, value in (("--address", address), ("--gpus-per-worker", gpus_per_worker),
-                                          ("--ray-workers", ray_workers)) if value is not None]
-    if engine != "ray" and ray_flags:
-        raise click.UsageError(f"{' and '.join(ray_flags)} need --engine ray.")
-    if engine == "ray" and device != "auto":
-        raise click.UsageError("--device is for --engine local; Ray actors use a GPU each when --gpus-per-worker "
-                               "is above 0.")
-    sources = collect_sources(inputs)
-    # ---- cheap checks before the model loads; dry run ----
-    from freezeframe.extract.runner import check_inputs, check_store
+    sampling = dict(num_frames=num_frames, fps=fps, clips=clips, frames_per_clip=frames_per_clip, stride=stride,
+                    window_frames=window_frames, window_stride=window_stride, last_window=last_window)
+    settings = {key: value for key, value in dict(
+        name=name, decoder=decoder, preprocess=preprocess, batch_size=batch_size, workers=workers,
+        shard_size=shard_size, device=device, format=store_format, compression=compression, claim_lease=claim_lease,
+        seek=seek, max_pixels=max_pixels, decode_timeout=decode_timeout, decode_device=decode_device).items()
+        if value is not None}
+    ray = None
+    if any(value is not None for value in (address, gpus_per_worker, ray_workers)):
+        from freezeframe.extract.ray_engine import RayConfig
 
-    check_inputs(sources)
-    check_store(store)
-    if not dry_run:  # (a dry run reports a provenance mismatch instead)
-        check_store(store, _name_or_none(config, backbone_config), config)
+        ray = RayConfig(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker)
+    job = dict(backbone_options=_option_fields(backbone_config), sampling=sampling, engine=engine, ray=ray,
+               progress=not no_progress, augment=AugmentConfig.parse(views, augment), **settings)
     if dry_run:
-        from freezeframe.extract.backbones import build_backbone
-        from freezeframe.devices import resolve_device
-        from freezeframe.extract.runner import plan_extraction
-
-        if engine == "ray":
-            raise click.UsageError("--dry-run plans a local run; drop --engine ray (the plan is the same).")
-        plan = plan_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
+        plan = extract_features(inputs, store, backbone, dry_run=True, **job)
         click.echo(format_plan(plan))
         if plan.provenance_problem:  # the run itself would stop here: exit as it would
             sys.exit(2)
         return
     try:
-        report = _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers)
+        report = extract_features(inputs, store, backbone, **job)
     except KeyboardInterrupt:
-        _interrupted(sources, config.store, config.name or backbone_config.default_name())
+        _interrupted(inputs, store, name or backbone_config.default_name())
     _print_report(report, store)
 
 
-def _name_or_none(config, backbone_config) -> str | None:
-    """The feature-set name, or None when deriving it needs what only the model build checks (e.g. weights)."""
-    from freezeframe.errors import FreezeframeError
+def _option_fields(config) -> dict:
+    """The fields of a backbone config that are options (its entry fixes the others)."""
+    from freezeframe.extract.backbones import entry_for_config
 
-    try:
-        return config.name or backbone_config.default_name()
-    except FreezeframeError:
-        return None
-
-
-def _run(sources, backbone_config, config, engine, device, address, gpus_per_worker, ray_workers):
-    """Run the extraction on the chosen engine; returns its ExtractionReport."""
-    from freezeframe.extract.backbones import build_backbone
-    from freezeframe.devices import resolve_device
-    from freezeframe.extract.runner import run_extraction
-
-    if engine == "ray":  # actors pick their device from --gpus-per-worker
-        from freezeframe.extract.ray_engine import RayConfig, run_ray_extraction
-
-        ray_config = RayConfig(address=address, workers=ray_workers, gpus_per_worker=gpus_per_worker)
-        report = run_ray_extraction(sources, backbone_config, config, ray_config)
-    else:
-        if config.progress:  # building a model and loading its weights can take a while: say what is happening
-            model = getattr(backbone_config, "model", None)
-            click.echo(f"loading {model or type(backbone_config).__name__.removesuffix('Config')} ...", err=True)
-        report = run_extraction(sources, build_backbone(backbone_config, device=resolve_device(device)), config)
-    return report
+    preset = entry_for_config(config).preset
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in preset}
 
 
 def _print_report(report, store) -> None:
@@ -175,7 +150,6 @@ def _print_report(report, store) -> None:
         sys.exit(1)
 
 
-# ---- usage: options that would be ignored, dry-run plans, Ctrl-C ----
 # ---- usage: options that would be ignored, dry-run plans, Ctrl-C ----
 
 def refuse_ignored_options(backbone_config) -> None:
@@ -220,11 +194,12 @@ def natural_sorted(arrays: dict) -> list:
     return sorted(arrays.items(), key=lambda item: natural_key(item[0]))
 
 
-def _interrupted(sources, store: str, name: str) -> None:
+def _interrupted(inputs, store: str, name: str) -> None:
     """Ctrl-C: say what is committed and how to resume; exit 130 (128 + SIGINT), never 1 ("some videos failed")."""
+    from freezeframe.extract import collect_sources
     from freezeframe.store import open_store
 
-    committed = 0
+    committed, sources = 0, collect_sources(inputs)
     try:
         st = open_store(store)
         if name in st:
@@ -236,34 +211,3 @@ def _interrupted(sources, store: str, name: str) -> None:
                                  f"{name} of {store}; shards in flight were discarded. Run the same command again to "
                                  "resume: committed videos are skipped."), err=True)
     sys.exit(130)
-
-
-def _sampling(entry, num_frames, fps, clips, frames_per_clip, stride, window_frames, window_stride, last_window):
-    """The sampling the flags choose: windows for window backbones (their registry defaults), else one of count,
-    rate or clips."""
-    from freezeframe.extract import SamplingConfig
-
-    if entry.windows is not None:
-        if num_frames is not None or clips is not None:
-            raise click.UsageError(f"--backbone {entry.name} takes windows of frames: use --window-frames, "
-                                   "--window-stride and --fps, not --num-frames or --clips.")
-        if last_window == "video-features" and fps is not None:
-            raise click.UsageError("--last-window video-features takes every decoded frame (the native rate); "
-                                   "leave out --fps.")
-        frames = entry.windows.frames if window_frames is None else window_frames
-        stride = (entry.windows.stride if window_frames is None else frames) if window_stride is None else window_stride
-        return SamplingConfig("windows", fps=entry.windows.fps if fps is None else fps, window_frames=frames,
-                              window_stride=stride, last_window=last_window or "whole")
-    if window_frames is not None or window_stride is not None or last_window is not None:
-        windowed = ", ".join(name for name in backbone_names() if get_entry(name).windows)
-        raise click.UsageError("--window-frames, --window-stride and --last-window are for window backbones "
-                               f"(--backbone {windowed}).")
-    chosen = [flag for flag, value in (("--num-frames", num_frames), ("--fps", fps), ("--clips", clips))
-              if value is not None]
-    if len(chosen) > 1:
-        raise click.UsageError(f"choose one sampling strategy, not {' and '.join(chosen)}.")
-    if fps is not None:
-        return SamplingConfig("fps", fps=fps)
-    if clips is not None:
-        return SamplingConfig("clips", clips=clips, frames_per_clip=frames_per_clip, stride=stride)
-    return SamplingConfig("num_frames", num_frames=8 if num_frames is None else num_frames)

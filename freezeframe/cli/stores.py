@@ -9,7 +9,6 @@ import click
 
 from freezeframe.cli.group import main
 from freezeframe.printable import printable
-from freezeframe.store.store import open_feature_set
 
 
 def echo_printable(line: str) -> None:
@@ -93,7 +92,7 @@ def convert(src, dst, store_format, compression, names, quiet) -> None:
 
     Resumable: a rerun skips shards already committed in DST (and checks them again). Exit 1 on any mismatch.
     """
-    from freezeframe.store.convert import convert_store
+    from freezeframe.store.tools.convert import convert_store
     from freezeframe.summary import plural
 
     report = convert_store(src, dst, format=store_format, compression=compression, names=names,
@@ -122,7 +121,7 @@ def publish(store, dest, names, arrays) -> None:
     open_store(DEST) (or any command taking a store): what they read is fetched into a local cache
     ($FREEZEFRAME_CACHE_DIR, default ~/.cache/freezeframe) and checked against the manifest first.
     """
-    from freezeframe.store.publish import publish_store
+    from freezeframe.store.tools.publish import publish_store
     from freezeframe.summary import plural
 
     chosen = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
@@ -141,9 +140,9 @@ def export_memmap_command(store, feature_set, arrays) -> None:
     Built from the shards committed now and swapped in atomically (replacing an older export). Datasets use
     it only while it matches the committed shards; commit more and they read the shards until you re-export.
     """
-    from freezeframe.store.memmap import MEMMAP_DIR, export_memmap
+    from freezeframe.store.tools.memmap import MEMMAP_DIR, export_memmap
 
-    fs = open_feature_set(store, feature_set)
+    fs = _open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     index = export_memmap(fs, names, log=echo_printable)
     click.echo(f"{feature_set}: exported {len(index['arrays'])} arrays, {len(fs)} videos, "
@@ -168,10 +167,10 @@ def export_npy_command(store, feature_set, out, arrays, layout) -> None:
     also as <video>_timestamps_ms.npy. Video ids are percent-encoded into file names; OUT/export.json maps them.
     A re-export removes the files of the previous export (as its export.json lists them) that it does not rewrite.
     """
-    from freezeframe.store.export_npy import export_npy
+    from freezeframe.store.tools.export_npy import export_npy
     from freezeframe.summary import plural
 
-    fs = open_feature_set(store, feature_set)
+    fs = _open_feature_set(store, feature_set)
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
     report = export_npy(fs, out, names, layout=layout)
     stale = f"; removed {plural(report.removed, 'file')} of the previous export" if report.removed else ""
@@ -192,7 +191,7 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
     A crash part-way leaves every shard either as it was or as its rewritten copy, never half of one. Run it
     while no extraction writes to NAME.
     """
-    from freezeframe.store.remove import remove_feature_set, remove_videos
+    from freezeframe.store.tools.remove import remove_feature_set, remove_videos
 
     ids = list(videos)
     if videos_from:
@@ -204,7 +203,7 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
                 .splitlines() if line.strip()]
         if not ids:
             raise click.UsageError(f"--videos-from {videos_from} lists no video ids.")
-    fs = open_feature_set(store, name)
+    fs = _open_feature_set(store, name)
     from freezeframe.errors import InputError
     from freezeframe.summary import plural
 
@@ -226,3 +225,10 @@ def rm_command(store, name, videos, videos_from, yes) -> None:
     click.echo(printable(f"{name}: removed {plural(len(report.removed_videos), 'video')} "
                          f"({plural(report.dropped_shards, 'shard')} dropped, {report.rewritten_shards} rewritten "
                          f"without them){missing}"))
+
+
+def _open_feature_set(store: str, name: str):
+    """The feature set NAME of STORE (imported here: `-h` of a store command loads no store code)."""
+    from freezeframe.store.store import open_feature_set
+
+    return open_feature_set(store, name)

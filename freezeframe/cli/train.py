@@ -1,15 +1,15 @@
 """`freezeframe train HEAD` (one subcommand per registered head) and `freezeframe eval`.
 
 Each head's command is generated from the head registry when it is asked for: the options of its task (labels
-or captions), the training options (`TrainConfig`'s fields; a closed-form head takes only `--seed`), and the
-head's own config fields. Library configs name their fields in errors; the command names the flag instead.
+or captions) and the options `freezeframe.api.option_groups` lists (training, the head's own, contrastive data).
+The flags map onto `freezeframe.api.train_head`, which owns every default, recipe and refusal. Library configs
+name their fields in errors; the command names the flag instead.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from typing import Callable
 
 import click
@@ -17,10 +17,7 @@ import click
 from freezeframe.cli.group import main, refuse_ignored
 from freezeframe.cli.options import given, with_options
 from freezeframe.errors import InputError
-from freezeframe.options import FieldError, Option, format_default, given_values, options_of, options_table
-
-# a closed-form head (the probe) is not trained by steps: of the training options it takes only these
-SOLVER_TRAIN_OPTIONS = ("seed",)
+from freezeframe.options import FieldError, format_default, given_values, options_of, options_table
 
 def _classification_data(frames: tuple[str, str]) -> list[Callable]:
     return [
@@ -67,30 +64,13 @@ def _store_options(task: str, solved: bool) -> list[Callable]:
             click.option("--val", type=click.Path(exists=True, dir_okay=False), default=None, help=val)]
 
 
-def _option_groups(entry) -> dict[str, list[Option]]:
-    """The generated options of a head's command: data (contrastive), training and head, each by config."""
-    from freezeframe.train.loop import TrainConfig
-
-    groups: dict[str, list[Option]] = {}
-    if entry.task == "contrastive":
-        from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, VideoTextConfig
-
-        groups["data"] = options_of(VideoTextConfig)
-        groups["train"] = options_of(TrainConfig, defaults=CONTRASTIVE_TRAINING)
-    else:
-        groups["train"] = options_of(TrainConfig)
-    if entry.solve is not None:
-        groups["train"] = [o for o in groups["train"] if o.field in SOLVER_TRAIN_OPTIONS]
-    groups["head"] = entry.options()
-    return groups
-
-
 def head_command(name: str) -> click.Command:
     """The `freezeframe train NAME` command of a registered head."""
+    from freezeframe.api import option_groups
     from freezeframe.heads.registry import get_head
 
     entry = get_head(name)
-    groups = _option_groups(entry)
+    groups = option_groups(name)
     generated = [o for group in groups.values() for o in group]
     flags = [o.flag for o in generated]
     if len(set(flags)) != len(flags):
@@ -114,30 +94,16 @@ def head_command(name: str) -> click.Command:
 
 
 def _run_training(entry, values: dict[str, dict], kw: dict) -> None:
-    from freezeframe.train.loop import TrainConfig, TrainingInterrupted
+    from freezeframe.api import train_head
+    from freezeframe.train.loop import TrainingInterrupted
 
-    train = values["train"]
-    if train.get("epochs") is not None and train.get("steps") is not None:
-        raise click.UsageError("pass either --epochs or --steps, not both.")
-    common = dict(resume=kw.get("resume", False), overwrite=kw["overwrite"], log=click.echo)
+    options = {field: value for group in values.values() for field, value in group.items()}
+    task = dict(labels=kw["labels"], frames=kw["frames"], eval_frames=kw["eval_frames"], preload=kw["preload"]) \
+        if entry.task == "classification" else dict(captions=kw["captions"])
     try:
-        if entry.task == "contrastive":
-            from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, TOWER_TRAINING, VideoTextConfig, \
-                train_videoclip_run
-
-            recipe = TOWER_TRAINING.get(values["head"].get("towers"), {})  # the published towers' optimiser
-            config = TrainConfig(**{**asdict(CONTRASTIVE_TRAINING), **recipe, **train,
-                                    "progress": not kw["no_progress"]})
-            metrics = train_videoclip_run(kw["store"], kw["feature_set"], kw["captions"], kw["out"],
-                                          VideoTextConfig(**values["data"]), head=entry.name, val_captions=kw["val"],
-                                          head_options=values["head"], config=config, **common)
-        else:
-            from freezeframe.train.jobs import train_run
-
-            config = TrainConfig(**train, progress=not kw["no_progress"])
-            metrics = train_run(entry.name, kw["store"], kw["feature_set"], kw["labels"], kw["out"],
-                                val_labels=kw["val"], train_frames=kw["frames"], eval_frames=kw["eval_frames"],
-                                head_options=values["head"], config=config, preload=kw["preload"], **common)
+        metrics = train_head(entry.name, kw["store"], kw["feature_set"], out=kw["out"], val=kw["val"],
+                             resume=kw.get("resume", False), overwrite=kw["overwrite"], progress=not kw["no_progress"],
+                             log=click.echo, **task, **options)
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
         done = getattr(exc, "epochs_done", 0)
         where = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted before training started"
@@ -232,6 +198,7 @@ def eval_command(run, labels, captions, text_set, store, frames, batch_size, dev
 def markdown_tables() -> str:
     """The README's tables of the `train` options that are not a head's own: training (with each task's default)
     and the contrastive heads' data options, generated from the configs as the commands are."""
+    from freezeframe.api import SOLVER_TRAIN_OPTIONS
     from freezeframe.train.loop import TrainConfig
     from freezeframe.train.videoclip import CONTRASTIVE_TRAINING, TOWER_TRAINING, VideoTextConfig
 

@@ -46,7 +46,7 @@ class ExtractConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     decoder: str = "auto"
     preprocess: str = "exact"
-    batch_size: int = 64
+    batch_size: int | None = None  # rows per backbone forward; None: 64 frames, or 8 windows
     workers: int = field(default_factory=default_workers)
     shard_size: int = 64
     device: str = "auto"
@@ -62,6 +62,8 @@ class ExtractConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # augmented views per frame (none by default)
 
     def __post_init__(self) -> None:
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 64 if self.sampling.frames_per_row == 1 else 8)
         if self.decoder not in DECODERS:
             raise InputError(f"unknown --decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}.")
         if self.preprocess not in ("exact", "fast"):

@@ -11,6 +11,7 @@ from freezeframe.heads.probe import LinearProbe, ProbeConfig, sweep_l2
 from freezeframe.heads.temporal import TemporalConfig, TemporalTransformer
 from freezeframe.heads.evl import EVLConfig, EVLDecoder
 from freezeframe.heads.videoclip import VideoCLIP, VideoClipConfig
+from freezeframe.heads.videoclip_head import build_videoclip  # noqa: F401 - registers the videoclip head
 from freezeframe.heads.zeroshot import ZeroShotClassifier
 
 __all__ = [

@@ -16,10 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from scipy.optimize import minimize
-from threadpoolctl import threadpool_limits
-
 from freezeframe.heads.registry import FeatureSource, Solution, register_head, vector_width
+from freezeframe.extras import require
 from freezeframe.options import FieldError, option
 
 POOLINGS = ("mean", "middle")
@@ -132,6 +130,8 @@ class LinearProbe(nn.Module):
         start = np.concatenate([self.linear.weight.detach().double().numpy().ravel(),
                                 self.linear.bias.detach().double().numpy()])
         # Small problems on one BLAS thread: more threads only spin (on a busy machine, 100x slower).
+        threadpool_limits = require("threadpoolctl", "the linear probe").threadpool_limits
+        minimize = require("scipy.optimize", "the linear probe's L-BFGS-B solver").minimize
         with threadpool_limits(limits=1 if x.size * classes < SMALL_PROBLEM else None):
             solution = minimize(_objective_and_gradient, start, args=(x, np.eye(classes)[y], l2), jac=True,
                                 method="L-BFGS-B", options={"maxiter": max_iter, "gtol": tol,

@@ -32,3 +32,10 @@ def attention_qk(
         return t.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
 
     return split(q), split(k)
+
+
+def stored_qk(feature_set, video_id: str, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k inside block `block`'s attention for every frame of a stored video: two (frames, heads, tokens,
+    head_dim) tensors, from the feature set's block input and frozen weights (`FeatureSet.attention_weights`)."""
+    weights, num_heads, norm_eps = feature_set.attention_weights(block)
+    return attention_qk(feature_set.block_input(video_id, block), weights, num_heads, norm_eps)

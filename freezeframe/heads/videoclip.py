@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from freezeframe.errors import InputError
-from freezeframe.heads.registry import FeatureSource, register_head, vector_width
+from freezeframe.heads.registry import FeatureSource, vector_width
 from freezeframe.options import FieldError, option
 
 TOWERS = ("light", "bert")
@@ -178,16 +178,3 @@ class VideoCLIP(nn.Module):
     def forward(self, features: torch.Tensor, video_mask: torch.Tensor, tokens: torch.Tensor,
                 text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.video(features, video_mask), self.text(tokens, text_mask)
-
-
-@register_head("videoclip", config=VideoClipConfig, size=size_videoclip, task="contrastive",
-               summary="VideoCLIP-style video and text towers over per-second video vectors and cached BERT token "
-                       "states, masked-mean pooled into one space; or, with `--towers bert`, VideoCLIP as published",
-               reads="one vector per second (`video_embedding` or `embed`), `tokens/<L>` or `token_ids` of a text set")
-def build_videoclip(config: VideoClipConfig) -> nn.Module:
-    """The towers `config.towers` names: light ones here, or BERT-initialised ones (heads.videoclip_bert)."""
-    if config.towers == "bert":
-        from freezeframe.heads.videoclip_bert import BertVideoCLIP
-
-        return BertVideoCLIP(config)
-    return VideoCLIP(config)

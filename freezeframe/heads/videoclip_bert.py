@@ -22,12 +22,14 @@ import torch.nn as nn
 
 from freezeframe.errors import BackboneError
 from freezeframe.heads.videoclip import VideoClipConfig, masked_mean
+from freezeframe.extras import require
 from freezeframe.offline import hub_offline, quiet_logging
 from freezeframe.options import FieldError
 
 
 def load_bert(checkpoint: str | None) -> nn.Module:
     """A transformers BERT model from a local directory (no network)."""
+    require("transformers", "VideoCLIP's BERT towers")
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

@@ -1,10 +1,10 @@
 """Feature stores: one schema over Zarr (and later HDF5) shards, committed atomically, read by video id."""
 
 from freezeframe.store.feature_set import FeatureSet
-from freezeframe.store.publish import publish_store
+from freezeframe.store.tools.publish import publish_store
 from freezeframe.store.shard import ShardWriter
 from freezeframe.store.store import Store, open_store
-from freezeframe.store.verify import VerifyReport, verify_store
+from freezeframe.store.tools.verify import VerifyReport, verify_store
 from freezeframe.store.writer import FeatureSetWriter
 from freezeframe.store.xarray_view import to_xarray
 

@@ -315,16 +315,15 @@ class FeatureSet:
         """Input tokens of ViT block `block`: the previous block's output where stored, else its own copy."""
         return self.read(video_id, block_source(f"block_input/{block}", self.arrays()))
 
-    def attention_qk(self, video_id: str, block: int):
-        """q and k inside block `block`'s attention for every frame: two (frames, heads, tokens, head_dim) tensors."""
-        from freezeframe.heads.qk import attention_qk
-
+    def attention_weights(self, block: int) -> tuple[dict[str, np.ndarray], int, float]:
+        """Block `block`'s frozen pre-attention norm and q/k projection (arrays by name), its head count and norm
+        eps: with `block_input`, what recomputing q and k needs (`freezeframe.heads.qk.stored_qk` does it)."""
         attention = self.provenance.get("attention")
         if not attention or block not in attention["blocks"]:
             raise StoreError(f"feature set {self.name!r} keeps no attention weights for block {block}.")
         frozen = self.frozen_weights()
         weights = {key: frozen[f"block{block}/{key}"] for key in attention["weights"]}
-        return attention_qk(self.block_input(video_id, block), weights, attention["num_heads"], attention["norm_eps"])
+        return weights, attention["num_heads"], attention["norm_eps"]
 
     def close(self) -> None:
         for reader in self._readers.values():

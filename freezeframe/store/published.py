@@ -1,6 +1,6 @@
 """Reading a published store: what is read is fetched into a local cache, each file checked against the manifest.
 
-A published store (store/publish.py) opens through a local mirror, `CACHE/<sha256 of its manifest>/`, laid out as
+A published store (store/tools/publish.py) opens through a local mirror, `CACHE/<sha256 of its manifest>/`, laid out as
 a store, so every local read path applies (the memory-mapped index, raw chunk reads). Opening fetches what every
 reader needs (schema and group files, provenance, failures, markers, the index, frozen weights); a Zarr shard's
 metadata is fetched the first time one of its videos is read, and a read fetches the chunks its rows lie in (an

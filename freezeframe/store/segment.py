@@ -306,3 +306,28 @@ def _split(offsets: np.ndarray, blob: np.ndarray, where: object) -> list[bytes]:
     data = blob.tobytes()
     bounds = offsets.tolist()
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def segment_difference(got: Segment, want: Segment) -> str | None:
+    """How `got` differs from `want` (shards, their descriptions, then videos), or None when they are equal;
+    DamagedIndexError when `got` is not even well formed."""
+    got.check_entries()
+    if got.shard_ids != want.shard_ids:
+        return f"it serves shards {_id_difference(got.shard_ids, want.shard_ids)}"
+    for position, shard_id in enumerate(want.shard_ids):
+        if got.shard_info(position) != want.shard_info(position):
+            return f"it describes shard {shard_id} differently"
+    if got.n != want.n or not all(np.array_equal(got.columns[c], want.columns[c])
+                                  for c in ("id_offsets", "id_bytes", "shard", "row_start", "n_rows")):
+        got_ids, want_ids = got.ids(), want.ids()
+        if got_ids != want_ids:
+            return f"it lists videos {_id_difference(got_ids, want_ids)}"
+        for i, video_id in enumerate(want_ids):
+            if got.entry(i) != want.entry(i):
+                return f"video {video_id!r} at {tuple(got.entry(i))}, its marker says {tuple(want.entry(i))}"
+    return None
+
+
+def _id_difference(got: list[str], want: list[str]) -> str:
+    extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    return f"{len(extra)} not committed (e.g. {extra[:2]}) and misses {len(missing)} (e.g. {missing[:2]})"

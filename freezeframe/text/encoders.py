@@ -51,6 +51,9 @@ class BertEncoder:
     """Token states of chosen layers of a BERT-family model, unpadded, one row per token."""
 
     def __init__(self, config: TextConfig, device: torch.device) -> None:
+        from freezeframe.extras import require
+
+        require("transformers", "BERT text features")
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 

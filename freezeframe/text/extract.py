@@ -15,7 +15,7 @@ from freezeframe.errors import InputError
 from freezeframe.store import provenance as prov
 from freezeframe.store.feature_set import FeatureSet
 from freezeframe.store.location import store_path
-from freezeframe.store.remove import remove_videos
+from freezeframe.store.tools.remove import remove_videos
 from freezeframe.store.writer import FeatureSetWriter
 from freezeframe.text.captions import Caption, text_sha256
 from freezeframe.text.encoders import TextConfig, build_text_encoder

@@ -8,7 +8,9 @@ import numpy as np
 
 
 def _pyplot():
-    import matplotlib
+    from freezeframe.extras import require
+
+    matplotlib = require("matplotlib", "training curves and confusion plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

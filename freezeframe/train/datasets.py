@@ -234,7 +234,7 @@ class FeatureDataset(Dataset):
         """The up-to-date memmap export of this worker's snapshot of the feature set, or None."""
         fs = self._open()
         if self._memmap is None:
-            from freezeframe.store.memmap import open_memmap_export
+            from freezeframe.store.tools.memmap import open_memmap_export
 
             export = open_memmap_export(fs, self.stored_arrays)
             self._memmap = export if export is not None else False

@@ -30,11 +30,13 @@ from tqdm import tqdm
 
 from freezeframe.checkpoints import load_checkpoint
 from freezeframe.devices import resolve_device
+from freezeframe.errors import InputError
 from freezeframe.limits import LIST_BYTES, read_limited
 from freezeframe.options import FieldError, option
 from freezeframe.store.files import write_atomic
 from freezeframe.train.checkpoints import BEST, LAST, rng_state, save_atomic, save_weights, set_rng_state
 from freezeframe.train.curves import plot_curves
+from freezeframe.train.weight_decay import parameter_groups
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_EPOCHS = 10
@@ -59,7 +61,8 @@ class TrainConfig:
                                  "heads: more passes per epoch)")
     batch_size: int = option(32, "items per optimisation step")
     lr: float = option(4e-4, "peak learning rate")
-    weight_decay: float = option(0.05, "AdamW's weight decay (Adam: none)")
+    weight_decay: float = option(0.05, "AdamW's weight decay of weight matrices (biases, norms, embeddings, tokens "
+                                       "and positional parameters: none; Adam: none)")
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs (0: --warmup-steps)")
     warmup_steps: int = option(0, f"linear warm-up steps, at most {WARMUP_CAP:g} of the run's steps")
     clip_grad: float = option(0.0, "clip the gradient norm to this (0: no clipping)")
@@ -170,6 +173,9 @@ def restore_last(run_dir: Path, parts: dict, config: TrainConfig, device: torch.
     if not resume or not (run_dir / LAST).exists():
         return 0, -math.inf, []
     state = load_checkpoint(run_dir / LAST, trust=config.trust_checkpoint, map_location=device)
+    if len(state["optimizer"]["param_groups"]) != len(parts["optimizer"].param_groups):
+        raise InputError(f"{run_dir / LAST} was saved by a version of freezeframe that decayed every parameter (one "
+                         "parameter group), so it cannot be resumed: start the run again with --overwrite.")
     for name, part in parts.items():
         part.load_state_dict(state[name])
     set_rng_state(state["rng"])
@@ -307,6 +313,16 @@ def best_epoch_line(history: list[dict], score_key: str, epochs: int, run_dir: P
             f"in {run_dir / LAST}")
 
 
+def make_optimizer(modules: Iterable[nn.Module], config: TrainConfig,
+                   device: torch.device = torch.device("cpu")) -> torch.optim.Optimizer:
+    """AdamW (or Adam) over the trainable parameters of `modules`, with weight decay on weight matrices only, and
+    torch's fused update where the parameters allow it."""
+    decay = config.weight_decay if config.optimizer == "adamw" else 0.0  # Adam: none
+    groups = parameter_groups(modules, decay)
+    params = [p for group in groups for p in group["params"]]
+    return OPTIMIZERS[config.optimizer](groups, lr=config.lr, betas=tuple(config.betas), **fused_update(params, device))
+
+
 def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str | Path, resume: bool = False,
         log: Callable[[str], None] = print) -> list[dict]:
     """Train `head` on `objective`; one checkpoint per epoch in `run_dir`. Returns the metrics history.
@@ -320,10 +336,8 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
     head.to(device)
     for module in objective.modules.values():
         module.to(device)
-    params = [p for m in (head, *objective.modules.values()) for p in m.parameters() if p.requires_grad]
-    decay = {"weight_decay": config.weight_decay} if config.optimizer == "adamw" else {}
-    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, betas=tuple(config.betas), **decay,
-                                             **fused_update(params, device))
+    optimizer = make_optimizer((head, *objective.modules.values()), config, device)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     steps_per_pass = objective.steps_per_pass()
     epochs, passes = plan_length(config, steps_per_pass, objective.more_passes)
     steps_per_epoch = passes * steps_per_pass

@@ -50,7 +50,9 @@ def ivf_neighbours(points: torch.Tensor, queries: torch.Tensor, k: int, search: 
                    generator: torch.Generator) -> torch.Tensor:
     """As `exact_neighbours`, through a FAISS IndexIVFFlat trained on a random `points_per_list` points per list
     (seeded by `generator`); -1 where a query's probed lists hold fewer than k points."""
-    import faiss
+    from freezeframe.extras import require
+
+    faiss = require("faiss", "--retrieval-augmented batches")
 
     lists = search.lists(len(points))
     data = points.float().contiguous().numpy()

@@ -53,7 +53,9 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
 
 def faiss_kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """FAISS's k-means (BLAS-backed, random seeds): (assignments, centroids)."""
-    import faiss
+    from freezeframe.extras import require
+
+    faiss = require("faiss", "--retrieval-augmented batches")
 
     model = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, max_points_per_centroid=len(points),
                          min_points_per_centroid=1, verbose=False)
@@ -203,7 +205,7 @@ class ModelNeighbourBatches(VideoClipBatches):
         self.points: torch.Tensor | None = None  # (videos, width), rows in `self.videos` order
 
     def refresh(self, model, dataset, device) -> None:
-        from freezeframe.train.videoclip import embed_pairs
+        from freezeframe.train.videotext import embed_pairs
 
         video, text = embed_pairs(model, dataset, device=device)
         joint = (video + text) / 2  # (items, width)

@@ -32,7 +32,7 @@ from freezeframe.train.neighbourhoods import (ModelNeighbourBatches, Neighbourho
 from freezeframe.train.predictions import retrieval_rows, write_retrieval_predictions
 from freezeframe.train.retrieval import first_caption_per_video, retrieval_metrics
 from freezeframe.train.run import RunInfo, load_head, new_run, prepare_run_dir
-from freezeframe.train.videotext import SpanSeconds, VideoTextPairs, collate_pairs
+from freezeframe.train.videotext import SpanSeconds, VideoTextPairs, collate_pairs, embed_pairs  # noqa: F401
 
 HEAD = "videoclip"
 RECALLS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10")
@@ -93,19 +93,6 @@ def similarity(video: torch.Tensor, text: torch.Tensor, loss: str) -> torch.Tens
 
 
 @torch.no_grad()
-def embed_pairs(model: VideoCLIP, dataset: VideoTextPairs, batch_size: int = 64,
-                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(video embeddings, text embeddings), one row per item of `dataset`, in order."""
-    device = torch.device(device)
-    model.eval().to(device)
-    videos, texts = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_pairs):
-        v, t = model(*[batch[k].to(device) for k in model.INPUTS])
-        videos.append(v.float().cpu())
-        texts.append(t.float().cpu())
-    return torch.cat(videos), torch.cat(texts)
-
-
 def retrieval_eval(model: VideoCLIP, dataset: VideoTextPairs, loss: str, batch_size: int = 64,
                    device: str | torch.device = "cpu") -> dict:
     """Retrieval metrics over a dataset of one caption per video (item i's caption pairs with item i's video)."""

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
 
 from freezeframe.errors import InputError
 from freezeframe.heads.registry import vector_width
@@ -241,3 +242,16 @@ def collate_pairs(items: list[dict]) -> dict:
     text_mask, _ = _pad([item["text_mask"] for item in items])
     return {"video": video, "video_mask": video_mask, "tokens": tokens, "text_mask": text_mask.bool(),
             "index": torch.tensor([item["index"] for item in items])}
+
+
+def embed_pairs(model: nn.Module, dataset: VideoTextPairs, batch_size: int = 64,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(video embeddings, text embeddings), one row per item of `dataset`, in order."""
+    device = torch.device(device)
+    model.eval().to(device)
+    videos, texts = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_pairs):
+        v, t = model(*[batch[k].to(device) for k in model.INPUTS])
+        videos.append(v.float().cpu())
+        texts.append(t.float().cpu())
+    return torch.cat(videos), torch.cat(texts)

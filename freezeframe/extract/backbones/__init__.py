@@ -4,8 +4,9 @@ Importing this package registers every built-in backbone (see `registry`); each 
 """
 
 from freezeframe.extract.backbones.base import Backbone, BackboneConfig, FrozenBackbone, build_backbone
-from freezeframe.extract.backbones.registry import (REGISTRY, BackboneEntry, backbone_names, config_from_options,
-                                                    get_entry, register_backbone)
+from freezeframe.extract.backbones.registry import (REGISTRY, BackboneEntry, backbone_config, backbone_names,
+                                                    config_from_options, entry_for_config, get_entry,
+                                                    register_backbone)
 from freezeframe.extract.backbones.clip import CLIP_FEATURES, ClipBackbone, ClipConfig  # noqa: E402 - registers
 from freezeframe.extract.backbones.s3d import S3DG, S3DBackbone, S3DConfig  # noqa: E402
 from freezeframe.extract.backbones.timm_image import TimmBackbone, TimmConfig  # noqa: E402
@@ -14,5 +15,5 @@ from freezeframe.extract.backbones.i3d import I3DBackbone, I3DConfig, InceptionI
 
 __all__ = ["CLIP_FEATURES", "I3DBackbone", "I3DConfig", "InceptionI3d", "REGISTRY", "S3DG", "Backbone", "BackboneConfig", "BackboneEntry", "ClipBackbone",
            "ClipConfig", "FrozenBackbone", "S3DBackbone", "S3DConfig", "TimmBackbone", "TimmConfig", "TorchvisionVideoBackbone",
-           "TorchvisionVideoConfig", "backbone_names", "build_backbone",
+           "TorchvisionVideoConfig", "backbone_config", "backbone_names", "build_backbone", "entry_for_config",
            "config_from_options", "get_entry", "register_backbone"]

@@ -113,9 +113,25 @@ def backbone_options() -> list[OptionSpec]:
     return list(specs.values())
 
 
+def backbone_config(name: str, **fields: Any) -> Any:
+    """The config of backbone `name` from its field values (the rest keep their defaults). Unknown fields, fields
+    the entry fixes, and required fields left out (a weights file: nothing is downloaded, so random weights must be
+    asked for with "none") are refused with one sentence."""
+    entry = get_entry(name)
+    options = {o.field: o for o in options_of(entry.config, exclude=entry.preset)}
+    unknown = sorted(set(fields) - set(options))
+    if unknown:
+        raise InputError(f"backbone {name} has no option {unknown[0]!r}; its options are {', '.join(options)}.")
+    for field_name in entry.required:
+        if field_name not in fields:
+            o = options[field_name]
+            raise InputError(f"--backbone {name} needs {o.flag} ({field_name}=... in Python): {o.help}")
+    return entry.make_config(**fields)
+
+
 def config_from_options(name: str, given: Mapping[str, Any]) -> Any:
     """The config of backbone `name` from CLI values by flag (None: not given). Options of other backbones and
-    missing required ones are refused with one sentence."""
+    missing required ones are refused with one sentence that names the flag."""
     entry = get_entry(name)
     specs = {spec.flag: spec for spec in backbone_options()}
     values = {}
@@ -127,13 +143,10 @@ def config_from_options(name: str, given: Mapping[str, Any]) -> Any:
             raise InputError(f"{flag} is not an option of --backbone {name} (it is for "
                              f"{', '.join(spec.fields)}); see `freezeframe extract --help`.")
         values[spec.fields[name]] = spec.per_backbone[name].parse(text)
-    options = options_of(entry.config, exclude=entry.preset)
-    for o in options:
-        if o.field in entry.required and o.field not in values:
-            raise InputError(f"--backbone {name} needs {o.flag}: {o.help}")
     try:
-        return entry.make_config(**values)
+        return backbone_config(name, **values)
     except FieldError as exc:  # the config names its field; the command line names the flag
+        options = options_of(entry.config, exclude=entry.preset)
         flag = next((o.flag for o in options if o.field == exc.field), exc.field)
         raise InputError(f"{flag} {exc.problem}") from None
 

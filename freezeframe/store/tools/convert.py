@@ -76,7 +76,7 @@ def convert_store(
     missing = [name for name in chosen if name not in available]
     if missing:
         raise StoreError(f"store {src} has no feature set {missing[0]!r}; it has: {', '.join(available) or 'none'}.")
-    from freezeframe.store.verify import VerifyReport, verify_feature_set
+    from freezeframe.store.tools.verify import VerifyReport, verify_feature_set
 
     checked = VerifyReport()
     for name in chosen:

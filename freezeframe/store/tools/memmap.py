@@ -42,7 +42,7 @@ from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
 from freezeframe.store.location import is_remote, remove_tree, require_local
 from freezeframe.store.mapped import into, output
-from freezeframe.store.segment import DamagedIndexError, Segment
+from freezeframe.store.segment import DamagedIndexError, Segment, segment_difference
 from freezeframe.store.shard import _fsync_tree
 from freezeframe.store.store import check_writable
 
@@ -256,8 +256,6 @@ def open_video_table(index: dict, directory: Path) -> tuple[Segment, np.ndarray]
 def verify_memmap(fs_dir: Path, name: str, truth: Segment, report) -> None:
     """Add to `report` what is wrong with the memmap export of a feature set (if it has one); `truth` is the
     index built from the commit markers."""
-    from freezeframe.store.verify import segment_difference
-
     directory = fs_dir / MEMMAP_DIR
     if not directory.exists() and not directory.is_symlink():
         return

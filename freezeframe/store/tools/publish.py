@@ -51,7 +51,7 @@ def publish_store(src: str | Path, dest: str, names: list[str] | tuple[str, ...]
     `arrays`: share only these arrays of each shard (Zarr shards; their markers and the index say so)."""
     import fsspec
 
-    from freezeframe.store.verify import verify_store
+    from freezeframe.store.tools.verify import verify_store
 
     store = Store(src)
     if store.published is not None:

@@ -28,9 +28,10 @@ from freezeframe.store.files import MalformedFileError, read_json
 from freezeframe.store.index import load_index, open_segments, segment_from_markers
 from freezeframe.store.layout import (FROZEN_NAME, INDEX_DIR, LEGACY_INDEX_FILE, MARKER_SUFFIX, PROVENANCE_FILE,
                                       SHARDS_DIR, TEMP_PREFIX, ZARR_GROUP_FILE)
+from freezeframe.store.tools.memmap import verify_memmap
 from freezeframe.store.markers import committed_shard_ids, read_marker, replacements, served_shards, shard_file
 from freezeframe.store.provenance import provenance_sha256
-from freezeframe.store.segment import DamagedIndexError, Segment
+from freezeframe.store.segment import DamagedIndexError, Segment, segment_difference
 from freezeframe.store.shard import array_sha256
 from freezeframe.store.store import Store
 
@@ -170,8 +171,6 @@ def verify_feature_set(fs_dir: Path, name: str, report: VerifyReport, quick: boo
     _check_index(fs_dir, name, truth, report)
     if not quick:
         _check_frozen(fs_dir, name, markers, report)
-        from freezeframe.store.memmap import verify_memmap
-
         verify_memmap(fs_dir, name, truth, report)
     for temp in list(fs_dir.glob(f"{TEMP_PREFIX}*")) + list(shards_dir.glob(f"{TEMP_PREFIX}*")):
         report.warnings.append(f"{name}: uncommitted temporary {temp.name} (a writer is running or crashed)")
@@ -263,28 +262,3 @@ def _check_index(fs_dir: Path, name: str, truth: Segment, report: VerifyReport) 
                                    "readers ignore it")
     if difference:
         report.problems.append(f"{where} disagrees with the commit markers: {difference}")
-
-
-def segment_difference(got: Segment, want: Segment) -> str | None:
-    """How `got` differs from `want` (shards, their descriptions, then videos), or None when they are equal;
-    DamagedIndexError when `got` is not even well formed."""
-    got.check_entries()
-    if got.shard_ids != want.shard_ids:
-        return f"it serves shards {_diff(got.shard_ids, want.shard_ids)}"
-    for position, shard_id in enumerate(want.shard_ids):
-        if got.shard_info(position) != want.shard_info(position):
-            return f"it describes shard {shard_id} differently"
-    if got.n != want.n or not all(np.array_equal(got.columns[c], want.columns[c])
-                                  for c in ("id_offsets", "id_bytes", "shard", "row_start", "n_rows")):
-        got_ids, want_ids = got.ids(), want.ids()
-        if got_ids != want_ids:
-            return f"it lists videos {_diff(got_ids, want_ids)}"
-        for i, video_id in enumerate(want_ids):
-            if got.entry(i) != want.entry(i):
-                return f"video {video_id!r} at {tuple(got.entry(i))}, its marker says {tuple(want.entry(i))}"
-    return None
-
-
-def _diff(got: list[str], want: list[str]) -> str:
-    extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
-    return f"{len(extra)} not committed (e.g. {extra[:2]}) and misses {len(missing)} (e.g. {missing[:2]})"
