@@ -240,8 +240,7 @@ def fit(head: nn.Module, objective: Objective, config: TrainConfig, run_dir: str
         module.to(device)
     params = [p for m in (head, *objective.modules.values()) for p in m.parameters() if p.requires_grad]
     decay = {"weight_decay": config.weight_decay} if config.optimizer == "adamw" else {}
-    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, betas=tuple(config.betas), **decay,
-                                             **fused_update(params, device))
+    optimizer = OPTIMIZERS[config.optimizer](params, lr=config.lr, betas=tuple(config.betas), **decay, **fused_update(params, device))
     steps_per_pass = objective.steps_per_pass()
     epochs, passes = plan_length(config, steps_per_pass, objective.more_passes)
     steps_per_epoch = passes * steps_per_pass
