@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import h5py
@@ -143,3 +144,22 @@ def test_maps_are_bounded_and_only_of_regular_files(stores, tmp_path, monkeypatc
     short = tmp_path / "short"
     short.write_bytes(b"x" * 10)
     assert mapped.mapped_file(str(short), nbytes=11) is None
+    files = []
+    for i in range(6):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(bytes([i]) * 4096)
+    failures = []
+
+    def read_many(seed: int) -> None:  # threads (as verify's) share the table of maps
+        rng = np.random.default_rng(seed)
+        try:
+            for i in rng.integers(0, len(files), 2000):
+                assert mapped.mapped_file(str(files[i]), 4096)[0] == i
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+    threads = [threading.Thread(target=read_many, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures and len(mapped._maps) <= 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import threading
 from collections import OrderedDict
 from typing import Callable
 
@@ -25,6 +26,15 @@ from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError
 MAPS_KEPT = 4096  # memory maps one process keeps open (each costs a kernel map entry, no memory of its own)
 
 _maps: OrderedDict[str, np.ndarray] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _new_lock() -> None:
+    global _lock
+    _lock = threading.Lock()  # a forked child (a DataLoader worker) never inherits a lock held by another thread
+
+
+os.register_at_fork(after_in_child=_new_lock)
 
 
 def mapped_file(path: str, nbytes: int | None = None, dtype: np.dtype = np.dtype(np.uint8),
@@ -32,10 +42,11 @@ def mapped_file(path: str, nbytes: int | None = None, dtype: np.dtype = np.dtype
     """The bytes of regular file `path` as a read-only array of `dtype` and `shape` (one path is always asked for
     as the same), mapped once per process; None when the file does not hold exactly `nbytes` (any size with None).
     FileNotFoundError when it is absent; never through a symlink or a FIFO."""
-    data = _maps.get(path)
-    if data is not None:
-        _maps.move_to_end(path)
-        return data
+    with _lock:  # verify reads in threads
+        data = _maps.get(path)
+        if data is not None:
+            _maps.move_to_end(path)
+            return data
     fd = os.open(path, READ_FLAGS)
     try:
         info = os.fstat(fd)
@@ -47,9 +58,10 @@ def mapped_file(path: str, nbytes: int | None = None, dtype: np.dtype = np.dtype
         data = data.view(dtype).reshape(shape) if shape != (-1,) or dtype != np.uint8 else data
     finally:
         os.close(fd)
-    _maps[path] = data
-    if len(_maps) > MAPS_KEPT:
-        _maps.popitem(last=False)  # unmapped once no array still views it
+    with _lock:
+        _maps[path] = data
+        while len(_maps) > MAPS_KEPT:
+            _maps.popitem(last=False)  # unmapped once no array still views it
     return data
 
 
