@@ -1,4 +1,4 @@
-"""Fault injection at many more points than tests/test_faults.py, with the counts of what recovered.
+"""Fault injection at many more points than tests/e2e/test_faults.py, with the counts of what recovered.
 
 Faults, each on its own store, each followed by the checks of tests/faults.py (verify passes on what was committed
 and it equals a clean run; after a rerun every video is stored exactly once, arrays equal the clean run):

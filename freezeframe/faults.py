@@ -1,4 +1,4 @@
-"""Deterministic crash points for fault-injection tests (tests/test_faults.py, benchmarks/fault_injection.py).
+"""Deterministic crash points for fault-injection tests (tests/e2e/test_faults.py, benchmarks/fault_injection.py).
 
 `FREEZEFRAME_FAULT=<site>:<n>` makes the process SIGKILL itself the n-th time it reaches `fault_point(site)`
 (counted per process), e.g. `shard.rename:2` dies just before the second shard is renamed into place.

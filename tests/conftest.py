@@ -29,6 +29,8 @@ SLOW_TESTS = {
     "test_s3d_backbones.py::test_torchvision_s3d_weights_file_gives_torchvisions_outputs",
     "test_datasets.py::test_dataloader_workers_read_the_store",
     "test_library_api.py::test_training_through_the_cli_and_through_python_is_the_same",
+    "test_hostile_inputs.py::test_rm_while_another_process_extracts_into_the_same_set",
+    "test_extract_progress.py::test_the_bar_counts_committed_videos_and_shows_activity",
 }
 # test files that run `freezeframe` in subprocesses (tests taking the `run_cli` fixture are marked anyway)
 CLI_FILES = {"test_cli_startup.py", "test_faults.py", "test_resume.py", "test_many_writers.py", "test_extras.py"}

@@ -1,4 +1,4 @@
-"""Fault-injection harness for tests/test_faults.py, tests/test_many_writers.py and benchmarks/fault_injection.py.
+"""Fault-injection harness for tests/e2e/test_faults.py, tests/e2e/test_many_writers.py and benchmarks/fault_injection.py.
 
 Real `freezeframe extract` subprocesses are killed at named points (`FREEZEFRAME_FAULT=<site>:<n>`, see
 freezeframe/faults.py) or refused file space (`RLIMIT_FSIZE`, so a write fails with EFBIG); the checks then

@@ -18,7 +18,7 @@ from freezeframe.train.videoclip import CONTRASTIVE_TRAINING
 from freezeframe.train.videotext import VideoTextPairs, per_second
 from freezeframe.store import FeatureSetWriter
 from freezeframe.text.captions import read_captions
-from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
+from tests.e2e.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
 
 
 def test_four_rows_per_second_average_into_one(tmp_path):

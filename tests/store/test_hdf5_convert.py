@@ -27,7 +27,7 @@ from freezeframe.store.files import read_jsonl
 from freezeframe.store.layout import FAILURES_FILE, MARKER_SUFFIX, PROVENANCE_FILE, SHARDS_DIR, TEMP_PREFIX
 from freezeframe.heads.qk import stored_qk
 
-VIDEOS = Path(__file__).resolve().parent / "data" / "videos"
+VIDEOS = Path(__file__).resolve().parents[1] / "data" / "videos"
 NAME = "clip-ff-tiny-vit-random"
 CODECS = {"none": "uncompressed", "zstd": "zstd level 3", "blosc": "blosc zstd level 5, byte shuffle"}
 EXTRACT = ["--model", "ff-tiny-vit", "--pretrained", "none", "--features", "embed,tokens", "--num-frames", "4",

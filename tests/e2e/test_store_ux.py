@@ -20,7 +20,7 @@ from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR
 from freezeframe.store.writer import FeatureSetWriter
 from freezeframe.summary import format_summary, natural_key, store_summary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model", "ff-tiny-vit", "--pretrained", "none", "--num-frames", "2", "--batch-size", "4", "--workers", "0",
         "--no-progress"]
 FEATURE_SET = "clip-ff-tiny-vit-random"

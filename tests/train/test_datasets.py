@@ -24,7 +24,7 @@ from freezeframe.errors import InputError
 from freezeframe.store import open_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, block_source, collate
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FILES = {  # video id -> file; frame counts 32, 57, 164, 280
     "short": "short_32frames.mp4",
     "lowfps": "lowfps_6fps.mp4",

@@ -23,7 +23,7 @@ import pytest
 from freezeframe.store import open_store, verify_store
 from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VIDEOS = REPO / "tests" / "data" / "videos"
 SAMPLES = sorted(p for p in VIDEOS.iterdir() if p.suffix in (".mp4", ".avi"))
 EXTRACT_OPTIONS = ["--model", "ff-tiny-vit", "--pretrained", "none", "--features", "embed,tokens", "--layers", "-1",

@@ -19,7 +19,7 @@ from freezeframe.options import option
 from freezeframe.extract.preprocess import PreprocessConfig
 from freezeframe.store import open_store
 
-BACKBONES_PAGE = Path(__file__).parent.parent / "docs" / "backbones.md"
+BACKBONES_PAGE = Path(__file__).parents[2] / "docs" / "backbones.md"
 
 
 def test_readme_backbone_tables_are_the_registrys():

@@ -22,7 +22,7 @@ from freezeframe.store import FeatureSetWriter, ShardWriter, open_store, verify_
 from freezeframe.store import provenance as prov
 from freezeframe.store.layout import MARKER_SUFFIX, SHARDS_DIR, TEMP_PREFIX, temp_owner_tag
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VIDEOS = REPO / "tests" / "data" / "videos"
 FREEZEFRAME = [sys.executable, "-m", "freezeframe.cli"]
 NAME = "fs"

@@ -28,7 +28,7 @@ from freezeframe.store.confine import UnsafeStoreError
 from freezeframe.store.tools.convert import convert_store
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "mpeg4": "test_mpeg4.avi"}
 ARRAY = "tokens/3"
 ROWS = 16

@@ -44,8 +44,8 @@ from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 from freezeframe.userfiles import read_labels
 from freezeframe.synthetic import CLASSES, make_order_dataset, write_labels
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
-REPO = Path(__file__).resolve().parents[1]
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
+REPO = Path(__file__).resolve().parents[2]
 ORDER = "order"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

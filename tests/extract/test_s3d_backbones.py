@@ -19,7 +19,7 @@ from freezeframe.extract.backbones import build_backbone
 from freezeframe.extract.backbones.s3d import S3DG, S3DBackbone, S3DConfig, build_s3d_network
 from freezeframe.store.provenance import file_sha256
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 LAYOUT = json.loads((DATA / "s3dg_howto100m_layout.json").read_text())["state_dict"]
 REFERENCE = json.loads((DATA / "s3dg_reference_outputs.json").read_text())
 TEXT_KEYS = sorted(k for k in LAYOUT if k.startswith("text_module."))

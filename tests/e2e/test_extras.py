@@ -15,7 +15,7 @@ from freezeframe.extras import require
 from freezeframe.synthetic import make_order_dataset, write_labels
 
 EXTRAS = ("faiss", "transformers", "matplotlib", "scipy", "threadpoolctl", "sklearn")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_without(modules, code: str) -> subprocess.CompletedProcess:

@@ -29,7 +29,7 @@ from freezeframe.train.datasets import FeatureDataset, FrameSelection
 from freezeframe.train.jobs import train_run
 from freezeframe.train.loop import TrainConfig
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "archery": "archery_demo.mp4"}
 NAME, VIEWS = "aug", 2
 ARRAYS = ("embed", "tokens/3", "block_input/3")
@@ -108,14 +108,14 @@ def test_each_view_is_recomputed_from_its_seed(fs):
         assert draw_view(config, video, 1, 240, 320) != draw_view(config, video, 2, 240, 320)
 
 
-EVL = json.loads((Path(__file__).parent / "data" / "reference" / "evl_views.json").read_text())
+EVL = json.loads((Path(__file__).parents[1] / "data" / "reference" / "evl_views.json").read_text())
 
 
 @pytest.mark.parametrize("crop", EVL["crops"], ids=lambda c: f"seed{c['seed']}")
 def test_a_views_crop_is_resized_as_evls_own_random_resized_crop(crop):
     """EVL's own random_resized_crop (tests/data/reference/evl_views.json) on the same normalised frames and the box it
     drew: F.interpolate of the normalised floats, within 1e-5; PIL's resize of the uint8 crop is another picture."""
-    sys.path.insert(0, str(Path(__file__).parent / "data" / "reference"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data" / "reference"))
     from make_evl_views import frames
 
     preprocess = PreprocessConfig(size=(EVL["size"], EVL["size"]), mean=tuple(EVL["mean"]), std=tuple(EVL["std"]))

@@ -43,7 +43,7 @@ from freezeframe.extract.decode import DecodeOptions
 from freezeframe.extract.preprocess import FAST_RESIZE, resize_short_side, resized_shape
 from freezeframe.heads.qk import attention_qk, stored_qk
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 TINY = "ff-tiny-vit"
 TINY_DEPTH = 4
 # Two real videos, different containers/codecs and aspect ratios (center crop matters).

@@ -23,7 +23,7 @@ from freezeframe.store import open_store
 from freezeframe.train import read_label_csv
 from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate, collate_padded
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "mpeg4": "test_mpeg4.avi"}
 ALL = FrameSelection("all")
 

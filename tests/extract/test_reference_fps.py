@@ -16,7 +16,7 @@ from freezeframe.extract.decode import DecordReader, PyAVReader, TorchCodecReade
 from freezeframe.extract.sampling import ZERO_FRAME, SamplingConfig, sample_indices
 from stamped_clips import RATES, make_clip
 
-FIXTURE = json.loads((Path(__file__).parent / "data" / "reference" / "ffmpeg_fps30.json").read_text())
+FIXTURE = json.loads((Path(__file__).parents[1] / "data" / "reference" / "ffmpeg_fps30.json").read_text())
 MMPT_WINDOWS = SamplingConfig("windows", fps=30.0, window_frames=30, window_stride=30, last_window="zeros")
 
 

@@ -29,7 +29,7 @@ from freezeframe.store.layout import TEMP_PREFIX
 from freezeframe.store.tools.memmap import MEMMAP_DIR, MEMMAP_INDEX, export_memmap, open_memmap_export
 from freezeframe.store.segment import Segment
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "mpeg4": "test_mpeg4.avi",
          "archery": "archery_demo.mp4"}
 TINY = ["--model", "ff-tiny-vit", "--pretrained", "none", "--no-progress"]

@@ -22,7 +22,7 @@ from freezeframe.extract.backbones import (I3DBackbone, I3DConfig, InceptionI3d,
                                            TorchvisionVideoConfig, build_backbone)
 from freezeframe.store import open_store
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 FP16_EPS = 2.0**-11
 
 

@@ -25,7 +25,7 @@ from freezeframe.store.location import is_remote, store_path
 
 from pathlib import Path
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 
 FILES = ["short_32frames.mp4", "lowfps_6fps.mp4", "archery_demo.mp4"]
 EXTRACT = ["--model", "ff-tiny-vit", "--pretrained", "none", "--features", "embed,tokens", "--layers", "-1",

@@ -114,8 +114,9 @@ def test_last_partial_second_zero_padded_as_mmpt(s3dg_store, sample_videos, tmp_
     np.testing.assert_array_equal(indices[:9], fs.read("lowfps_6fps", "frame_indices"))
     np.testing.assert_array_equal(indices[9], [*np.repeat([54, 55, 56], 5), *[-1] * 15])
     np.testing.assert_allclose(padded.read("lowfps_6fps", "timestamps"), np.arange(10), atol=1e-6)
-    for array in ("video_embedding", "mixed_5c"):
-        np.testing.assert_array_equal(padded.read("lowfps_6fps", array)[:9], fs.read("lowfps_6fps", array))
+    for array in ("video_embedding", "mixed_5c"):  # (the last whole second shares its batch with the padded one
+        # here and sits alone there: a batch of another size may round one float16 value the other way)
+        np.testing.assert_array_max_ulp(padded.read("lowfps_6fps", array)[:9], fs.read("lowfps_6fps", array), 1)
     net = S3DG().eval()
     net.load_state_dict(torch.load(weights, weights_only=True))
     last = torch.cat([_pixels(video, indices[9:, :15], SIZE), torch.zeros(1, 15, 3, SIZE, SIZE)], dim=1)

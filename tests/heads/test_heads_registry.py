@@ -17,7 +17,7 @@ from freezeframe.heads.registry import markdown_tables
 from freezeframe.options import FieldError
 from freezeframe.train.loop import TrainConfig
 
-TRAINING_PAGE = Path(__file__).parent.parent / "docs" / "training.md"
+TRAINING_PAGE = Path(__file__).parents[2] / "docs" / "training.md"
 
 
 def readme_block(name: str) -> str:

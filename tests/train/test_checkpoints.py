@@ -23,7 +23,7 @@ from freezeframe.extract.backbones.clip import load_open_clip
 from freezeframe.limits import OversizeFileError
 from freezeframe.store import open_store, verify_store
 
-VIDEOS = Path(__file__).parent / "data" / "videos"
+VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FEATURE_SET = "fs"
 EXTRACT = ["--model", "ff-tiny-vit", "--features", "embed", "--num-frames", "4", "--batch-size", "4", "--workers", "0",
            "--no-progress", "--name", FEATURE_SET]
