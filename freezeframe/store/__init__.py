@@ -6,7 +6,7 @@ from freezeframe.store.shard import ShardWriter
 from freezeframe.store.store import Store, open_store
 from freezeframe.store.tools.verify import VerifyReport, verify_store
 from freezeframe.store.writer import FeatureSetWriter
-from freezeframe.store.xarray_view import to_xarray
+from freezeframe.store.tools.xarray_view import to_xarray
 
 __all__ = ["FeatureSet", "FeatureSetWriter", "ShardWriter", "Store", "VerifyReport", "open_store", "publish_store",
            "to_xarray", "verify_store"]

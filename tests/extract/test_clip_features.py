@@ -414,13 +414,18 @@ def test_checkpoint_path_matches_in_memory_model(tmp_path, exact_set):
     assert backbone["weights_sha256"] != exact_set.provenance["backbone"]["weights_sha256"]  # not seed 0
 
 
+def error_lines(output: str) -> list[str]:
+    """A failed run's output without its status line (`loading MODEL ...`, printed while a model loads)."""
+    return [line for line in output.strip().splitlines() if not (line.startswith("loading ") and line.endswith(" ..."))]
+
+
 def test_unloadable_checkpoint_is_one_clear_line(tmp_path):
     bad = tmp_path / "not-a-checkpoint.pt"
     bad.write_bytes(b"this is not a torch file")
     result = CliRunner().invoke(main, ["extract", str(VIDEOS / "short_32frames.mp4"), "--store",
                                        str(tmp_path / "s"), "--model", TINY, "--pretrained", str(bad)])
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
+    lines = error_lines(result.output)
     assert len(lines) == 1 and lines[0].startswith("error: cannot load weights"), result.output
     assert str(bad) in lines[0]
 
@@ -460,7 +465,7 @@ def test_unknown_pretrained_tag_is_one_clear_line(tmp_path, model, expect):
     assert time.perf_counter() - start < 5
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
+    lines = error_lines(result.output)
     assert len(lines) == 1, result.output
     assert lines[0].startswith("error: 'no-such-tag' is neither a checkpoint file nor a pretrained tag of")
     assert expect in lines[0]
@@ -505,7 +510,7 @@ def test_layers_out_of_range_is_a_clear_error(tmp_path, layers):
                                        str(tmp_path / "s"), "--model", TINY, "--pretrained", "none",
                                        "--features", "tokens", "--layers", layers])
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
+    lines = error_lines(result.output)
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     bad = [x for x in layers.split(",") if not -TINY_DEPTH <= int(x) < TINY_DEPTH][0]
     assert lines[0] == f"error: --layers {bad} is out of range for a {TINY_DEPTH}-block image tower."

@@ -108,12 +108,12 @@ def test_rerun_on_ray_skips_committed_videos(ray_run, tmp_path, run_cli):
     store = tmp_path / "store"
     shutil.copytree(source, store)
     before = markers(store)
-    # only the corrupt file is left to do: it goes to an actor, fails again, and is recorded once more
+    # only the corrupt file is left to do: it goes to an actor and fails again, the same failure (not a new line)
     result = run_cli("extract", *extract_args([*ALL, corrupt], store, 2, *RAY))
     assert result.exit_code == 1, result.output
     assert "stored 0 videos (0 frames)" in result.output and "8 already committed" in result.output
     assert markers(store) == before
-    assert [r["video_id"] for r in failure_records(store)] == ["corrupt", "corrupt"]
+    assert [r["video_id"] for r in failure_records(store)] == ["corrupt"]
     # with only the good videos, nothing is left: nothing runs
     result = run_cli("extract", *extract_args(ALL, store, 2, *RAY))
     assert result.exit_code == 0, result.output
