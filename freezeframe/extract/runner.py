@@ -305,11 +305,7 @@ def check_store(store: str, name: str | None = None, config: ExtractConfig | Non
             "augment": augment_provenance(config)}
     theirs = {"sampling": stored.get("sampling"), "preprocess": {"mode": (stored.get("preprocess") or {}).get("mode")},
               "augment": stored.get("augment")}
-    diffs = prov.differences(theirs, ours)
-    if diffs:
-        raise StoreError(
-            f"feature set {name!r} in {store} was made differently, so this run cannot append to it "
-            f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --name to start a new feature set.")
+    prov.refuse_append(name, store, prov.differences(theirs, ours))
 
 
 @dataclass

@@ -9,6 +9,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from freezeframe.errors import StoreError
+
 # Keys that describe the run rather than the numbers: they may differ between appends.
 VOLATILE_KEYS = ("created", "software")
 
@@ -65,3 +67,11 @@ def differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: store has {a!r}, this run has {b!r}")
     return out
+
+
+def refuse_append(name: str, store: object, diffs: list[str]) -> None:
+    """The one-line refusal to append to feature set `name` of `store` when its recipe differs (`diffs`)."""
+    if diffs:
+        raise StoreError(f"feature set {name!r} in {store} was made differently, so this run cannot append to it "
+                         f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --name to start a new "
+                         "feature set.")

@@ -73,12 +73,7 @@ class FeatureSetWriter:
         if create_json_once(path, provenance):
             return provenance
         stored = read_json(path)
-        diffs = prov.differences(prov.identity(stored), prov.identity(provenance))
-        if diffs:
-            raise StoreError(
-                f"feature set {self.name!r} in {self.store_path} was made differently, so this run cannot append "
-                f"to it ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --name to start a new feature set."
-            )
+        prov.refuse_append(self.name, self.store_path, prov.differences(prov.identity(stored), prov.identity(provenance)))
         return stored
 
     def _write_frozen_once(self, frozen: dict[str, np.ndarray]) -> None:

@@ -17,6 +17,7 @@ maps instead of the shards; otherwise it reads the shards. Both give identical i
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from freezeframe.errors import InputError, StoreError
 from freezeframe.frames import segment_middles
-from freezeframe.store.feature_set import block_source
+from freezeframe.store.feature_set import FeatureSet, block_source
 from freezeframe.store.mapped import into
 from freezeframe.store.store import Store
 from freezeframe.train.labels import resolve_labels
@@ -153,6 +154,9 @@ class FeatureDataset(Dataset):
     `labels` are class indices in `video_ids`' order, a mapping video_id -> label, or label strings with
     `classes` (the list they index into); see `train.labels.read_label_csv` for a label CSV.
 
+    `feature_set` is a name in the store at `store_path`, or a FeatureSet the caller has open: this process then
+    reads through it (a training run's train and validation sets share one), and worker processes open their own.
+
     With `stored-clips`, each input has shape (clips, frames_per_clip, ...). `preload=True` reads every
     requested array into memory once (worth it for small arrays such as `embed`). `augmented=True`
     (training) reads, on a set extracted with `--views V`, augmented view 1 + (o + epoch) % V of each video,
@@ -162,7 +166,7 @@ class FeatureDataset(Dataset):
     def __init__(
         self,
         store_path: str | Path,
-        feature_set: str,
+        feature_set: str | FeatureSet,
         video_ids: Sequence[str],
         arrays: Sequence[str],
         selection: FrameSelection = FrameSelection(),
@@ -175,6 +179,9 @@ class FeatureDataset(Dataset):
         if isinstance(video_ids, str):
             raise InputError("video_ids must be a list of ids, not one string.")
         self.store_path = str(store_path)
+        self._given = None  # (the caller's open FeatureSet, the process it belongs to)
+        if isinstance(feature_set, FeatureSet):
+            self._given, feature_set = (feature_set, os.getpid()), feature_set.name
         self.feature_set = feature_set
         self.video_ids = list(video_ids)
         self.classes = list(classes) if classes is not None else None
@@ -222,6 +229,8 @@ class FeatureDataset(Dataset):
         self._memmap = None
 
     def _open(self):
+        if self._fs is None and self._given is not None and self._given[1] == os.getpid():
+            self._fs = self._given[0]
         if self._fs is None:
             store = Store(self.store_path)
             if self.feature_set not in store:
@@ -258,7 +267,7 @@ class FeatureDataset(Dataset):
         return self._cache is None and self._open_memmap() is not None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fs": None, "_memmap": None}
+        return {**self.__dict__, "_fs": None, "_memmap": None, "_given": None}
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draws random frames and turns augmented views: items depend only on (seed, epoch, index), also after

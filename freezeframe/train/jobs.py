@@ -132,11 +132,11 @@ def train_run(
     augmented = entry.solve is None  # heads trained by steps read an augmented view per epoch where the set has them
     if preload is None:
         preload = preload_bytes(fs, ids, arrays, augmented) <= PRELOAD_LIMIT
-    train_set = FeatureDataset(store, feature_set, ids, arrays, train_sel, labels, preload, config.seed, augmented,
+    train_set = FeatureDataset(store, fs, ids, arrays, train_sel, labels, preload, config.seed, augmented,
                                classes=classes)
     val_set = None
     if val_labels is not None:
-        val_set = FeatureDataset(store, feature_set, val_ids, arrays, eval_sel, val_y, preload, config.seed)
+        val_set = FeatureDataset(store, fs, val_ids, arrays, eval_sel, val_y, preload, config.seed)
     if entry.prepare is not None:
         entry.prepare(head, fs, train_set)
     run = RunInfo(kind, asdict(head_cfg), str(store), feature_set, classes, str(train_sel), str(eval_sel),
@@ -174,7 +174,7 @@ def eval_run(run_dir: str | Path, labels: str | Path, store: str | Path | None =
     ids, y, _ = labelled_ids(labels, info.classes)
     selection = FrameSelection.parse(frames or info.eval_frames)
     head = attach_consensus(head, selection)
-    dataset = FeatureDataset(store, info.feature_set, ids, head.required_arrays, selection, y)
+    dataset = FeatureDataset(store, fs, ids, head.required_arrays, selection, y)
     probs, _ = predict(head, dataset, batch_size, resolve_device(device), workers)
     result = scores(probs, torch.as_tensor(y))
     if predictions is not None:

@@ -91,7 +91,9 @@ def test_a_sampling_mismatch_is_refused_before_the_model_loads(tmp_path, run_cli
 
 
 def _commands(group: click.Group, prefix=()):
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # (commands load lazily: `group.commands` holds only those loaded)
+        command = group.get_command(ctx, name)
         yield (*prefix, name)
         if isinstance(command, click.Group):
             yield from _commands(command, (*prefix, name))

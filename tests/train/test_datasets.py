@@ -107,6 +107,21 @@ def test_items_carry_the_requested_arrays_at_the_selected_rows(store, fs, length
         assert item["inputs"]["tokens/3"].shape == (8, 17, 64)
 
 
+def test_datasets_share_the_callers_open_feature_set_and_workers_open_their_own(store):
+    """A training run's train and validation datasets read through the feature set the run has open (no store
+    opened again); a copy sent to a worker process (pickled) opens its own."""
+    opened = open_store(store)["fps"]
+    train = FeatureDataset(store, opened, ["short", "lowfps"], ["embed"], FrameSelection.parse("uniform:4"), [0, 1])
+    val = FeatureDataset(store, opened, ["archery"], ["embed"], FrameSelection.parse("uniform:4"), [1])
+    assert train.feature_set == val.feature_set == "fps"
+    assert train._open() is opened and val._open() is opened
+    np.testing.assert_array_equal(val[0]["inputs"]["embed"].numpy(),
+                                  opened.read("archery", "embed")[val._plan(0)[1]])
+    copy = pickle.loads(pickle.dumps(train))
+    assert copy._open() is not opened and copy._open().name == "fps"
+    np.testing.assert_array_equal(copy[1]["inputs"]["embed"].numpy(), train[1]["inputs"]["embed"].numpy())
+
+
 @pytest.mark.parametrize("preload", [False, True])
 def test_arrays_not_requested_are_never_read(store, tmp_path, preload):
     """Delete every array but `embed` from a copy of the store: an embed-only dataset still works."""
