@@ -162,8 +162,9 @@ class PublishedStore:
                 if isinstance(data, BaseException):
                     raise self._missing(relative, data)
                 self._store(relative, iter([data]))
+        batched = set(small)  # (opening a large store fetches thousands of markers: no list lookups)
         for relative in relatives:
-            if relative not in small:
+            if relative not in batched:
                 self._store(relative, self._remote_blocks(relative))
 
     def _local_blocks(self, relative: str) -> Iterator[bytes]:
@@ -177,8 +178,7 @@ class PublishedStore:
         except FileNotFoundError as exc:
             raise self._missing(relative, exc) from None
         with os.fdopen(fd, "rb") as handle:
-            while block := handle.read(COPY_BLOCK):
-                yield block
+            yield from _blocks(handle)
 
     def _remote_blocks(self, relative: str) -> Iterator[bytes]:
         try:
@@ -186,8 +186,7 @@ class PublishedStore:
         except FileNotFoundError as exc:
             raise self._missing(relative, exc) from None
         with handle:
-            while block := handle.read(COPY_BLOCK):
-                yield block
+            yield from _blocks(handle)
 
     def _missing(self, relative: str, exc: BaseException) -> StoreError:
         detail = "missing" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
@@ -297,10 +296,16 @@ def _checked_files(manifest: object, where: str) -> dict[str, tuple[int, str]]:
 def _size_and_sha256(path: Path) -> tuple[int, str]:
     hasher, size = hashlib.sha256(), 0
     with os.fdopen(open_regular(path), "rb") as handle:
-        while block := handle.read(COPY_BLOCK):
+        for block in _blocks(handle):
             hasher.update(block)
             size += len(block)
     return size, hasher.hexdigest()
+
+
+def _blocks(handle) -> Iterator[bytes]:
+    """The bytes of an open file, COPY_BLOCK at a time (a fetched file never sits whole in memory)."""
+    while block := handle.read(COPY_BLOCK):
+        yield block
 
 
 def _batches(relatives: list[str], files: dict[str, tuple[int, str]]) -> Iterator[list[str]]:
