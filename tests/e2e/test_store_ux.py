@@ -295,6 +295,13 @@ def test_a_shard_slightly_over_one_chunk_is_not_padded_to_two(tmp_path, store_fo
 ODD_IDS = ["v0", "dir/v1", "..", "v3 ✓"]
 
 
+def _video_rows(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+    """One video's arrays: `embed` (4), `tokens/10` (3, 4) and a timestamp every half second."""
+    return {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
+            "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
+            "timestamps": np.arange(rows) / 2.0}
+
+
 def _two_shards(store: Path, store_format: str = "zarr") -> dict[str, dict[str, np.ndarray]]:
     """Shard one holds v0, dir/v1 and '..'; shard two holds 'v3 ✓'. Returns id -> array -> rows."""
     writer = FeatureSetWriter(store, "s", {"kind": "test"}, format=store_format)
@@ -304,9 +311,7 @@ def _two_shards(store: Path, store_format: str = "zarr") -> dict[str, dict[str, 
         shard = writer.new_shard()
         for number, video_id in enumerate(ids):
             rows = 3 + number
-            data[video_id] = {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
-                              "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
-                              "timestamps": np.arange(rows) / 2.0}
+            data[video_id] = _video_rows(rng, rows)
             shard.append(video_id, data[video_id])
             shard.end_video(video_id, {"source": f"{video_id}.mp4"})
         shard.commit()
@@ -411,9 +416,7 @@ def _fps_set(store: Path, ids: list[str], provenance: dict | None = None) -> dic
     shard, data = writer.new_shard(), {}
     for number, video_id in enumerate(ids):
         rows = 3 + number
-        data[video_id] = {"embed": rng.standard_normal((rows, 4)).astype(np.float16),
-                          "tokens/10": rng.standard_normal((rows, 3, 4)).astype(np.float16),
-                          "timestamps": np.arange(rows) / 2.0}
+        data[video_id] = _video_rows(rng, rows)
         shard.append(video_id, data[video_id])
         shard.end_video(video_id)
     shard.commit()
