@@ -124,11 +124,16 @@ class ChunkedRows:
             return out
         size = self.chunk_rows
         numbers = [row // size for row in rows.tolist()]  # chunk of each row (few rows: Python beats numpy calls)
-        edges = [0, *(i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1]), len(numbers)]
-        for lo, hi in zip(edges, edges[1:]):  # runs of rows in one chunk
+        within = rows % size  # each row's place in its chunk
+        numbers.append(-1)  # (ends the last run)
+        lo = 0
+        for hi in range(1, len(numbers)):  # runs of rows in one chunk
+            if numbers[hi] == numbers[lo]:
+                continue
             source = self.chunk(numbers[lo])
             if isinstance(source, np.ndarray):  # 'clip' (rows are in range) avoids numpy's buffered copy
-                np.take(source, rows[lo:hi] - numbers[lo] * size, axis=0, out=out[lo:hi], mode="clip")
+                source.take(within[lo:hi], axis=0, out=out[lo:hi], mode="clip")
             else:
                 out[lo:hi] = source
+            lo = hi
         return out

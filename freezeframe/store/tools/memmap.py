@@ -190,7 +190,7 @@ class MemmapExport:
         def read_rows(lo: int, hi: int, target: np.ndarray | None) -> np.ndarray:
             return np.array(data[lo:hi]) if target is None else into(target, data[lo:hi])
 
-        def take_rows(rows: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+        def take_rows(rows: np.ndarray, lo: int, hi: int, target: np.ndarray | None) -> np.ndarray:
             target = output(len(rows), data.shape[1:], data.dtype, target)
             return np.take(data, rows, axis=0, out=target, mode="clip")  # rows are checked in range
         return read_frames(read_rows, start, n, frames, video_id, take_rows, out)
