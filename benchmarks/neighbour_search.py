@@ -36,7 +36,8 @@ def main(sizes: list[int], dim: int, batch: int = 32, k: int = 64) -> None:
         exact = exact_neighbours(points, queries, k)
         exact_s = time.perf_counter() - started
         started = time.perf_counter()
-        approx = ivf_neighbours(points, queries, k, search, torch.Generator().manual_seed(0))
+        train = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:search.lists(n) * search.points_per_list]
+        approx = ivf_neighbours(points, queries, k, search, train)
         ivf_s = time.perf_counter() - started
         sample = slice(0, 500)
         recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact[sample], approx[sample]))

@@ -5,10 +5,13 @@
 #
 # The published recipe (`--towers bert`): S3D-G (HowTo100M MIL-NCE weights) one feature per second,
 # L2-normalised; BERT-initialised towers fine-tuned on token ids; captions merged to 8-64 tokens; 32 videos x
-# 16 clips per batch, each batch 32 of the 64 nearest neighbours of a random seed video under the current model
-# (exact up to 50,000 videos, a FAISS IVF index beyond, as MMPT's); the last partial second of every video kept,
-# zero-padded (--last-window zeros); Adam 5e-5, betas (0.9, 0.98), 1,000 warm-up steps, gradient clipping 2.
-# Differences: the IVF index has at most sqrt(n) lists (MMPT: 4,096) trained with 10 k-means iterations.
+# 16 clips per batch, each batch 32 of the 64 nearest videos (the seed among them) of one of floor(videos / 32)
+# random seed videos under the current model, a video's point the un-normalised mean of (video + text) / 2 over 16
+# of its captions drawn with replacement (exact search up to 50,000 videos, beyond MMPT's FAISS IVF index of 512
+# lists, one probed); the last partial second of every video kept, zero-padded (--last-window zeros); Adam 5e-5,
+# betas (0.9, 0.98), 1,000 warm-up steps, gradient clipping 2.
+# Differences: exact search below 50,000 videos; the IVF index trains on a random sample of 512 x 48 videos each
+# pass (MMPT: the first its loader gives).
 set -euo pipefail
 HT100M=${HT100M:-/data/howto100m}         # videos/ and captions.jsonl (video_id, caption_id, start, end, text)
 YC2=${YC2:-/data/youcook2}                # val videos/ and val_clips.jsonl (one caption per clip video)

@@ -5,8 +5,9 @@ L2-normalised pooled input features, O(n*k*d) per iteration, FAISS at scale) and
 one cluster, so its negatives are similar videos, i.e. hard ones.
 Clusters are visited in a nearest-centroid chain, so a batch that runs past the end of a cluster continues
 in the closest one. Videos x clips (`VideoClipBatches`) and their model-based neighbourhoods
-(`ModelNeighbourBatches`, re-embedded with the model being trained before every pass; MMPT's 64 nearest
-neighbours of random seed videos, through a FAISS IVF index on large sets) are the published recipe's.
+(`ModelNeighbourBatches`, 16 clips per video re-embedded with the model being trained before every pass; MMPT's
+64 nearest videos, seed included, of floor(videos / 32) random seed videos, through a FAISS IVF index of 512 lists
+on large sets) are the published recipe's.
 All samplers depend only on (seed, epoch) and the model: a resumed run draws the same batches.
 """
 
@@ -113,8 +114,9 @@ class RandomBatches(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """The epoch's random numbers (stream 0: the batches; another stream for other draws of the same epoch)."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + stream * 2**40)
 
     def __len__(self) -> int:
         return math.ceil(self.num_items / self.batch_size)
@@ -186,15 +188,32 @@ class VideoClipBatches(RandomBatches):
             yield batch
 
 
+def candidates(seed: int, found: torch.Tensor) -> list[int]:
+    """A seed's candidates as MMPT lists them (retri.py `search_by_video_ids`): the seed, then every video found but
+    itself, without the -1s of a short IVF list. The seed is among the k found, so k candidates in all."""
+    return [seed] + [i for i in found.tolist() if i >= 0 and i != seed]
+
+
+def mean_points(video: torch.Tensor, text: torch.Tensor, owners: torch.Tensor, count: int,
+                normalize: bool = False) -> torch.Tensor:
+    """(count, width) points: row j the mean of (video + text) / 2 over the rows owned by j (MMPT's VideoVectorPool);
+    L2-normalised with `normalize`."""
+    joint = (video.float() + text.float()) / 2
+    sums = torch.zeros(count, joint.shape[1]).index_add_(0, owners, joint)
+    means = sums / torch.bincount(owners, minlength=count).clamp_min(1)[:, None]
+    return F.normalize(means, dim=-1) if normalize else means
+
+
 class ModelNeighbourBatches(VideoClipBatches):
     """VideoCLIP's retrieval augmentation: batches of videos that are near neighbours under the current model.
 
-    `refresh` (called by the training loop before each pass) re-embeds every item with the model being
-    trained; a video's point is the mean over its items of (video embedding + text embedding) / 2,
-    L2-normalised. Groups, as MMPT draws them: one per `videos_per_batch` videos, each from a random seed video
-    (distinct seeds), its `search.k` nearest neighbours (exact, or FAISS IVF on large sets: train.nearest) and
-    itself, of which `videos_per_batch` are drawn at random. A pass may repeat a video in two groups and miss
-    another, as MMPT's does.
+    `refresh` (called by the training loop before each pass) re-embeds, with the model being trained, `search.clips`
+    captions of every video drawn with replacement (MMPT: 16 `clip_per_video`), and a video's point is the mean
+    of (video embedding + text embedding) / 2 over them, un-normalised (`NeighbourSearch` keeps the earlier
+    every-caption, normalised points as an option). Groups, as MMPT draws them (tasks/retritask.py
+    `VideoRetriPredictor`): floor(videos / `videos_per_batch`) distinct random seed videos (at least one), each
+    searched for its `search.k` nearest (exact, or FAISS IVF on large sets: train.nearest), which include itself;
+    of those candidates `videos_per_batch` are drawn at random. A pass may repeat a video and miss another.
     """
 
     def __init__(self, item_videos: Sequence[int], videos_per_batch: int, clips_per_video: int,
@@ -204,22 +223,42 @@ class ModelNeighbourBatches(VideoClipBatches):
         self.search = search
         self.points: torch.Tensor | None = None  # (videos, width), rows in `self.videos` order
 
+    def __len__(self) -> int:
+        return max(1, len(self.videos) // self.videos_per_batch)
+
+    def point_items(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(items, owners): the items embedded for the points and the row of `self.videos` each belongs to."""
+        if self.search.clips is None:
+            row_of = {video: row for row, video in enumerate(self.videos)}
+            return torch.arange(len(self.item_videos)), torch.tensor([row_of[int(v)] for v in self.item_videos])
+        flat = torch.tensor([item for video in self.videos for item in self.items_of[video]])
+        counts = torch.tensor([len(self.items_of[video]) for video in self.videos])
+        starts = counts.cumsum(0) - counts
+        draws = (torch.rand(len(counts), self.search.clips, generator=generator) * counts[:, None]).long()
+        picked = flat[starts[:, None] + torch.minimum(draws, counts[:, None] - 1)]
+        return picked.flatten(), torch.arange(len(counts)).repeat_interleave(self.search.clips)
+
     def refresh(self, model, dataset, device) -> None:
+        from torch.utils.data import Subset
+
         from freezeframe.train.videotext import embed_pairs
 
-        video, text = embed_pairs(model, dataset, device=device)
-        joint = (video + text) / 2  # (items, width)
-        sums = torch.zeros(int(self.item_videos.max()) + 1, joint.shape[1]).index_add_(0, self.item_videos, joint)
-        self.points = F.normalize(sums[self.videos], dim=-1)
+        items, owners = self.point_items(self.generator(stream=1))
+        unique, inverse = items.unique(return_inverse=True)  # a caption drawn twice is embedded once
+        video, text = embed_pairs(model, Subset(dataset, unique.tolist()), device=device)
+        self.points = mean_points(video[inverse], text[inverse], owners, len(self.videos), self.search.normalize)
+
+    def seed_candidates(self, seeds: torch.Tensor, generator: torch.Generator) -> list[list[int]]:
+        """Each seed's candidates (rows of `self.points`): its `search.k` nearest, itself included."""
+        found = nearest_neighbours(self.points, seeds, self.search.k, self.search, generator)
+        return [candidates(seed, row) for seed, row in zip(seeds.tolist(), found)]
 
     def groups(self, generator: torch.Generator) -> list[list[int]]:
         if self.points is None:
-            return super().groups(generator)
+            return super().groups(generator)[:len(self)]
         seeds = torch.randperm(len(self.videos), generator=generator)[:len(self)]
-        k = max(self.search.k, self.videos_per_batch - 1) + 1  # the seed comes back first
         groups = []
-        for seed, found in zip(seeds.tolist(), nearest_neighbours(self.points, seeds, k, self.search, generator)):
-            candidates = [seed] + [i for i in found.tolist() if i >= 0 and i != seed][:k - 1]
-            picked = torch.randperm(len(candidates), generator=generator)[:self.videos_per_batch].sort().values
-            groups.append([self.videos[candidates[i]] for i in picked.tolist()])
+        for near in self.seed_candidates(seeds, generator):
+            picked = torch.randperm(len(near), generator=generator)[:self.videos_per_batch].sort().values
+            groups.append([self.videos[near[i]] for i in picked.tolist()])
         return groups
