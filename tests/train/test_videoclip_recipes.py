@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from freezeframe.train.neighbourhoods import kmeans, kmeans_plus_plus
@@ -17,7 +16,6 @@ from freezeframe.train.loop import WARMUP_CAP, plan_length
 from freezeframe.train.videoclip import CONTRASTIVE_TRAINING
 from freezeframe.train.videotext import VideoTextPairs, per_second
 from freezeframe.store import FeatureSetWriter
-from freezeframe.text.captions import read_captions
 from tests.e2e.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
 
 
