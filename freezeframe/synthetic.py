@@ -3,7 +3,8 @@
 A square of random colour crosses a noisy background left-to-right or right-to-left. Both
 classes show the same kind of frames; only their order differs, so a mean-pooled probe is at
 chance while heads that see time can tell them apart. Used by `freezeframe demo`, tests and
-benchmarks.
+benchmarks. A second task (`appearing_square`) shows a still square that appears or disappears: only when it
+is shown tells the classes apart (EVL's regression test).
 """
 
 from __future__ import annotations
@@ -57,18 +58,40 @@ def crossing_square(label: int, rng: np.random.Generator, size: int = 64, num_fr
     return frames
 
 
+APPEAR_CLASSES = ("appears", "disappears")
+
+
+def appearing_square(label: int, rng: np.random.Generator, size: int = 64, num_frames: int = 8) -> np.ndarray:
+    """Frames of a still square that appears (label 0: shown from frame 3, 4 or 5 on) or disappears (label 1: shown
+    until then); every frame of one class has a twin in the other, so only when it is shown tells them apart."""
+    side = size // 4
+    background = rng.integers(0, 60, 3)
+    colour = rng.integers(180, 256, 3)
+    top, left = (int(v) for v in rng.integers(0, size - side, 2))
+    cut = int(rng.integers(3, 6))
+    frames = np.empty((num_frames, size, size, 3), np.uint8)
+    for t in range(num_frames):
+        frame = np.clip(background + rng.integers(-20, 21, (size, size, 3)), 0, 255)
+        if (t >= cut) == (label == 0):
+            frame[top:top + side, left:left + side] = colour
+        frames[t] = frame
+    return frames
+
+
 def make_order_dataset(out_dir: str | Path, num_videos: int, seed: int = 0, size: int = 64,
-                       num_frames: int = 8, lossless: bool = False) -> list[tuple[str, str]]:
-    """Write `num_videos` videos (balanced classes) into `out_dir/videos`; returns (video_id, label) rows."""
+                       num_frames: int = 8, lossless: bool = False, task: str = "order") -> list[tuple[str, str]]:
+    """Write `num_videos` videos (balanced classes) into `out_dir/videos`; returns (video_id, label) rows.
+    `task`: order (`crossing_square`, CLASSES) or appear (`appearing_square`, APPEAR_CLASSES)."""
+    frames_of, classes = {"order": (crossing_square, CLASSES), "appear": (appearing_square, APPEAR_CLASSES)}[task]
     rng = np.random.default_rng(seed)
     videos = Path(out_dir) / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(num_videos):
-        label = i % len(CLASSES)
-        video_id = f"order-{seed}-{i:04d}"
-        write_video(videos / f"{video_id}.mp4", crossing_square(label, rng, size, num_frames), lossless=lossless)
-        rows.append((video_id, CLASSES[label]))
+        label = i % len(classes)
+        video_id = f"{task}-{seed}-{i:04d}"
+        write_video(videos / f"{video_id}.mp4", frames_of(label, rng, size, num_frames), lossless=lossless)
+        rows.append((video_id, classes[label]))
     return rows
 
 

@@ -24,5 +24,6 @@ freezeframe extract "$K400/train" --store "$STORE" --name b16 --model ViT-B-16 -
 freezeframe extract "$K400/val" --store "$STORE-val" --name b16 --model ViT-B-16 --pretrained "$CKPT" \
     --features tokens --layers -4,-3,-2,-1 --fps 1.875                  # the plain view only: what eval reads
 freezeframe train evl --store "$STORE" --set b16 --labels "$K400/train.csv" --out runs/evl-b16-8f \
-    --frames dense-random:8:1 --eval-frames dense:8:1 --epochs 50 --batch-size 256 --lr 4e-4 --warmup-epochs 2
+    --frames dense-random:8:1 --eval-frames dense:8:1 --epochs 50 --batch-size 256 --lr 4e-4 --warmup-epochs 2 \
+    --mlp-dropout 0.5 --cls-dropout 0.5                                   # the paper's (the defaults are 0)
 freezeframe eval runs/evl-b16-8f --store "$STORE-val" --labels "$K400/val.csv" --frames clips:3:8:mean --json

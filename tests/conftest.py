@@ -16,8 +16,8 @@ VIDEOS = Path(__file__).parent / "data" / "videos"
 # test files that are slow as a whole (end-to-end extraction or training, subprocesses, servers, full-size models)
 SLOW_FILES = {
     "test_augmented_views.py", "test_backbones_timm.py", "test_backbones_video.py", "test_clip_features.py",
-    "test_decode_workers.py", "test_extras.py", "test_faults.py", "test_hdf5_convert.py", "test_heads.py",
-    "test_hostile_stores.py", "test_many_writers.py", "test_memmap_readers.py", "test_publish.py",
+    "test_decode_workers.py", "test_evl_motion.py", "test_extras.py", "test_faults.py", "test_hdf5_convert.py",
+    "test_heads.py", "test_hostile_stores.py", "test_many_writers.py", "test_memmap_readers.py", "test_publish.py",
     "test_ray_engine.py", "test_remote_store.py", "test_resume.py", "test_s3d_extraction.py", "test_seek.py",
     "test_store_ux.py", "test_videoclip_bert.py", "test_videoclip_recipes.py", "test_videoclip_training.py",
     "test_zeroshot.py",
