@@ -19,7 +19,8 @@ SLOW_FILES = {
     "test_decode_workers.py", "test_evl_motion.py", "test_extras.py", "test_faults.py", "test_hdf5_convert.py",
     "test_heads.py", "test_hostile_stores.py", "test_many_writers.py", "test_memmap_readers.py", "test_publish.py",
     "test_ray_engine.py", "test_remote_store.py", "test_resume.py", "test_s3d_extraction.py", "test_seek.py",
-    "test_store_ux.py", "test_videoclip_bert.py", "test_videoclip_recipes.py", "test_videoclip_training.py",
+    "test_store_ux.py", "test_videoclip_bert.py", "test_videoclip_frame_order.py", "test_videoclip_recipes.py",
+    "test_videoclip_training.py",
     "test_zeroshot.py",
 }
 # single slow tests of otherwise fast files (measured: each takes 10 s or more on two busy cores)

@@ -11,9 +11,10 @@ from freezeframe.heads.videoclip_bert import BertVideoCLIP
 
 
 @register_head("videoclip", config=VideoClipConfig, size=size_videoclip, task="contrastive",
-               summary="VideoCLIP-style video and text towers over per-second video vectors and cached BERT token "
+               summary="VideoCLIP-style video and text towers over video vectors in time order and cached BERT token "
                        "states, masked-mean pooled into one space; or, with `--towers bert`, VideoCLIP as published",
-               reads="one vector per second (`video_embedding` or `embed`), `tokens/<L>` or `token_ids` of a text set")
+               reads="one vector per row, in time order (`video_embedding` or `embed`), `tokens/<L>` or `token_ids` "
+                     "of a text set")
 def build_videoclip(config: VideoClipConfig) -> nn.Module:
     """The towers `config.towers` names."""
     return BertVideoCLIP(config) if config.towers == "bert" else VideoCLIP(config)

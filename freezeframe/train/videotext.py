@@ -1,7 +1,9 @@
 """(video span, caption) pairs read from a video feature set and a text feature set, for VideoCLIP heads.
 
-Video rows are placed in time by their stored `timestamps` (seconds) and averaged into one row per second
-(`per_second`), so a set extracted at any `--fps` reads as the per-second features VideoCLIP takes. A caption
+Video rows are placed in time by their stored `timestamps` (seconds), and each stored row is one position of the
+video tower, in time order: a CLIP set of 8 frames of a one-second clip reads as 8 rows, so the tower sees the
+motion. `pool_seconds=S` averages the rows into bins of S seconds first (`pooled_rows`; 1 = the one feature per
+second VideoCLIP's S3D-G gives, which a set of one row per second already is). A caption
 with start/end is paired with the video span VideoCLIP trains on: a random second of the caption is the centre,
 a span length is drawn from `SpanSeconds` and the span grows from the centre to either side at random, so video
 and text overlap without sharing start and end. A caption without start/end, and every evaluation item, uses the
@@ -41,20 +43,26 @@ class SpanSeconds:
                              f"must satisfy 1 <= MIN <= MAX, got {self.min_seconds},{self.max_seconds}.")
 
 
-def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows averaged into whole seconds by their stored timestamps: (seconds, dim) features and their seconds.
+def pooled_rows(features: np.ndarray, timestamps: np.ndarray, seconds: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows averaged into bins of `seconds` by their stored timestamps: (bins, dim) features and each bin's start.
 
-    VideoCLIP's towers take one feature per second; a CLIP set extracted at `--fps 4` has four rows per
-    second, averaged here into one. Rows already one per second or sparser come back unchanged.
+    With `seconds=1`, a CLIP set extracted at `--fps 4` has its four rows of each second averaged into one (the
+    one feature per second VideoCLIP's S3D-G gives). Rows already one per bin or sparser come back unchanged.
+    Averaging removes the order of the rows inside a bin: a one-second clip of 8 frames becomes one row.
     """
-    seconds = np.floor(timestamps + 1e-6).astype(np.int64)
-    if len(seconds) < 2 or np.all(np.diff(seconds) > 0):
+    bins = np.floor(timestamps / seconds + 1e-6).astype(np.int64)
+    if len(bins) < 2 or np.all(np.diff(bins) > 0):
         return features, timestamps
-    kept, inverse = np.unique(seconds, return_inverse=True)
+    kept, inverse = np.unique(bins, return_inverse=True)
     sums = np.zeros((len(kept), *features.shape[1:]), np.float64)
     np.add.at(sums, inverse, features.astype(np.float64))
     counts = np.bincount(inverse, minlength=len(kept)).reshape(-1, *([1] * (features.ndim - 1)))
-    return (sums / counts).astype(np.float32), kept.astype(np.float64)
+    return (sums / counts).astype(np.float32), kept.astype(np.float64) * seconds
+
+
+def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows averaged into whole seconds (`pooled_rows` with 1-second bins)."""
+    return pooled_rows(features, timestamps, 1.0)
 
 
 def row_step(timestamps: np.ndarray) -> float:
@@ -81,12 +89,13 @@ def overlapping_span(timestamps: np.ndarray, start: float | None, end: float | N
     n = len(timestamps)
     center = int(rng.choice(caption_rows(timestamps, start, end)))
     seconds = int(rng.integers(spans.min_seconds, spans.max_seconds + 1))
-    length = max(1, min(n, max_rows, round(seconds / row_step(timestamps))))
+    length = max(1, min(n, round(seconds / row_step(timestamps))))
     # growing one row at a time to a random side is a binomial split of the extra rows, clipped at the video's ends
     left = min(int(rng.binomial(length - 1, 0.5)), center)
     right = min(length - 1 - left, n - 1 - center)
     left = length - 1 - right
-    return np.arange(center - left, center + right + 1)
+    span = np.arange(center - left, center + right + 1)
+    return span[whole_video_rows(len(span), max_rows)]  # rows denser than the head's positions: evenly thinned
 
 
 def whole_video_rows(n: int, max_rows: int) -> np.ndarray:
@@ -105,14 +114,15 @@ class VideoTextPairs(Dataset):
     `token_ids`: "tokens" holds the stored token ids (BERT towers) instead of token states. `merge_tokens`
     (MIN, MAX; training with token ids): a timed caption is joined with the video's next captions until a
     budget drawn from MIN..MAX tokens is reached, and its span is placed on the merged captions' time (VideoCLIP).
-    `normalize_video`: each second's feature L2-normalised (VideoCLIP's S3D-G input).
+    `normalize_video`: each row's feature L2-normalised (VideoCLIP's S3D-G input). `pool_seconds`: the stored rows
+    averaged into bins of that many seconds first (0: every stored row kept, in time order).
     """
 
     def __init__(self, store: str | Path, video_set: str, text_set: str, captions: Sequence[Caption], *,
                  array: str | None = None, text_layer: int | None = None, max_seconds: int = 64,
                  max_tokens: int = 64, spans: SpanSeconds | None = None, seed: int = 0,
                  token_ids: bool = False, merge_tokens: tuple[int, int] | None = None,
-                 normalize_video: bool = False) -> None:
+                 normalize_video: bool = False, pool_seconds: float = 0.0) -> None:
         videos, texts = open_feature_set(store, video_set), open_feature_set(store, text_set)
         check_pair_of_sets(videos, texts)
         self.array = array or default_video_array(videos)
@@ -141,11 +151,12 @@ class VideoTextPairs(Dataset):
         self.video_ids = sorted({c.video_id for c in self.captions})
         self.video_index = {v: i for i, v in enumerate(self.video_ids)}
         self.features, self.timestamps = {}, {}
-        for v in self.video_ids:  # one row per second from here on, whatever --fps the set was extracted at
+        for v in self.video_ids:  # the stored rows in time order, or their means over pool_seconds bins
             rows = videos.read(v, self.array)
             times = (videos.read(v, "timestamps").astype(np.float64) if "timestamps" in stored
                      else np.arange(len(rows), dtype=np.float64))
-            self.features[v], self.timestamps[v] = per_second(rows, times)
+            self.features[v], self.timestamps[v] = (pooled_rows(rows, times, pool_seconds) if pool_seconds > 0
+                                                    else (rows, times))
             if normalize_video:
                 norms = np.linalg.norm(self.features[v].astype(np.float32), axis=1, keepdims=True)
                 self.features[v] = self.features[v].astype(np.float32) / np.maximum(norms, 1e-12)

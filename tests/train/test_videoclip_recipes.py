@@ -1,4 +1,4 @@
-"""VideoCLIP recipes: defaults that learn on a 64-caption pilot, rows mapped to seconds for any --fps, k-means.
+"""VideoCLIP recipes: defaults that learn on a 64-caption pilot, rows kept (or averaged into seconds), k-means.
 
 Reuses the synthetic corpus of test_videoclip_training (per-second features built from colour/shape/motion
 codes, real MiniLM text states through extract-text).
@@ -44,7 +44,10 @@ def test_four_rows_per_second_average_into_one(tmp_path):
     text.write_index()
     from freezeframe.text.captions import Caption
 
-    pairs = VideoTextPairs(tmp_path / "store", "clip4", "text", [Caption("v", "c", "x", 2.0, 4.0)])
+    kept = VideoTextPairs(tmp_path / "store", "clip4", "text", [Caption("v", "c", "x", 2.0, 4.0)])
+    assert kept.features["v"].shape == (24, 8)  # by default every stored row, in time order
+    assert kept.rows(0).tolist() == list(range(24))
+    pairs = VideoTextPairs(tmp_path / "store", "clip4", "text", [Caption("v", "c", "x", 2.0, 4.0)], pool_seconds=1)
     assert pairs.features["v"].shape == (6, 8) and pairs.timestamps["v"].tolist() == [0, 1, 2, 3, 4, 5]
     np.testing.assert_allclose(pairs.features["v"], np.eye(6, 8))  # second k is the k-th one-hot, not row k
     assert pairs.rows(0).tolist() == [0, 1, 2, 3, 4, 5]  # evaluation: the whole video, 6 seconds
@@ -52,9 +55,9 @@ def test_four_rows_per_second_average_into_one(tmp_path):
 
 def test_step_floor_gives_a_small_pilot_several_passes():
     config = CONTRASTIVE_TRAINING
-    assert plan_length(config, 2, more_passes=True) == (10, 25)  # 64 captions in batches of 32, 10 epochs: 500 steps
+    assert plan_length(config, 2, more_passes=True) == (10, 100)  # 64 captions in batches of 32, 10 epochs: 2,000
     assert plan_length(config, 1000, more_passes=True) == (10, 1)
-    assert config.warmup_steps == 1000 and int(WARMUP_CAP * 500) == 50  # a 500-step run warms up for 50
+    assert config.warmup_steps == 1000 and int(WARMUP_CAP * 2000) == 200  # a 2,000-step run warms up for 200
 
 
 def test_defaults_learn_on_a_64_caption_pilot(corpus, run_cli, tmp_path):  # noqa: F811
