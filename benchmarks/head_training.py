@@ -31,6 +31,27 @@ from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
 VIDEOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "videos"
 
 
+SHAPES = {"ViT-B-32": (7, 768, 12), "ViT-B-16": (14, 768, 12), "ViT-L-14": (16, 1024, 24)}  # grid, width, depth
+
+
+def evl_flop_bound(model: str, layers: int = 4) -> dict[str, float]:
+    """FLOPs per frame of the backbone's forward and of a cached EVL step (forward and backward), and the bound they
+    put on cached / backbone-in-the-loop: (backbone + head) / head. Counted: matrix products only (2 FLOPs a
+    multiply-add); per decoder layer, the frozen q/k recomputation (forward), cross-frame attention maps (forward),
+    the relative-offset table product (forward and weight gradient) and the folded one-query attention (forward
+    and backward; before the fold: the memory's key and value projections, forward and both gradients)."""
+    grid, c, depth = SHAPES[model]
+    patches = grid * grid
+    n, offsets, heads = patches + 1, (2 * grid - 1) ** 2, c // 64
+    backbone = depth * (24 * n * c * c + 4 * n * n * c)
+    qk, maps, table = 4 * n * c * c, 4 * patches * patches * c, 8 * patches * offsets * c
+    folded, projected = 12 * heads * n * c, 12 * n * c * c
+    head = layers * (qk + maps + table + folded)
+    before = layers * (qk + maps + 8 * patches * patches * c + projected)  # the per-pair gather, unfolded
+    return {"backbone_gflop": backbone / 1e9, "head_gflop": head / 1e9, "bound": (backbone + head) / head,
+            "bound_before": (backbone + before) / before}
+
+
 def train_steps(head: torch.nn.Module, batches, steps: int, features=None, fused: bool = True) -> float:
     """Seconds for `steps` AdamW steps (fused as `freezeframe train` does, or torch's default unfused update);
     `features` turns a batch into head inputs (the backbone, if any)."""
@@ -105,6 +126,7 @@ def main() -> None:
                     "cached_steps_per_s": cached_rate, "backbone_in_loop_steps_per_s": live_rate,
                     "ratio": cached_rate / live_rate}
 
+    figures["flop_bounds"] = {model: evl_flop_bound(model) for model in SHAPES}
     if args.json:
         print(json.dumps(figures))
         return
@@ -112,6 +134,11 @@ def main() -> None:
           f"{figures['torch_threads']} CPU threads (steps/s: cached features | backbone in the loop | ratio)")
     for kind, f in figures["heads"].items():
         print(f"  {kind:<26} {f['cached_steps_per_s']:9.2f} | {f['backbone_in_loop_steps_per_s']:6.2f} | {f['ratio']:6.1f}x")
+    print("EVL FLOP bound on cached / in the loop, 4 decoder layers (GFLOP per frame: backbone | head step | "
+          "bound | bound before the fold)")
+    for model, b in figures["flop_bounds"].items():
+        print(f"  {model:<9} {b['backbone_gflop']:7.2f} | {b['head_gflop']:6.2f} | {b['bound']:5.1f}x | "
+              f"{b['bound_before']:5.1f}x")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 A committed shard never changes, so a process maps each chunk (a Zarr chunk file, or an HDF5 chunk's bytes inside
 its file) once and copies rows from the page cache: no open/fstat/pread per read, and a sparse selection copies
-only the rows it wants, directly into the caller's buffer (a batch tensor). Maps are kept in a bounded
-least-recently-used table, far below the kernel's limit on maps per process (vm.max_map_count, 65530 by default).
+only the rows it wants, directly into the caller's buffer (a batch tensor). Maps are kept in a bounded table that drops the oldest first
+(a hit is one dict lookup, no lock), far below the kernel's limit on maps per process (vm.max_map_count, 65530 by
+default).
 A file is mapped only when it is a regular file of exactly the expected size; anything else is read the slow way,
 which says what is wrong.
 """
@@ -26,7 +27,7 @@ from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError
 MAPS_KEPT = 4096  # memory maps one process keeps open (each costs a kernel map entry, no memory of its own)
 
 _maps: OrderedDict[str, np.ndarray] = OrderedDict()
-_lock = threading.Lock()
+_lock = threading.Lock()  # held while the table changes: verify reads in threads
 
 
 def _new_lock() -> None:
@@ -42,11 +43,9 @@ def mapped_file(path: str, nbytes: int | None = None, dtype: np.dtype = np.dtype
     """The bytes of regular file `path` as a read-only array of `dtype` and `shape` (one path is always asked for
     as the same), mapped once per process; None when the file does not hold exactly `nbytes` (any size with None).
     FileNotFoundError when it is absent; never through a symlink or a FIFO."""
-    with _lock:  # verify reads in threads
-        data = _maps.get(path)
-        if data is not None:
-            _maps.move_to_end(path)
-            return data
+    data = _maps.get(path)  # (atomic under the GIL)
+    if data is not None:
+        return data
     fd = os.open(path, READ_FLAGS)
     try:
         info = os.fstat(fd)
