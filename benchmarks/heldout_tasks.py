@@ -45,10 +45,11 @@ def _square(frames: np.ndarray, t: int, cy: float, cx: float, side: int, colour:
     frames[t, max(0, top):max(0, top + side), max(0, left):max(0, left + side)] = colour
 
 
-def direction(label: int, rng: np.random.Generator) -> np.ndarray:
-    """A square moving right, left, down or up (label 0-3) by 5 px a frame from a random place."""
-    frames, colour, side, step = _background(rng), rng.integers(170, 256, 3), 14, 5
-    dy, dx = ((0, 1), (0, -1), (1, 0), (-1, 0))[label]
+def _moving_square(rng: np.random.Generator, heading: int | None, step: int, side: int) -> np.ndarray:
+    """A square moving by `step` px a frame towards DIRECTIONS[heading] (a random one for None) from a random place
+    that keeps it inside the frame."""
+    frames, colour = _background(rng), rng.integers(170, 256, 3)
+    dy, dx = DIRECTIONS[int(rng.integers(4)) if heading is None else heading]
     span = step * (FRAMES - 1)
     lo, hi = side // 2, SIZE - side // 2
     cy0 = rng.uniform(lo + (span if dy < 0 else 0), hi - (span if dy > 0 else 0))
@@ -56,6 +57,14 @@ def direction(label: int, rng: np.random.Generator) -> np.ndarray:
     for t in range(FRAMES):
         _square(frames, t, cy0 + dy * step * t, cx0 + dx * step * t, side, colour)
     return frames
+
+
+DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # right, left, down, up
+
+
+def direction(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A square moving right, left, down or up (label 0-3) by 5 px a frame from a random place."""
+    return _moving_square(rng, label, step=5, side=14)
 
 
 def rotation(label: int, rng: np.random.Generator) -> np.ndarray:
@@ -73,16 +82,7 @@ def rotation(label: int, rng: np.random.Generator) -> np.ndarray:
 
 def speed(label: int, rng: np.random.Generator) -> np.ndarray:
     """A square moving slowly (0: 2 px a frame) or fast (1: 6 px a frame) in a random one of 4 directions."""
-    frames, colour, side = _background(rng), rng.integers(170, 256, 3), 12
-    step = (2, 6)[label]
-    dy, dx = ((0, 1), (0, -1), (1, 0), (-1, 0))[int(rng.integers(4))]
-    span = step * (FRAMES - 1)
-    lo, hi = side // 2, SIZE - side // 2
-    cy0 = rng.uniform(lo + (span if dy < 0 else 0), hi - (span if dy > 0 else 0))
-    cx0 = rng.uniform(lo + (span if dx < 0 else 0), hi - (span if dx > 0 else 0))
-    for t in range(FRAMES):
-        _square(frames, t, cy0 + dy * step * t, cx0 + dx * step * t, side, colour)
-    return frames
+    return _moving_square(rng, None, step=(2, 6)[label], side=12)
 
 
 def grow_shrink(label: int, rng: np.random.Generator) -> np.ndarray:
