@@ -130,17 +130,28 @@ class RawBatches(torch.utils.data.Dataset):
     def __init__(self, work: str, arrays: list[str], ids: list[str], selection: FrameSelection) -> None:
         self.work, self.arrays, self.ids, self.selection, self.maps, self.epoch = work, arrays, ids, selection, None, 0
         self.index = json.loads((Path(work) / "ceiling" / "index.json").read_text())
+        self.fixed: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _rows(self, index: int, n: int) -> np.ndarray:
+        """The rows `FeatureDataset` reads: drawn per (seed, epoch, item) when random, else the same for every
+        video of n rows (computed once, as `FeatureDataset` keeps them)."""
+        if self.selection.mode == "all":
+            return np.arange(n)
+        if self.selection.random:
+            return self.selection.rows(n, np.random.default_rng((0, self.epoch, index)))
+        if n not in self.fixed:
+            self.fixed[n] = self.selection.rows(n)
+        return self.fixed[n]
 
     def __getitems__(self, indices):
         if self.maps is None:
             self.maps = [np.load(Path(self.work) / "ceiling" / f"{i}.npy", mmap_mode="r")
                          for i in range(len(self.arrays))]
         spans = [self.index[self.ids[i]] for i in indices]
-        rows = [np.arange(n) if self.selection.mode == "all" else
-                self.selection.rows(n, np.random.default_rng((0, self.epoch, i))) for i, (_, n) in zip(indices, spans)]
+        rows = [self._rows(i, n) for i, (_, n) in zip(indices, spans)]
         out = {}
         for array, data in zip(self.arrays, self.maps):
             batch = _batch_tensor((len(indices), len(rows[0]), *data.shape[1:]), data.dtype)

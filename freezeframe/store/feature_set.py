@@ -17,7 +17,6 @@ from freezeframe.store.confine import UnsafeStoreError
 from freezeframe.store.index import index_from_markers, load_index
 from freezeframe.store.location import is_remote
 from freezeframe.store.layout import FAILURES_FILE, FROZEN_NAME, INDEX_DIR, PROVENANCE_FILE, SHARDS_DIR
-from freezeframe.store.mapped import into, span_take
 from freezeframe.store.markers import read_marker, read_markers, shard_file
 from freezeframe.store.segment import DamagedIndexError, Entry, Segment, ShardInfo
 from freezeframe.store.location import store_path as store_path_of
@@ -37,32 +36,28 @@ def block_source(array: str, stored: dict) -> str:
     return previous if previous in stored else array
 
 
-def read_frames(read_rows, start: int, n: int, frames: np.ndarray | slice | None, video_id: str,
-                take_rows=None, out: np.ndarray | None = None) -> np.ndarray:
-    """Frames of one video stored at rows [start, start + n): all, a slice, or chosen indices (into `out` if given).
-
-    `read_rows(lo, hi, out)` returns rows lo..hi-1 of the flat array (in `out` where it is not None);
-    `take_rows(rows, lo, hi, out)` returns the chosen flat rows, which lie in [lo, hi), reading only those; without
-    it, the one span from the first to the last chosen row is read and indexed.
-    """
+def frame_rows(start: int, n: int, frames: np.ndarray | slice | None,
+               video_id: str) -> tuple[np.ndarray | None, int, int]:
+    """The flat rows to read of one video stored at rows [start, start + n): (None, lo, hi) for the span lo..hi-1
+    (all frames, or a slice with step 1), else (rows, lo, hi) for chosen rows, all in [lo, hi)."""
     if frames is None:
-        return read_rows(start, start + n, out)
+        return None, start, start + n
     if isinstance(frames, slice):
         lo, hi, step = frames.indices(n)
-        return into(out, read_rows(start + lo, start + hi, None)[::step])
+        if step == 1:
+            return None, start + lo, start + max(lo, hi)
+        frames = np.arange(lo, hi, step)
     frames = np.asarray(frames, dtype=np.int64)
     if not frames.size:
-        first, last = 0, -1
-    elif frames.size <= 64:  # a training selection: Python's min/max of a short list beat two numpy reductions
+        return frames, start, start
+    if frames.size <= 64:  # a training selection: Python's min/max of a short list beat two numpy reductions
         listed = frames.tolist()
         first, last = min(listed), max(listed)
     else:
         first, last = int(frames.min()), int(frames.max())
     if first < 0 or last >= n:
         raise IndexError(f"frame index out of range for {video_id!r} with {n} frames")
-    if take_rows is not None:
-        return take_rows(start + frames, start + first, start + last + 1, out)
-    return into(out, span_take(lambda lo, hi: read_rows(start + lo, start + hi, None), frames))
+    return start + frames, start + first, start + last + 1
 
 
 class FeatureSet:
@@ -217,26 +212,16 @@ class FeatureSet:
         if entry.shard not in self._vouched:
             entry = self._vouch(video_id, entry)
         reader, row_bytes, where = self._arrays_read.get((entry.shard, array)) or self._open_array(entry.shard, array)
-
-        def guarded(lo: int, hi: int, count: int, read):
-            """`read()` of `count` rows lying in [lo, hi): within the read cap, their chunks fetched first from a
-            published store, and anything a damaged file makes a library raise as one line."""
-            check_read(count * row_bytes, where)
-            if self.published is not None:  # only the chunks these rows lie in are fetched
-                self._fetch_rows(entry.shard, array, lo, hi)
-            try:  # (inline, not a context manager: free when nothing is raised)
-                return read()
-            except (FreezeframeError, *API_ERRORS):
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
-                raise library_error(f"{self.path / SHARDS_DIR / entry.shard} array {array!r}", exc) from None
-
-        def read_rows(lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
-            return guarded(lo, hi, hi - lo, lambda: reader.read(array, lo, hi, into_))
-
-        def take_rows(rows: np.ndarray, lo: int, hi: int, into_: np.ndarray | None) -> np.ndarray:
-            return guarded(lo, hi, len(rows), lambda: reader.take(array, rows, into_))
-        return read_frames(read_rows, entry.row_start, entry.n_rows, frames, video_id, take_rows, out)
+        rows, lo, hi = frame_rows(entry.row_start, entry.n_rows, frames, video_id)
+        check_read((hi - lo if rows is None else len(rows)) * row_bytes, where)
+        if self.published is not None:  # only the chunks these rows lie in are fetched
+            self._fetch_rows(entry.shard, array, lo, hi)
+        try:  # (inline, not a context manager: free when nothing is raised)
+            return reader.read(array, lo, hi, out) if rows is None else reader.take(array, rows, out)
+        except (FreezeframeError, *API_ERRORS):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
+            raise library_error(f"{self.path / SHARDS_DIR / entry.shard} array {array!r}", exc) from None
 
     def _open_array(self, shard_id: str, array: str) -> tuple:
         """(reader, bytes per row, name for messages) of an array of a served shard, checked against its commit

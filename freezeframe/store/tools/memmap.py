@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from freezeframe.errors import StoreError
-from freezeframe.store.feature_set import FeatureSet, block_source, read_frames
+from freezeframe.store.feature_set import FeatureSet, block_source, frame_rows
 from freezeframe.store.confine import UnsafeStoreError, check_regular, plain_name
 from freezeframe.store.files import dumps, fsync_dir, read_json
 from freezeframe.store.layout import TEMP_PREFIX, temp_owner_tag
@@ -186,14 +186,11 @@ class MemmapExport:
         """Private, writable copies (never views of the map), into `out` where given; chosen frames copy only those."""
         start, n = self.rows(video_id)
         data = self.maps[array]
-
-        def read_rows(lo: int, hi: int, target: np.ndarray | None) -> np.ndarray:
-            return np.array(data[lo:hi]) if target is None else into(target, data[lo:hi])
-
-        def take_rows(rows: np.ndarray, lo: int, hi: int, target: np.ndarray | None) -> np.ndarray:
-            target = output(len(rows), data.shape[1:], data.dtype, target)
-            return np.take(data, rows, axis=0, out=target, mode="clip")  # rows are checked in range
-        return read_frames(read_rows, start, n, frames, video_id, take_rows, out)
+        rows, lo, hi = frame_rows(start, n, frames, video_id)
+        if rows is None:
+            return np.array(data[lo:hi]) if out is None else into(out, data[lo:hi])
+        target = output(len(rows), data.shape[1:], data.dtype, out)
+        return np.take(data, rows, axis=0, out=target, mode="clip")  # rows are checked in range
 
 
 def read_memmap_index(fs_path: Path) -> dict | None:
