@@ -2,9 +2,9 @@
 
 A committed shard never changes, so a process maps each chunk (a Zarr chunk file, or an HDF5 chunk's bytes inside
 its file) once and copies rows from the page cache: no open/fstat/pread per read, and a sparse selection copies
-only the rows it wants, directly into the caller's buffer (a batch tensor). Maps are kept in a bounded table that drops the oldest first
-(a hit is one dict lookup, no lock), far below the kernel's limit on maps per process (vm.max_map_count, 65530 by
-default).
+only the rows it wants, directly into the caller's buffer (a batch tensor). Maps are kept in a bounded table that
+drops the oldest first (a hit is one dict lookup, no lock), far below the kernel's limit on maps per process
+(vm.max_map_count, 65530 by default).
 A file is mapped only when it is a regular file of exactly the expected size; anything else is read the slow way,
 which says what is wrong.
 """
