@@ -82,9 +82,9 @@ def epoch_seconds(loader: DataLoader, head: torch.nn.Module | None, loss_fn=None
     return time.perf_counter() - start, rows
 
 
-def loader_for(kind: str, store: Path, ids: list[str], labels: list[int], args) -> tuple[DataLoader, torch.nn.Module]:
-    """The shuffled batches of one epoch and a freshly built head of `kind`."""
-    fs = open_store(store)[NAME]
+def loader_for(kind: str, store: Path, fs, labels: list[int], args) -> tuple[DataLoader, torch.nn.Module]:
+    """The shuffled batches of one epoch over feature set `fs` of `store` and a freshly built head of `kind`."""
+    ids = fs.video_ids()
     workers = dict(num_workers=args.workers, persistent_workers=args.workers > 0)
     if kind == "videoclip":
         build_text(store, ids)
@@ -115,7 +115,7 @@ def main() -> None:
     labels = [i % 10 for i in range(len(ids))]
     result = {"videos": len(ids), "rows_per_video": ROWS, "batch": args.batch, "workers": args.workers, "heads": {}}
     for kind in args.heads.split(","):
-        loader, head = loader_for(kind, store, ids, labels, args)
+        loader, head = loader_for(kind, store, fs, labels, args)
         loss_fn = LOSSES["videoclip"]() if kind == "videoclip" else None
         epoch_seconds(loader, None)  # warm: every shard's reader opened, pages cached
         limit = None if kind == "probe" else args.batches

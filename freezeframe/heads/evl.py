@@ -92,8 +92,8 @@ class CrossFrameAttention(nn.Module):
         self.next_weight = nn.Parameter(torch.zeros((2 * rows - 1) * (2 * cols - 1), width))
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
         r, c = r.flatten(), c.flatten()
+        # (L, L): the offset of key patch from query patch, row-major in a (2 rows - 1, 2 cols - 1) grid
         relative = (r[:, None] - r[None, :] + rows - 1) * (2 * cols - 1) + (c[:, None] - c[None, :] + cols - 1)
-        self.register_buffer("relative_index", relative, persistent=False)  # (L, L): query x key -> offset
         offsets = self.prev_weight.shape[0]
         self.register_buffer("table_index", (torch.arange(len(r))[:, None] * offsets + relative).flatten(),
                              persistent=False)  # (L * L,): (query, key) -> place in a (L, offsets) table
@@ -105,9 +105,9 @@ class CrossFrameAttention(nn.Module):
         of the same query), then one matrix product with the weights: a product's backward, not the scatter-add
         that a gather of weights per (query, key) needs (2x faster forward and backward on a CPU)."""
         attn = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1).mean(dim=2)  # (B, T', L, L)
-        table = attn.new_zeros(*attn.shape[:2], len(self.relative_index) * weight.shape[0])
-        table.index_copy_(2, self.table_index, attn.flatten(2))
-        return table.view(*attn.shape[:3], weight.shape[0]) @ weight  # (B, T', L, offsets) @ (offsets, width)
+        table = attn.new_zeros(*attn.shape[:3], weight.shape[0])  # (B, T', L, offsets)
+        table.view(*attn.shape[:2], -1).index_copy_(2, self.table_index, attn.flatten(2))
+        return table @ weight  # (B, T', L, offsets) @ (offsets, width)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q, k: (B, T, heads, 1 + L, head_dim) -> features (B, T, 1 + L, width); the CLS row stays zero."""

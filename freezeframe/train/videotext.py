@@ -60,11 +60,6 @@ def pooled_rows(features: np.ndarray, timestamps: np.ndarray, seconds: float = 1
     return (sums / counts).astype(np.float32), kept.astype(np.float64) * seconds
 
 
-def per_second(features: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows averaged into whole seconds (`pooled_rows` with 1-second bins)."""
-    return pooled_rows(features, timestamps, 1.0)
-
-
 def row_step(timestamps: np.ndarray) -> float:
     """Seconds between consecutive rows (the median spacing; 1 s for a single row)."""
     return float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 1.0

@@ -14,7 +14,7 @@ import torch
 from freezeframe.train.neighbourhoods import kmeans, kmeans_plus_plus
 from freezeframe.train.loop import WARMUP_CAP, plan_length
 from freezeframe.train.videoclip import CONTRASTIVE_TRAINING
-from freezeframe.train.videotext import VideoTextPairs, per_second
+from freezeframe.train.videotext import VideoTextPairs, pooled_rows
 from freezeframe.store import FeatureSetWriter
 from tests.e2e.test_videoclip_training import corpus  # noqa: F401  (the shared module fixture)
 
@@ -22,12 +22,12 @@ from tests.e2e.test_videoclip_training import corpus  # noqa: F401  (the shared 
 def test_four_rows_per_second_average_into_one(tmp_path):
     rows = np.arange(40, dtype=np.float32).reshape(10, 4)  # 10 rows at --fps 4: seconds 0, 0, 0, 0, 1, ..., 2, 2
     times = np.arange(10) / 4.0
-    features, seconds = per_second(rows, times)
+    features, seconds = pooled_rows(rows, times, 1.0)
     assert seconds.tolist() == [0.0, 1.0, 2.0]
     np.testing.assert_allclose(features[0], rows[:4].mean(0))
     np.testing.assert_allclose(features[1], rows[4:8].mean(0))
     np.testing.assert_allclose(features[2], rows[8:].mean(0))  # the last partial second: its rows only
-    same, same_times = per_second(rows, np.arange(10.0))  # already one row per second: unchanged
+    same, same_times = pooled_rows(rows, np.arange(10.0), 1.0)  # already one row per second: unchanged
     assert same is rows and same_times.tolist() == list(range(10))
     writer = FeatureSetWriter(tmp_path / "store", "clip4", {"kind": "video", "backbone": {"name": "synthetic"}})
     shard = writer.new_shard()
