@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_hostile_stores import SECRET, _run_limited, deadline
+from test_hostile_stores import SECRET, _run_limited, deadline, refused_within
 
 from freezeframe.errors import StoreError
 from freezeframe.store import FeatureSetWriter, open_store, verify_store
@@ -240,16 +240,10 @@ def test_a_zstd_chunk_inflating_past_its_chunk_is_refused_before_decompressing(t
     else:  # (HDF5's filter allocates what the header says)
         with h5py.File(next(store.glob(f"{NAME}/shards/*.h5")), "a") as f:
             f["embed"].id.write_direct_chunk((0, 0), bomb, filter_mask=0)
-    result = _run_limited(f"""
-        from freezeframe.errors import StoreError
-        from freezeframe.store import open_store
-        try:
-            open_store({str(store)!r})[{NAME!r}].read("v0", "embed")
-        except StoreError as exc:
-            print("refused:", exc)
-    """, address_space_mb=1024)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "refused:" in result.stdout and "1610612736 bytes decompressed" in result.stdout, result.stdout
+    out = refused_within("from freezeframe.store import open_store",
+                         f"open_store({str(store)!r})[{NAME!r}].read('v0', 'embed')", "StoreError",
+                         address_space_mb=1024)
+    assert "1610612736 bytes decompressed" in out, out
 
 
 def test_a_label_file_of_one_huge_field_stops_at_the_line_limit(tmp_path):
@@ -257,16 +251,9 @@ def test_a_label_file_of_one_huge_field_stops_at_the_line_limit(tmp_path):
     with open(labels, "wb") as handle:
         handle.write(b"video_id,label\nv0,")
         handle.truncate(1 << 30)  # one 1 GiB field (sparse on disk)
-    result = _run_limited(f"""
-        from freezeframe.errors import FreezeframeError
-        from freezeframe.userfiles import read_labels
-        try:
-            read_labels({str(labels)!r})
-        except FreezeframeError as exc:
-            print("refused:", exc)
-    """, address_space_mb=1024)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "refused:" in result.stdout and "labels.csv:2: a line longer than" in result.stdout, result.stdout
+    out = refused_within("from freezeframe.userfiles import read_labels", f"read_labels({str(labels)!r})",
+                         "FreezeframeError", address_space_mb=1024)
+    assert "labels.csv:2: a line longer than" in out, out
 
 
 # ---- 4. an index segment is a cache, never the truth ---------------------------------------------------------------

@@ -203,6 +203,22 @@ def _run_limited(code: str, address_space_mb: int = 3072, timeout: int = 60) -> 
                           timeout=timeout, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
+def refused_within(setup: str, call: str, error: str, address_space_mb: int = 3072) -> str:
+    """The standard output of `call` (after `setup`, both source lines) run under `_run_limited`, which must
+    exit cleanly with `call` refused by raising `error` (imported from freezeframe.errors)."""
+    result = _run_limited(f"""
+{textwrap.dedent(setup)}
+from freezeframe.errors import {error}
+try:
+    {call}
+except {error} as exc:
+    print("refused:", exc)
+""", address_space_mb=address_space_mb)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused:" in result.stdout, result.stdout
+    return result.stdout
+
+
 def test_tiny_metadata_declaring_huge_arrays_allocates_nothing(store, tmp_path):
     bundle, _ = shard_of(store)
     edit_json(bundle / "embed" / "zarr.json", lambda meta: meta.update(shape=[32, 2 ** 26]))
@@ -443,33 +459,20 @@ def test_hostile_run_json_width_is_checked_against_the_checkpoint_first(tmp_path
     save_weights(head, run / BEST, {})
     assert isinstance(load_head(run)[0], torch.nn.Module)
     edit_json(run / "run.json", lambda info: info["head_config"].update(input_dim=65536, num_classes=65536))
-    result = _run_limited(f"""
-        from freezeframe.errors import InputError
-        from freezeframe.train.run import load_head
-        try:
-            load_head({str(run)!r})
-        except InputError as exc:
-            print("refused:", exc)
-    """, address_space_mb=4096)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "refused:" in result.stdout and "does not match its checkpoint" in result.stdout
+    out = refused_within("from freezeframe.train.run import load_head", f"load_head({str(run)!r})", "InputError",
+                         address_space_mb=4096)
+    assert "does not match its checkpoint" in out
 
 
 def test_export_memmap_on_a_full_disk_is_one_line_and_leaves_nothing(store):
-    result = _run_limited(f"""
+    out = refused_within("""
         import resource, signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))  # every write past 100 bytes fails: a full disk
-        from freezeframe.errors import StoreError
         from freezeframe.store import open_store
         from freezeframe.store.tools.memmap import export_memmap
-        try:
-            export_memmap(open_store({str(store)!r})["fs"])
-        except StoreError as exc:
-            print("refused:", exc)
-    """)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "refused:" in result.stdout and "nothing was changed" in result.stdout
+    """, f"export_memmap(open_store({str(store)!r})['fs'])", "StoreError")
+    assert "nothing was changed" in out
     assert not list((store / "fs").glob(".tmp-*")) and not (store / "fs" / MEMMAP_DIR).exists()
 
 
