@@ -18,6 +18,12 @@ gathers the same rows straight into its batch tensor (the one copy a batch needs
 `--code DIR` (repeatable) measures each checkout of freezeframe in its own process (PYTHONPATH=DIR), in
 rounds that alternate them, each against the raw memmap of its own round: old and new side by side.
 
+Each round's process runs with glibc's heap trimming and mmap threshold fixed (MALLOC_TRIM_THRESHOLD_,
+MALLOC_MMAP_THRESHOLD_), so that freed read buffers are reused by every layout alike: by default glibc returns a
+freed multi-MB buffer to the OS or keeps it depending on the sizes freed before, and every read after a return
+page-faults its buffer back (one fault per 4 KiB), which moved single ratios by up to 0.2 (even above 1) between
+runs. `--glibc-defaults` measures with the defaults.
+
     python benchmarks/store_read.py [--work DIR] [--reads 300] [--rounds 5] [--processes 1] [--loader]
                                     [--code OLD --code NEW] [--json]
 """
@@ -121,6 +127,7 @@ def prepare(work: Path, model: str, num_frames: int, device: str) -> tuple[str, 
 
 
 SELECTIONS = ("all", "uniform:8", "dense-random:8:2", "clips-random:2:4")
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 28)}
 
 
 class RawBatches(torch.utils.data.Dataset):
@@ -262,6 +269,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="DataLoader epochs per case and round, alternating")
     parser.add_argument("--code", action="append", default=None,
                         help="a freezeframe checkout to measure (repeat for old and new) [default: this one]")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="glibc's default heap trimming in the measuring processes (see above)")
     parser.add_argument("--round-seed", type=int, default=None, help=argparse.SUPPRESS)  # one round, JSON out
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true")
@@ -279,7 +288,7 @@ def main() -> None:
         for code in codes:  # alternate checkouts round by round, so machine noise hits them alike
             command = [sys.executable, __file__, *_without(passed, "--code"), "--work", str(work),
                        "--round-seed", str(1000 * round_)]
-            env = {**os.environ, "PYTHONPATH": code}
+            env = {**os.environ, "PYTHONPATH": code, **({} if args.glibc_defaults else KEEP_FREED_MEMORY)}
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             rounds[code].append(json.loads(done.stdout.strip().splitlines()[-1]))
     fs = open_store(work / "zarr-none")[name]

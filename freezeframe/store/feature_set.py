@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -222,6 +222,43 @@ class FeatureSet:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes a library raise: one line
             raise library_error(f"{self.path / SHARDS_DIR / entry.shard} array {array!r}", exc) from None
+
+    def read_batch(self, video_ids: Sequence[str], array: str, frames: Sequence[np.ndarray | None],
+                   out: np.ndarray) -> np.ndarray:
+        """`read(video_ids[i], array, frames[i], out[i])` for every i: one batch of a training read (`out` is its
+        contiguous (videos, rows, ...) tensor), checked and located once per batch; the chosen rows of videos in
+        one shard are copied by one reader call."""
+        if self.published is not None or any(f is None or isinstance(f, slice) for f in frames):
+            for video_id, chosen, slot in zip(video_ids, frames, out):  # whole videos: a copy each outweighs this
+                self.read(video_id, array, chosen, slot)
+            return out
+        chosen = np.asarray(frames, dtype=np.int64).reshape(len(video_ids), -1)  # (videos, rows)
+        entries = []
+        for video_id in video_ids:
+            entry = self.locate(video_id)
+            entries.append(entry if entry.shard in self._vouched else self._vouch(video_id, entry))
+        if chosen.size:  # (two reductions for the batch, not two per video)
+            lows, highs = chosen.min(axis=1).tolist(), chosen.max(axis=1).tolist()
+            for video_id, entry, low, high in zip(video_ids, entries, lows, highs):
+                if low < 0 or high >= entry.n_rows:
+                    raise IndexError(f"frame index out of range for {video_id!r} with {entry.n_rows} frames")
+        flat = chosen + np.array([entry.row_start for entry in entries], dtype=np.int64)[:, None]
+        begin = 0
+        for end in range(1, len(entries) + 1):  # runs of videos in one shard
+            shard = entries[begin].shard
+            if end < len(entries) and entries[end].shard == shard:
+                continue
+            reader, row_bytes, where = self._arrays_read.get((shard, array)) or self._open_array(shard, array)
+            check_read(chosen.shape[1] * row_bytes, where)
+            rows = out[begin:end].reshape(-1, *out.shape[2:])
+            try:
+                reader.take(array, flat[begin:end].ravel(), rows)
+            except (FreezeframeError, *API_ERRORS):
+                raise
+            except Exception as exc:  # noqa: BLE001 - as in `read`
+                raise library_error(f"{self.path / SHARDS_DIR / shard} array {array!r}", exc) from None
+            begin = end
+        return out
 
     def _open_array(self, shard_id: str, array: str) -> tuple:
         """(reader, bytes per row, name for messages) of an array of a served shard, checked against its commit

@@ -7,13 +7,19 @@ drops the oldest first (a hit is one dict lookup, no lock), far below the kernel
 (vm.max_map_count, 65530 by default).
 A file is mapped only when it is a regular file of exactly the expected size; anything else is read the slow way,
 which says what is wrong.
+
+Where chunks are a whole number of pages (POSIX), `mapped_in_a_row` maps all of an array's chunk files back to back
+into one reserved address range: the array reads as one contiguous memory map, as a raw .npy would, so rows that
+cross chunk boundaries cost one copy, not one per chunk.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import stat
+import sys
 import threading
 from collections import OrderedDict
 from typing import Callable
@@ -25,8 +31,13 @@ from freezeframe.errors import OutputBufferError
 from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError
 
 MAPS_KEPT = 4096  # memory maps one process keeps open (each costs a kernel map entry, no memory of its own)
+CHUNKS_IN_A_ROW = 16384  # chunk maps one process keeps in arrays mapped back to back
+MAP_FIXED = 0x10  # (the same on Linux and macOS; Python's mmap module does not name it)
 
 _maps: OrderedDict[str, np.ndarray] = OrderedDict()
+_in_a_row: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()  # chunk path pattern -> (view, chunks)
+_not_in_a_row: set[str] = set()  # patterns found unmappable in a row (read chunk by chunk)
+_mmap_at = None  # libc's mmap (None: not looked up yet; False: none usable)
 _lock = threading.Lock()  # held while the table changes: verify reads in threads
 
 
@@ -64,6 +75,72 @@ def mapped_file(path: str, nbytes: int | None = None, dtype: np.dtype = np.dtype
     return data
 
 
+def _libc_mmap():
+    """libc's mmap, which (unlike Python's) places a map at a given address; None off Linux and macOS."""
+    global _mmap_at
+    if _mmap_at is None:
+        _mmap_at = False
+        if sys.platform.startswith("linux") or sys.platform == "darwin":
+            try:
+                function = ctypes.CDLL(None, use_errno=True).mmap
+            except (OSError, AttributeError):
+                return None
+            function.restype = ctypes.c_void_p
+            function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_int64)
+            _mmap_at = function
+    return _mmap_at or None
+
+
+def _map_in_a_row(pattern: str, chunks: int, chunk_bytes: int) -> np.ndarray | None:
+    """Chunk files pattern.format(0..chunks-1) mapped back to back as one read-only byte array; None when that
+    cannot be done here, or a chunk file is absent (never written, or not yet fetched into a published store's
+    cache: it must not be read as zeros)."""
+    mmap_at = _libc_mmap()
+    if mmap_at is None or chunk_bytes % mmap.PAGESIZE or not 0 < chunks <= CHUNKS_IN_A_ROW:
+        return None
+    region = mmap.mmap(-1, chunks * chunk_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
+    data = np.frombuffer(region, np.uint8)  # holds the range (every map placed in it) while any array views it
+    base = data.ctypes.data
+    for number in range(chunks):
+        try:
+            fd = os.open(pattern.format(number), READ_FLAGS)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != chunk_bytes:
+                return None  # read chunk by chunk, which says what is wrong
+            address = base + number * chunk_bytes
+            if mmap_at(address, chunk_bytes, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, fd, 0) != address:
+                return None
+        finally:
+            os.close(fd)
+    return data
+
+
+def mapped_in_a_row(pattern: str, chunks: int, chunk_bytes: int, dtype: np.dtype,
+                    shape: tuple[int, ...]) -> np.ndarray | None:
+    """An array stored as `chunks` uncompressed chunk files pattern.format(k) of `chunk_bytes` each, as one
+    read-only (chunks * rows per chunk, ...) array of `dtype`, mapped once per process; None (read it chunk by
+    chunk) where chunks are not whole pages, a file is absent or not exactly one chunk, or the platform cannot."""
+    entry = _in_a_row.get(pattern)  # (atomic under the GIL)
+    if entry is not None or pattern in _not_in_a_row:
+        return entry and entry[0]
+    data = _map_in_a_row(pattern, chunks, chunk_bytes)
+    with _lock:
+        if data is None:
+            _not_in_a_row.add(pattern)
+            return None
+        data = data.view(dtype).reshape(shape)
+        _in_a_row[pattern] = (data, chunks)
+        kept = sum(n for _, n in _in_a_row.values())
+        while kept > CHUNKS_IN_A_ROW and len(_in_a_row) > 1:
+            _, (_, dropped) = _in_a_row.popitem(last=False)  # unmapped once no array still views it
+            kept -= dropped
+    return data
+
+
 def output(rows: int, shape: tuple[int, ...], dtype: np.dtype, out: np.ndarray | None) -> np.ndarray:
     """`out` checked to be a C-contiguous (rows, *shape) `dtype` buffer, or a new one."""
     if out is None:
@@ -95,13 +172,19 @@ class ChunkedRows:
     (chunk_rows, ...) array (mapped where it can be) or a scalar fill value for a chunk never written."""
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
-                 chunk: Callable[[int], np.ndarray | float | int]) -> None:
+                 chunk: Callable[[int], np.ndarray | float | int],
+                 in_a_row: Callable[[], np.ndarray | None] | None = None) -> None:
         self.shape, self.dtype, self.chunk_rows, self.chunk = shape, np.dtype(dtype), chunk_rows, chunk
+        self.in_a_row = in_a_row  # the whole array as one mapped view, where its chunks map back to back
 
     def read(self, start: int | None, stop: int | None, out: np.ndarray | None = None) -> np.ndarray:
         """Rows start..stop-1, copied into `out` (or a new array)."""
         start, stop, _ = slice(start, stop).indices(self.shape[0])
         out = output(max(0, stop - start), self.shape[1:], self.dtype, out)
+        whole = self.in_a_row() if self.in_a_row is not None else None
+        if whole is not None:
+            np.copyto(out, whole[start:max(start, stop)])
+            return out
         row = start
         while row < stop:
             number, offset = divmod(row, self.chunk_rows)
@@ -121,15 +204,14 @@ class ChunkedRows:
         out = output(len(rows), self.shape[1:], self.dtype, out)
         if not len(rows):
             return out
-        size = self.chunk_rows
-        numbers = [row // size for row in rows.tolist()]  # chunk of each row (few rows: Python beats numpy calls)
-        within = rows % size  # each row's place in its chunk
-        numbers.append(-1)  # (ends the last run)
+        whole = self.in_a_row() if self.in_a_row is not None else None
+        if whole is not None:  # 'clip' (rows are in range) avoids numpy's buffered copy
+            return whole.take(rows, axis=0, out=out, mode="clip")
+        numbers, within = np.divmod(rows, self.chunk_rows)  # each row's chunk, and its place there
+        cuts = (np.flatnonzero(numbers[1:] != numbers[:-1]) + 1).tolist() if len(rows) > 1 else []
         lo = 0
-        for hi in range(1, len(numbers)):  # runs of rows in one chunk
-            if numbers[hi] == numbers[lo]:
-                continue
-            source = self.chunk(numbers[lo])
+        for hi in [*cuts, len(rows)]:  # runs of rows in one chunk
+            source = self.chunk(int(numbers[lo]))
             if isinstance(source, np.ndarray):  # 'clip' (rows are in range) avoids numpy's buffered copy
                 source.take(within[lo:hi], axis=0, out=out[lo:hi], mode="clip")
             else:

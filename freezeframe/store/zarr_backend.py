@@ -18,12 +18,13 @@ from freezeframe.errors import StoreError, library_errors
 from freezeframe.store.chunks import HEADER_BYTES, ChunkLayoutError, check_chunk_grid, check_compressed_chunk
 from freezeframe.store.confine import READ_FLAGS, UnsafeStoreError, check_tree, read_regular
 from freezeframe.store.location import is_remote, remove_tree
-from freezeframe.store.mapped import ChunkedRows, into, mapped_file, span_take
+from freezeframe.store.mapped import ChunkedRows, into, mapped_file, mapped_in_a_row, span_take
 
 METADATA_BYTES = 1024 * 1024  # an array's zarr.json is a few hundred bytes
 
 EXTENSION = ".zarr"
 CHUNK_BYTES = 2 * 1024 * 1024  # ~2 MiB chunks along the frame axis: small random reads stay cheap
+PAGE_BYTES = (16384, 4096)  # chunks of several pages are made of whole pages of either size, where rows allow
 ZSTD_LEVEL = 3
 # with byte shuffle (Zarr 3's BloscCodec defaults): on float16 features it compresses best of the choices and
 # decompresses fastest, at a slower write; blosc-lz4 (the Zarr v2 default) gains nothing on float16 features
@@ -69,12 +70,27 @@ ROW_COORDINATE_AXES = ("frame", "window")
 def chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype, first_rows: int) -> int:
     """Rows per chunk for an array whose first block has `first_rows` rows (a whole small shard, or a big flush).
 
-    At most ~CHUNK_BYTES, and the first block split into equal chunks: a stored chunk is always whole, so a shard
-    of 1.1 chunks would otherwise take 2 chunks on disk (padding small shards by up to half their size).
+    About CHUNK_BYTES, and the first block split into equal chunks: a stored chunk is always whole, so a shard
+    of 1.1 chunks would otherwise take 2 chunks on disk (padding small shards by up to half their size). Chunks
+    are whole pages (16 KiB, else 4 KiB, where that keeps them under 2 x CHUNK_BYTES), so that a reader maps them
+    back to back as one array (`store.mapped`); that pads a shard by under a chunk, which tiny shards are spared.
     """
     limit = rows_per_chunk(row_shape, dtype)
     chunks = max(1, -(-first_rows // limit))
-    return max(1, -(-first_rows // chunks))
+    rows = max(1, -(-first_rows // chunks))
+    row_bytes = max(1, math.prod(row_shape) * np.dtype(dtype).itemsize)
+    for page in PAGE_BYTES:
+        step = page // math.gcd(row_bytes, page)  # rows in the smallest chunk of whole pages
+        if step <= 2 * limit and (first_rows > limit or 8 * step <= first_rows):  # (not a tiny shard's one chunk)
+            return -(-rows // step) * step
+    return rows
+
+
+def chunk_path_pattern(directory: Path, dims: int) -> str:
+    """The path of first-axis chunk k of a local array as pattern.format(k): c/k/0/.../0 (a string, as pathlib
+    costs ~15 us a chunk)."""
+    folder = str(directory).replace("{", "{{").replace("}", "}}")  # (format fields only at k)
+    return os.path.join(folder, "c", "{}") + "/0" * (dims - 1)
 
 
 class ZarrBundleWriter:
@@ -181,7 +197,7 @@ class _RawChunkWriter:
         self.buffer = np.zeros(chunks, self.dtype)
         self.written = 0  # chunks written
         self.tail = 0  # rows in the buffer
-        self._chunk_path = os.path.join(str(self.directory), "c", "{}") + "/0" * (len(chunks) - 1)
+        self._chunk_path = chunk_path_pattern(self.directory, len(chunks))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -250,9 +266,10 @@ class _RawChunks:
         self.directory, self.shape, self.dtype, self.chunk_rows, self.fill = directory, shape, dtype, chunk_rows, fill
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         # chunk k's file is c/k/0/.../0: built as a string per read (pathlib costs ~15 us a chunk)
-        self._chunk_path = os.path.join(str(directory), "c", "{}") + "/0" * (len(shape) - 1)
+        self._chunk_path = chunk_path_pattern(directory, len(shape))
         self._chunk_shape, self._chunk_bytes = (chunk_rows, *shape[1:]), chunk_rows * self.row_bytes
-        self.rows = ChunkedRows(shape, dtype, chunk_rows, self._chunk)
+        self._chunks = -(-shape[0] // chunk_rows)
+        self.rows = ChunkedRows(shape, dtype, chunk_rows, self._chunk, self._in_a_row)
 
     @classmethod
     def open(cls, directory: Path) -> "_RawChunks | None":
@@ -275,6 +292,11 @@ class _RawChunks:
         if not plain or dtype.byteorder == ">" or dtype.hasobject or chunks[0] < 1:
             return None
         return cls(directory, shape, dtype, chunks[0], meta.get("fill_value") or 0)
+
+    def _in_a_row(self) -> np.ndarray | None:
+        """Every chunk mapped back to back, where they can be (`store.mapped`)."""
+        return mapped_in_a_row(self._chunk_path, self._chunks, self._chunk_bytes, self.dtype,
+                               (self._chunks * self.chunk_rows, *self.shape[1:]))
 
     def _chunk(self, number: int) -> np.ndarray | float | int:
         """Chunk `number` as a read-only (chunk_rows, ...) array mapped from its file; the fill value when it was

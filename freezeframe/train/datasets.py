@@ -286,6 +286,16 @@ class FeatureDataset(Dataset):
             return export.read(video_id, source, rows, out)
         return self._open().read(video_id, source, rows, out)
 
+    def _read_batch(self, plans: list[tuple], sources: tuple[str, ...], out: np.ndarray) -> None:
+        """Each planned item's rows of its source into its slot of `out`: one `FeatureSet.read_batch` when every
+        item reads the same stored array from the store."""
+        if self._cache is None and self._open_memmap() is None and len(set(sources)) == 1:
+            self._open().read_batch([video_id for video_id, _, _ in plans], sources[0],
+                                    [rows for _, rows, _ in plans], out)
+            return
+        for slot, (video_id, rows, _), source in zip(out, plans, sources):
+            self._read(video_id, source, rows, slot)
+
     def _plan(self, index: int) -> tuple[str, np.ndarray | None, int]:
         """(video id, rows to read or None for all, view) of item `index` this epoch."""
         video_id = self.video_ids[index]
@@ -324,10 +334,10 @@ class FeatureDataset(Dataset):
             inputs[array] = self._shaped(torch.from_numpy(np.ascontiguousarray(cache[source])))
         return self._item(index, inputs)
 
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        """The items of one batch (what a DataLoader asks for), each array read straight into one batch tensor:
-        the items' inputs are views of it, so `collate` copies nothing. Items of different lengths are read
-        one by one."""
+    def __getitems__(self, indices: list[int]) -> "Sequence[dict]":
+        """The items of one batch (what a DataLoader asks for), each array read straight into one batch tensor: a
+        `ReadBatch`, which `collate` hands on as it is, copying nothing. Items of different lengths are read one
+        by one."""
         plans = [self._plan(index) for index in indices]
         counts = {self.lengths[video_id] if rows is None else len(rows) for video_id, rows, _ in plans}
         if len(counts) != 1:
@@ -341,12 +351,43 @@ class FeatureDataset(Dataset):
             if batch is None:
                 batch = batches[per_item] = batch_tensor((len(plans), count, *self.row_shapes[array]),
                                                          self._dtypes[per_item[0]])
-                target = batch.numpy()
-                for slot, (video_id, rows, _), source in zip(target, plans, per_item):
-                    self._read(video_id, source, rows, slot)
+                self._read_batch(plans, per_item, batch.numpy())
             inputs[array] = batch
-        return [self._item(index, {array: self._shaped(batch[b]) for array, batch in inputs.items()})
-                for b, index in enumerate(indices)]
+        return ReadBatch(self, list(indices), inputs)
+
+
+class ReadBatch(Sequence):
+    """The items of one batch as `FeatureDataset.__getitems__` read them, each array one (videos, rows, ...) batch
+    tensor: item b (a dict, as `dataset[index]` gives) is built only when asked for, and `collate` takes the
+    tensors as they are."""
+
+    def __init__(self, dataset: FeatureDataset, indices: list[int], inputs: dict[str, torch.Tensor]) -> None:
+        self.dataset, self.indices, self.inputs = dataset, indices, inputs
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[i] for i in range(*b.indices(len(self)))]
+        shaped = self.dataset._shaped
+        return self.dataset._item(self.indices[b], {array: shaped(batch[b]) for array, batch in self.inputs.items()})
+
+    def __reduce__(self):  # sent to another process (a worker's batch without collate) as the plain list of items
+        return list, (list(self),)
+
+    def collated(self, pad: bool = False) -> dict:
+        """What `collate` makes of these items, without building them: the batch tensors themselves."""
+        dataset = self.dataset
+        out: dict = {"index": torch.tensor(self.indices)}
+        if dataset.labels is not None:
+            out["label"] = torch.tensor([dataset.labels[index] for index in self.indices])
+        size = len(self.indices)
+        inputs = {array: batch.view(size, *dataset._shaped(batch[0]).shape) for array, batch in self.inputs.items()}
+        if pad:  # all of one length: nothing to pad, every row real
+            inputs[FRAME_MASK] = torch.ones(size, next(iter(inputs.values())).shape[1], dtype=torch.bool)
+        out["inputs"] = inputs
+        return out
 
 
 def batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
@@ -359,24 +400,14 @@ def batch_tensor(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).new(storage).resize_(shape)
 
 
-def _stacked(values: list[torch.Tensor]) -> torch.Tensor:
-    """`torch.stack(values)`, or without a copy the batch tensor whose consecutive slices they are
-    (`FeatureDataset.__getitems__`)."""
-    base = values[0]._base
-    if (base is not None and base.is_contiguous() and base.numel() == len(values) * values[0].numel()
-            and all(v._base is base and v.is_contiguous()
-                    and v.data_ptr() == base.data_ptr() + b * values[0].numel() * base.element_size()
-                    for b, v in enumerate(values))):
-        return base.view(len(values), *values[0].shape)
-    return torch.stack(values)
-
-
 FRAME_MASK = "frame_mask"  # inputs key of a padded batch: (batch, frames) bool, True on a video's real rows
 
 
 def collate(items: list[dict], pad: bool = False) -> dict:
     """Stack items. Videos with different frame counts (`all` on an fps-sampled set) need `pad=True`: each array
     is zero-padded along frames to the batch's longest video and `inputs["frame_mask"]` marks the real rows."""
+    if isinstance(items, ReadBatch):
+        return items.collated(pad)
     out: dict = {"index": torch.tensor([item["index"] for item in items])}
     if "label" in items[0]:
         out["label"] = torch.tensor([item["label"] for item in items])
@@ -391,7 +422,7 @@ def collate(items: list[dict], pad: bool = False) -> dict:
                 f"videos in a batch have different numbers of frames for {array!r}; use a fixed frame "
                 "selection such as uniform:8 instead of all, or a head that takes a frame mask (probe, temporal)."
             )
-        inputs[array] = _stacked(values)
+        inputs[array] = torch.stack(values)
     if pad:
         lengths = torch.tensor([len(next(iter(item["inputs"].values()))) for item in items])
         inputs[FRAME_MASK] = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]

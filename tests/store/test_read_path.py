@@ -26,7 +26,7 @@ from freezeframe.cli import main
 from freezeframe.store import open_store, zarr_backend
 from freezeframe.store.confine import UnsafeStoreError
 from freezeframe.store.tools.convert import convert_store
-from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate
+from freezeframe.train.datasets import FeatureDataset, FrameSelection, collate, collate_padded
 
 VIDEOS = Path(__file__).parents[1] / "data" / "videos"
 FILES = {"short": "short_32frames.mp4", "lowfps": "lowfps_6fps.mp4", "mpeg4": "test_mpeg4.avi"}
@@ -118,10 +118,33 @@ def test_a_batch_is_the_tensor_its_items_were_read_into(stores, selection):
         single = dataset[index]["inputs"][ARRAY]
         assert tokens[b].shape == single.shape
         torch.testing.assert_close(tokens[b], single, rtol=0, atol=0)
+    built = list(items)  # the items one by one, as a list collates them
+    for collated, listed in [(batch, collate(built)), (collate_padded(items), collate_padded(built))]:
+        assert collated.keys() == listed.keys() and collated["inputs"].keys() == listed["inputs"].keys()
+        for key, value in listed["inputs"].items():
+            torch.testing.assert_close(collated["inputs"][key], value, rtol=0, atol=0)
     if selection == "uniform:5":  # DataLoader workers read batches in shared memory and hand over the same values
         loader = DataLoader(dataset, batch_size=2, sampler=[2, 0], collate_fn=collate, num_workers=2)
         (from_workers,) = list(loader)
         torch.testing.assert_close(from_workers["inputs"][ARRAY], tokens, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["zarr", "hdf5"])
+def test_a_batch_read_is_each_video_read(stores, layout):
+    fs = open_store(stores[layout])["s"]
+    ids = ["mpeg4", "short", "lowfps", "short"]  # two shards (two videos a shard), one video twice
+    assert len({fs.locate(v).shard for v in ids}) == 2
+    frames = [np.array(rows, dtype=np.int64) for rows in ([15, 0, 3, 3], [1, 2, 3, 4], [9, 9, 9, 9], [0, 5, 10, 15])]
+    truths = {v: stored(stores[layout], v) for v in FILES}
+    out = np.full((len(ids), 4, *truths["short"].shape[1:]), 7, truths["short"].dtype)
+    assert fs.read_batch(ids, ARRAY, frames, out) is out
+    for b, (video_id, rows) in enumerate(zip(ids, frames)):
+        np.testing.assert_array_equal(out[b], truths[video_id][rows])
+    whole = np.empty((2, ROWS, *truths["short"].shape[1:]), truths["short"].dtype)
+    fs.read_batch(ids[:2], ARRAY, [None, None], whole)
+    np.testing.assert_array_equal(whole, np.stack([truths["mpeg4"], truths["short"]]))
+    with pytest.raises(IndexError, match="'lowfps' with 16 frames"):
+        fs.read_batch(["short", "lowfps"], ARRAY, [np.array([0]), np.array([ROWS])], out[:2, :1])
 
 
 def test_maps_are_bounded_and_only_of_regular_files(stores, tmp_path, monkeypatch):
