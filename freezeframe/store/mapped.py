@@ -99,7 +99,10 @@ def _map_in_a_row(pattern: str, chunks: int, chunk_bytes: int) -> np.ndarray | N
     mmap_at = _libc_mmap()
     if mmap_at is None or chunk_bytes % mmap.PAGESIZE or not 0 < chunks <= CHUNKS_IN_A_ROW:
         return None
-    region = mmap.mmap(-1, chunks * chunk_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
+    try:  # (a reserved range of address space: no memory)
+        region = mmap.mmap(-1, chunks * chunk_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
+    except (OSError, ValueError, OverflowError):
+        return None
     data = np.frombuffer(region, np.uint8)  # holds the range (every map placed in it) while any array views it
     base = data.ctypes.data
     for number in range(chunks):
