@@ -105,3 +105,4 @@ def test_arrays_mapped_in_a_row_are_bounded(tmp_path, monkeypatch, fresh_tables)
         for i, reader in enumerate(readers):
             np.testing.assert_array_equal(reader.read("x", 10, 20), data[10:20] + i)
             assert len(mapped._in_a_row) == 1
+    assert len(mapped._not_in_a_row) == 2  # the two dropped are read chunk by chunk, not mapped whole again
