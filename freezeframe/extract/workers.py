@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -46,9 +47,32 @@ class _Worker:
 
 
 def _worker_main(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> None:
-    """A decode worker: shards in, ("claimed" | "start" | "item", payload) messages out; None ends it."""
+    """A decode worker process: decodes on a thread of its own, never on the main thread a fork inherits.
+
+    A library's per-thread state came along with that thread: PyAV (18.1.1 on) keeps one swscale context per
+    thread, and the one the parent's main thread used (any decode there, before the fork) owns helper threads
+    that do not exist in the child, so converting a frame with it, or freeing it, hangs for good. A new thread
+    starts without it; the inherited one is never touched (the worker ends with os._exit, freeing nothing).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     torch.set_num_threads(1)  # workers share the cores; one thread each avoids oversubscription
+    raised: list[BaseException] = []
+
+    def decode() -> None:
+        try:
+            _decode_loop(conn, spec, claims)
+        except BaseException as exc:  # noqa: BLE001 - raised again on the main thread: the worker dies of it
+            raised.append(exc)
+
+    thread = threading.Thread(target=decode, name="freezeframe-decode")
+    thread.start()
+    thread.join()
+    if raised:
+        raise raised[0]
+
+
+def _decode_loop(conn: Connection, spec: DecodeSpec, claims: Claims | None) -> None:
+    """Shards in, ("claimed" | "start" | "item", payload) messages out; None ends it."""
     stream = ChunkStream([], spec)
     preprocess = stream.preprocessor()
     while (task := conn.recv()) is not None:

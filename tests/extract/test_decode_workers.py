@@ -90,6 +90,21 @@ def test_a_giant_resolution_input_fails_before_decoding(tmp_path):
     assert open_store(store)[FEATURE_SET].video_ids() == IDS
 
 
+def test_workers_forked_from_a_process_that_has_decoded_decode(tmp_path):
+    """PyAV 18.1.1 keeps one swscale context per thread; a worker forked from a main thread that had converted a
+    frame inherited its context, whose helper threads do not exist after a fork, and its first conversion hung
+    for good (every video then failed, a --decode-timeout each). Workers decode on a thread of their own."""
+    import av
+
+    with av.open(str(VIDEOS / "v_ZNVhz7ctTq0.mp4")) as container:  # this process's main thread converts a frame
+        next(container.decode(video=0)).to_ndarray(format="rgb24")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["extract", *_args(store, "--decoder", "pyav", "--decode-timeout", "10")])
+    assert result.exit_code == 0, result.output
+    assert _failures(store) == []
+    assert open_store(store)[FEATURE_SET].video_ids() == IDS
+
+
 def test_time_limit_interrupts_python_level_decoding_and_restores_the_alarm():
     """--workers 0's guard: a block that runs past its limit raises DecodeTimeout; one that finishes in time does
     not, and whatever handled SIGALRM before gets it back."""
