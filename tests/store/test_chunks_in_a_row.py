@@ -24,6 +24,7 @@ NEEDS_POSIX_MAPS = pytest.mark.skipif(mapped._libc_mmap() is None or mmap.PAGESI
 def fresh_tables(monkeypatch):
     monkeypatch.setattr(mapped, "_in_a_row", type(mapped._in_a_row)())
     monkeypatch.setattr(mapped, "_not_in_a_row", set())
+    monkeypatch.setattr(mapped, "_chunks_in_a_row", 0)
     monkeypatch.setattr(mapped, "_maps", type(mapped._maps)())
 
 
